@@ -1,0 +1,68 @@
+"""Tokenizers: a byte-level BPE trained on the chosen corpus, or any Hugging Face tokenizer.
+
+Whatever the source, the result is a `transformers.PreTrainedTokenizerFast` with an EOS token, so
+that it can be saved next to a checkpoint and loaded back by `AutoTokenizer` with no SmolHub code.
+EOS separates documents in the packed token files; there is no padding in training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from smolhub_hub.errors import UserError
+
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2):
+    """Train a byte-level BPE (GPT-2 style pre-tokenizer) on `texts`; returns a fast HF tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab_size < 300:
+        raise UserError(f"--vocab-size {vocab_size} is too small for a byte-level BPE; use at least 300.")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD,
+                                   unk_token=None, model_max_length=1_000_000)
+
+
+def load_tokenizer(name_or_path: str):
+    """Load a tokenizer by Hub id or local folder; a clear message when it cannot be found."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        if Path(name_or_path).exists():
+            raise UserError(f"Could not load a tokenizer from {name_or_path}: {e}") from None
+        raise UserError(
+            f"Could not load tokenizer '{name_or_path}' (no network, or no such Hub id). "
+            "Train one on your corpus instead with `--tokenizer bpe`, or pass a local tokenizer folder."
+        ) from None
+    return ensure_special_tokens(tok)
+
+
+def ensure_special_tokens(tok):
+    """Every SmolHub tokenizer has an EOS; PAD (used only to batch prompts) falls back to EOS."""
+    if tok.eos_token is None:
+        tok.add_special_tokens({"eos_token": EOS})
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def vocab_size_of(tok) -> int:
+    """The number of ids the model must embed (added tokens included)."""
+    return len(tok)
