@@ -1,0 +1,71 @@
+"""Timing helpers shared by every benchmark: warm-up, repeats, median; one table and JSON out.
+
+A benchmark measures SmolHub and the transformers implementation of the same configuration in the
+same process, and reports the ratio; numbers from different runs are never compared.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+def _sync(device: str):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def median_seconds(fn: Callable[[], object], device: str = "cpu", warmup: int = 2, repeats: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def train_step_fn(model, optimizer, batch: torch.Tensor, loss_of: Callable[[object, torch.Tensor], torch.Tensor]):
+    """One optimizer step on `batch` (B, T+1): forward, backward, step."""
+    x, y = batch[:, :-1], batch[:, 1:]
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_of(model, x, y)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def peak_memory_mb(device: str) -> float | None:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return None
+
+
+def print_table(rows: list[dict], columns: list[str]):
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in columns))
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def save_json(rows: list[dict], path: str):
+    with open(path, "w") as f:
+        json.dump(rows, f, indent=2)
