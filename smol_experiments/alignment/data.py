@@ -94,3 +94,21 @@ def load_model_and_tokenizer(name_or_path: str):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+
+
+def load_preference_pairs(source: str, max_samples: int | None = None):
+    """Pairs made by `build_preference_pairs` (a folder or its train.jsonl), or any prompt/chosen/rejected dataset."""
+    check_max_samples(max_samples)
+    ds = _load_raw(source, "train")
+    missing = [f for f in PAIR_FIELDS if f not in ds.column_names]
+    if missing:
+        raise UserError(
+            f"Preference dataset {source} has no field(s) {', '.join(missing)}; found {ds.column_names}. "
+            "Make one with `python -m smol_experiments.alignment.build_preference_pairs`."
+        )
+    if max_samples is not None:
+        ds = ds.select(range(min(max_samples, len(ds))))
+    return ds.select_columns(list(PAIR_FIELDS))
