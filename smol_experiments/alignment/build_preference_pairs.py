@@ -13,7 +13,6 @@ made with other settings is refused.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from smol_experiments.alignment.cli import DATASET
 from smol_experiments.alignment.data import check_max_samples, load_gec_examples, load_model_and_tokenizer
 from smol_experiments.alignment.generation import generate_corrections
 from smol_experiments.alignment.prompt_format import PROMPT_TEMPLATE, make_completion, make_prompt
-from smol_experiments.alignment.run_dir import mark_done, prepare_output_dir, read_marker
+from smol_experiments.alignment.run_dir import mark_done, model_fingerprint, prepare_output_dir, read_marker
 
 STAGE = "pairs"
 CHUNK_DIR = "samples"
@@ -54,19 +53,6 @@ def build_parser():
     p.add_argument("--chunk-size", type=int, default=1024, help="prompts per saved chunk (the unit of resume)")
     p.add_argument("--seed", type=int, default=42)
     return p
-
-
-def model_fingerprint(model: str) -> str:
-    """sha256 of a local model's weight files, so pairs made by an older model of the same path are not reused."""
-    path = Path(model)
-    if not path.is_dir():
-        return model
-    digest = hashlib.sha256()
-    for weights in sorted(path.glob("*.safetensors")):
-        with open(weights, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def metadata_of(args) -> dict:

@@ -7,6 +7,7 @@ whose stage finished is refused too (its model is the result; pick a new folder 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -55,3 +56,16 @@ def write_marker(output_dir: str | Path, marker: dict) -> None:
 def mark_done(output_dir: str | Path, metrics: dict) -> None:
     marker = read_marker(output_dir) or {}
     write_marker(output_dir, {**marker, "done": True, "metrics": metrics})
+
+
+def model_fingerprint(model: str) -> str:
+    """sha256 of a local model's weight files (a Hub id stands for itself): outputs of an older model at the same path are not reused."""
+    path = Path(model)
+    if not path.is_dir():
+        return model
+    digest = hashlib.sha256()
+    for weights in sorted(path.glob("*.safetensors")):
+        with open(weights, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,89 @@
+"""Stage 4: CPO from the SFT model on the same preference pairs (TRL's CPOTrainer: no reference model).
+
+    python -m smol_experiments.alignment.cpo --model runs/coedit/sft --dataset runs/coedit/pairs \\
+        --output-dir runs/coedit/cpo
+"""
+
+from __future__ import annotations
+
+from smolhub_hub.errors import exit_on_user_error
+
+from smol_experiments.alignment.cli import settings_of, stage_parser, training_kwargs
+from smol_experiments.alignment.data import check_max_samples, load_model_and_tokenizer, load_preference_pairs
+from smol_experiments.alignment.prompt_format import encode_completion, encode_prompt
+from smol_experiments.alignment.run_dir import mark_done, prepare_output_dir
+
+STAGE = "cpo"
+
+
+def build_parser():
+    p = stage_parser(__doc__.splitlines()[0], model=None, learning_rate=5e-7, batch_size=12, scheduler="cosine",
+                     preference=True)
+    p.add_argument("--beta", type=float, default=0.05)
+    p.add_argument("--cpo-alpha", type=float, default=1.0, help="weight of the NLL (behaviour cloning) term on chosen")
+    p.add_argument("--loss-type", default="sigmoid", help="sigmoid, hinge, ipo, simpo or alphapo")
+    return p
+
+
+def tokenize_pair_row(row: dict, tokenizer, max_length: int) -> dict:
+    """A pair tokenized in the one prompt format, in the layout CPOTrainer's collator expects.
+
+    TRL's own CPO tokenization prepends the tokenizer's BOS to every prompt (SmolLM's is <|endoftext|>), which
+    SFT, DPO and generation never do: CPO would train on a context the model never sees at inference.
+    """
+    prompt_ids = encode_prompt(tokenizer, row["prompt"])
+    out = {"prompt_input_ids": prompt_ids, "prompt_attention_mask": [1] * len(prompt_ids)}
+    for side in ("chosen", "rejected"):
+        answer_ids = encode_completion(tokenizer, row["prompt"], row[side])
+        answer_ids = answer_ids[: max(0, max_length - len(prompt_ids))]
+        ids = prompt_ids + answer_ids
+        out[f"{side}_input_ids"] = ids
+        out[f"{side}_attention_mask"] = [1] * len(ids)
+        out[f"{side}_labels"] = [-100] * len(prompt_ids) + answer_ids
+    return out
+
+
+def cpo_trainer_class():
+    from trl.experimental.cpo import CPOTrainer
+
+    class OneFormatCPOTrainer(CPOTrainer):
+        def tokenize_row(self, feature, model=None) -> dict:
+            return tokenize_pair_row(feature, self.processing_class, self.max_length)
+
+    return OneFormatCPOTrainer
+
+
+def build_cpo_trainer(model, tokenizer, pairs, args):
+    from trl.experimental.cpo import CPOConfig
+
+    config = CPOConfig(**training_kwargs(args), beta=args.beta, cpo_alpha=args.cpo_alpha, loss_type=args.loss_type,
+                       max_length=args.max_length, per_device_eval_batch_size=args.batch_size,
+                       remove_unused_columns=False)  # the pair collator needs the tokenized columns
+    return cpo_trainer_class()(model=model, args=config, processing_class=tokenizer, train_dataset=pairs)
+
+
+def run(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    check_max_samples(args.max_samples)
+    pairs = load_preference_pairs(args.dataset, args.max_samples)
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    resume = prepare_output_dir(args.output_dir, STAGE, settings_of(args))
+    trainer = build_cpo_trainer(model, tokenizer, pairs, args)
+    result = trainer.train(resume_from_checkpoint=resume)
+    logged = [log for log in trainer.state.log_history if "rewards/margins" in log]
+    metrics = {"train_loss": result.training_loss, "pairs": len(pairs),
+               "last_logged_reward_margin": logged[-1]["rewards/margins"] if logged else None}
+    trainer.save_model(args.output_dir)
+    tokenizer.save_pretrained(args.output_dir)
+    mark_done(args.output_dir, metrics)
+    print(f"CPO done: {metrics} -> {args.output_dir}")
+    return metrics
+
+
+@exit_on_user_error
+def main(argv=None):
+    run(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Stage 3: DPO from the SFT model on the sampled preference pairs (TRL's DPOTrainer, sigmoid loss).
+
+    python -m smol_experiments.alignment.dpo --model runs/coedit/sft --dataset runs/coedit/pairs \\
+        --output-dir runs/coedit/dpo [--precompute-ref-log-probs]
+"""
+
+from __future__ import annotations
+
+from smolhub_hub.errors import exit_on_user_error
+
+from smol_experiments.alignment.cli import settings_of, stage_parser, training_kwargs
+from smol_experiments.alignment.data import check_max_samples, load_model_and_tokenizer, load_preference_pairs
+from smol_experiments.alignment.run_dir import mark_done, prepare_output_dir
+
+STAGE = "dpo"
+
+
+def build_parser():
+    p = stage_parser(__doc__.splitlines()[0], model=None, learning_rate=5e-7, batch_size=12, scheduler="cosine",
+                     preference=True)
+    p.add_argument("--beta", type=float, default=0.05, help="strength of the pull towards the reference model")
+    p.add_argument("--loss-type", default="sigmoid", help="TRL DPO loss (sigmoid = the original DPO loss)")
+    p.add_argument("--precompute-ref-log-probs", action="store_true",
+                   help="score the pairs with the reference model once, before training, so it is not kept in memory")
+    return p
+
+
+def build_dpo_trainer(model, tokenizer, pairs, args):
+    """A DPOTrainer whose reference is a frozen copy of the starting (SFT) model, or its precomputed log-probs."""
+    from trl import DPOConfig, DPOTrainer
+
+    config = DPOConfig(**training_kwargs(args), beta=args.beta, loss_type=[args.loss_type], max_length=args.max_length,
+                       precompute_ref_log_probs=args.precompute_ref_log_probs, per_device_eval_batch_size=args.batch_size)
+    return DPOTrainer(model=model, args=config, processing_class=tokenizer, train_dataset=pairs)
+
+
+def run(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    check_max_samples(args.max_samples)
+    pairs = load_preference_pairs(args.dataset, args.max_samples)
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    resume = prepare_output_dir(args.output_dir, STAGE, settings_of(args))
+    trainer = build_dpo_trainer(model, tokenizer, pairs, args)
+    result = trainer.train(resume_from_checkpoint=resume)
+    logged = [log for log in trainer.state.log_history if "rewards/margins" in log]
+    metrics = {"train_loss": result.training_loss, "pairs": len(pairs),
+               "last_logged_reward_margin": logged[-1]["rewards/margins"] if logged else None}
+    trainer.save_model(args.output_dir)
+    tokenizer.save_pretrained(args.output_dir)
+    mark_done(args.output_dir, metrics)
+    print(f"DPO done: {metrics} -> {args.output_dir}")
+    return metrics
+
+
+@exit_on_user_error
+def main(argv=None):
+    run(argv)
+
+
+if __name__ == "__main__":
+    main()
