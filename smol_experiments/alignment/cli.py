@@ -37,6 +37,8 @@ def stage_parser(description: str, *, model: str | None, learning_rate: float, b
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--save-steps", type=int, default=500, help="checkpoint every N optimizer steps (for resume)")
     p.add_argument("--logging-steps", type=int, default=10)
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations to save memory (TRL turns it on by default; 135M does not need it)")
     p.add_argument("--report-to", default="none", help="'none', 'wandb', 'tensorboard', ...")
     return p
 
@@ -66,6 +68,7 @@ def training_kwargs(args: argparse.Namespace) -> dict:
         save_total_limit=1,
         logging_steps=args.logging_steps,
         report_to=[] if args.report_to == "none" else [args.report_to],
+        gradient_checkpointing=args.gradient_checkpointing,
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         dataloader_num_workers=0,
         disable_tqdm=False,

@@ -123,3 +123,13 @@ def write_tiny_model(folder: str | Path, data_folder: str | Path, hidden_size: i
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def force_offline_hub(monkeypatch) -> None:
+    """Make the Hub unreachable for this test, even if huggingface_hub was imported before HF_HUB_OFFLINE was set."""
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
