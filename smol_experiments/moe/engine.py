@@ -70,11 +70,17 @@ def lm_loss(logits, input_ids, mask) -> torch.Tensor:
     return losses.sum() / real.sum().clamp(min=1)
 
 
-def clip_and_step(model_params, optimizer, max_norm: float) -> float:
+def clip_and_step(model_params, optimizer, max_norm: float) -> torch.Tensor:
+    """Clip, step, zero; returns the pre-clip norm as a tensor (read it only when logging: no host sync)."""
     norm = torch.nn.utils.clip_grad_norm_(model_params, max_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(norm)
+    return norm.detach()
+
+
+def check_finite(value: float, step: int):
+    if not math.isfinite(value):
+        raise UserError(f"non-finite loss or gradient norm by step {step}; lower the learning rate.")
 
 
 class MetricsLog:

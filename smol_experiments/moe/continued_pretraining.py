@@ -1,0 +1,164 @@
+"""Continued pretraining of an upcycled MoE: LM loss + load-balancing loss, packed windows, split by document.
+
+    python -m smol_experiments.moe.continued_pretraining --model runs/moe/upcycled --output runs/moe/cpt
+    python -m smol_experiments.moe.continued_pretraining --preset quick      # offline, tiny, CPU
+
+Each evaluation runs over the whole held-out set (up to --eval-batches) and logs val loss, balance loss,
+expert load per layer (expert_load.csv), share of active experts and router entropy (metrics.csv).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from smol_experiments.moe import data, engine
+from smol_experiments.moe.cli import field, parse_config
+from smol_experiments.moe.routing import RoutingStats, balance_loss
+from smolhub_hub.errors import exit_on_user_error
+
+
+@dataclass
+class PretrainConfig:
+    model: str = field("runs/moe/upcycled", "upcycled MoE folder (output of upcycle)")
+    output: str = field("runs/moe/cpt", "folder for the model, metrics.csv, expert_load.csv and plots")
+    data: str = field("HuggingFaceTB/cosmopedia-100k", "Hub dataset id, local file/folder, 'builtin' or 'synthetic'")
+    text_column: str = field("text", "text column for .jsonl/.parquet/Hub data")
+    max_documents: int = field(20_000, "documents to read (streamed from the Hub)", positive=True)
+    val_fraction: float = field(0.01, "share of documents held out for validation")
+    seq_len: int = field(512, "tokens per packed window", positive=True)
+    batch_size: int = field(8, "windows per micro-batch", positive=True)
+    grad_accum: int = field(4, "micro-batches per optimizer step", positive=True)
+    steps: int = field(2000, "optimizer steps", positive=True)
+    lr: float = field(1e-4, "peak learning rate")
+    min_lr_ratio: float = field(0.1, "final learning rate as a share of the peak")
+    warmup_steps: int = field(100, "linear warmup steps")
+    weight_decay: float = field(0.1, "AdamW weight decay (matrices only)")
+    grad_clip: float = field(1.0, "max gradient norm")
+    balance_coef: float = field(0.01, "weight of the load-balancing loss")
+    log_every: int = field(10, "steps between training-loss rows", positive=True)
+    eval_every: int = field(200, "steps between evaluations", positive=True)
+    eval_batches: int = field(50, "held-out batches per evaluation (all of val if fewer)", positive=True)
+    active_min_share: float = field(0.01, "an expert is active if chosen for at least this share of tokens")
+    precision: str = field("auto", "auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32")
+    seed: int = field(0, "seed for the split, batch order and init")
+    wandb_project: str = field("", "log to this wandb project (empty: off)")
+
+
+PRESETS = {
+    "quick": dict(model="runs/moe/quick/upcycled", output="runs/moe/quick/cpt", data="synthetic",
+                  max_documents=900, val_fraction=0.1, seq_len=128, batch_size=8, grad_accum=1, steps=120,
+                  lr=2e-3, warmup_steps=10, log_every=10, eval_every=40, eval_batches=8),
+}
+
+METRIC_COLUMNS = ["step", "tokens", "lr", "train_loss", "train_lm_loss", "train_balance_loss", "grad_norm",
+                  "val_loss", "val_balance_loss", "active_share", "router_entropy"]
+
+
+@torch.no_grad()
+def evaluate(model, windows: torch.Tensor, cfg: PretrainConfig, device, ctx) -> dict:
+    """Token-weighted val loss and routing statistics over the held-out windows, in eval mode."""
+    model.eval()
+    c = model.config
+    stats = RoutingStats(c.num_hidden_layers, c.num_local_experts, c.num_experts_per_tok)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    count = 0
+    for batch in windows[: cfg.eval_batches * cfg.batch_size].split(cfg.batch_size):
+        batch = batch.to(device)
+        logits, router_logits = engine.forward(model, batch, None, ctx)
+        losses, real = engine.token_losses(logits, batch, None)
+        loss_sum += losses.sum()
+        count += int(real.sum())
+        stats.update(router_logits, torch.ones_like(batch))
+    model.train()
+    return {"val_loss": float(loss_sum) / count, **stats.summary(cfg.active_min_share)}
+
+
+def _log_eval(step: int, result: dict, log: engine.MetricsLog, load_csv: Path):
+    log.log({"step": step, "val_loss": result["val_loss"], "val_balance_loss": result["balance_loss"],
+             "active_share": result["active_share"], "router_entropy": result["router_entropy"]})
+    with load_csv.open("a") as f:
+        for layer, loads in enumerate(result["expert_load"]):
+            f.writelines(f"{step},{layer},{e},{v:.6f}\n" for e, v in enumerate(loads))
+    print(f"step {step:>6} | val loss {result['val_loss']:.4f} | balance {result['balance_loss']:.4f} | "
+          f"active {result['active_share']:.2f} | entropy {result['router_entropy']:.3f}", flush=True)
+
+
+def train(cfg: PretrainConfig) -> dict:
+    torch.manual_seed(cfg.seed)
+    device = engine.pick_device()
+    ctx = engine.autocast(device, cfg.precision)
+    model, tokenizer = engine.load_moe(cfg.model, device)
+    train_docs, val_docs = data.split_by_document(
+        data.load_texts(cfg.data, cfg.text_column, cfg.max_documents, cfg.seed), cfg.val_fraction, cfg.seed)
+    train_windows = data.pack(train_docs, tokenizer, cfg.seq_len)
+    val_windows = data.pack(val_docs, tokenizer, cfg.seq_len)
+    print(f"{len(train_docs)} train / {len(val_docs)} val documents -> {len(train_windows)} / "
+          f"{len(val_windows)} windows of {cfg.seq_len} tokens; device {device}", flush=True)
+
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    log = engine.MetricsLog(out / "metrics.csv", METRIC_COLUMNS, cfg.wandb_project, asdict(cfg))
+    load_csv = out / "expert_load.csv"
+    load_csv.write_text("step,layer,expert,load\n")
+
+    params = list(model.parameters())
+    optimizer = engine.make_optimizer(params, cfg.lr, cfg.weight_decay, device)
+    batches = data.random_batches(train_windows, cfg.batch_size, cfg.seed)
+    top_k = model.config.num_experts_per_tok
+    first = evaluate(model, val_windows, cfg, device, ctx)
+    _log_eval(0, first, log, load_csv)
+    model.train()
+    window_sum = torch.zeros(3, device=device)  # loss, lm, balance summed since the last log (no per-step sync)
+    for step in range(1, cfg.steps + 1):
+        lr = engine.lr_at(step - 1, cfg.steps, cfg.warmup_steps, cfg.lr, cfg.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for batch in itertools.islice(batches, cfg.grad_accum):
+            batch = batch.to(device)
+            logits, router_logits = engine.forward(model, batch, None, ctx)
+            lm = engine.lm_loss(logits, batch, None)
+            bal = balance_loss(router_logits, torch.ones_like(batch), top_k)
+            loss = lm + cfg.balance_coef * bal
+            (loss / cfg.grad_accum).backward()
+            window_sum += torch.stack([loss, lm, bal]).detach() / cfg.grad_accum
+        grad_norm = engine.clip_and_step(params, optimizer, cfg.grad_clip)
+        if step % cfg.log_every == 0:
+            loss, lm, bal = (window_sum / cfg.log_every).tolist()
+            grad_norm = float(grad_norm)
+            engine.check_finite(loss + grad_norm, step)
+            window_sum.zero_()
+            log.log({"step": step, "tokens": step * cfg.grad_accum * cfg.batch_size * cfg.seq_len, "lr": lr,
+                     "train_loss": loss, "train_lm_loss": lm, "train_balance_loss": bal, "grad_norm": grad_norm})
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            last = evaluate(model, val_windows, cfg, device, ctx)
+            _log_eval(step, last, log, load_csv)
+    log.close()
+
+    model.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    summary = {"val_loss_before": first["val_loss"], "val_loss_after": last["val_loss"],
+               "balance_loss_after": last["balance_loss"], "active_share_after": last["active_share"],
+               "router_entropy_after": last["router_entropy"]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    from smol_experiments.moe.analyze import plot_pretraining
+
+    plot_pretraining(out)
+    print(f"val loss {summary['val_loss_before']:.4f} -> {summary['val_loss_after']:.4f}; saved to {out / 'model'}")
+    return summary
+
+
+@exit_on_user_error
+def main(argv=None) -> dict:
+    cfg = parse_config(PretrainConfig, argv, "python -m smol_experiments.moe.continued_pretraining",
+                       __doc__, PRESETS)
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

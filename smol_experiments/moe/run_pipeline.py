@@ -1,0 +1,56 @@
+"""The whole MoE pipeline in one command: (dense) → upcycle → continued pretraining → specialize → report.
+
+    python -m smol_experiments.moe.run_pipeline --quick            # tiny random Llama, synthetic data, CPU, offline
+    python -m smol_experiments.moe.run_pipeline                    # SmolLM-135M, cosmopedia-100k, Nemotron (GPU)
+
+Each stage is the same module you can run alone; this only chains their command lines and folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from smol_experiments.moe import analyze, continued_pretraining, specialize, upcycle
+from smol_experiments.moe.fixtures import save_tiny_dense
+from smolhub_hub.errors import exit_on_user_error
+
+
+def run(output: Path, quick: bool, seed: int, extra_cpt: list[str], extra_spec: list[str]) -> dict:
+    output.mkdir(parents=True, exist_ok=True)
+    dense = str(save_tiny_dense(output / "dense", seed=seed)) if quick else upcycle.DEFAULT_MODEL
+    up = output / "upcycled"
+    parity = upcycle.main(["--model", dense, "--output", str(up), "--seed", str(seed)]
+                          + (["--prompt", "Question: What is 12 + 7?"] if quick else []))
+    preset = ["--preset", "quick"] if quick else []
+    cpt = continued_pretraining.main(preset + ["--model", str(up), "--output", str(output / "cpt"),
+                                               "--seed", str(seed), *extra_cpt])
+    spec = specialize.main(preset + ["--model", str(output / "cpt" / "model"), "--output",
+                                     str(output / "specialize"), "--seed", str(seed), *extra_spec])
+    report = analyze.main(["--cpt", str(output / "cpt"), "--specialize", str(output / "specialize"),
+                           "--output", str(output / "report")])
+    result = {"parity": {k: parity[k] for k in ("max_abs_logit_diff", "greedy_identical")},
+              "continued_pretraining": cpt, "specialization": spec, "report": str(report)}
+    (output / "pipeline_summary.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+@exit_on_user_error
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m smol_experiments.moe.run_pipeline", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny offline run on CPU (a few minutes at most)")
+    p.add_argument("--output", default=None, help="folder for every stage (default runs/moe/quick or runs/moe/full)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cpt-args", default="", help="extra flags for continued_pretraining, e.g. '--steps 50'")
+    p.add_argument("--specialize-args", default="", help="extra flags for specialize, e.g. '--stage-b-steps 20'")
+    args = p.parse_args(argv)
+    output = Path(args.output or ("runs/moe/quick" if args.quick else "runs/moe/full"))
+    result = run(output, args.quick, args.seed, args.cpt_args.split(), args.specialize_args.split())
+    print(f"pipeline done: {output}/pipeline_summary.json, report {result['report']}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
