@@ -1,0 +1,267 @@
+"""Sparse Mixture-of-Experts building blocks: router, grouped experts, balancing losses, telemetry.
+
+Shared by the MoE model folders (SmolMixtral, StoryMixtral, StoryKimi). The pieces compose as
+
+    router = TopKRouter(dim, n_experts, top_k)          # which experts, with which weights
+    experts = GroupedExperts(n_experts, dim, hidden)    # E SwiGLU experts in stacked weights
+    r = router(x_flat)                                  # RouterOutput
+    y = experts(x_flat, r.expert_ids, r.weights)
+
+and `MoEFeedForward` wires them with the Switch load-balancing loss, the optional z-loss and
+routing statistics, as a drop-in replacement for a dense feed-forward.
+
+Expert computation never loops over experts in Python: token copies are sorted by expert and each
+projection is one `grouped_mm` over contiguous per-expert row groups. Nothing in the training path
+reads a value back to the host, so a step never waits for the device; statistics stay as device
+tensors until `RoutingStats.summary()` is asked for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+_grouped_mm_op = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+
+
+def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Rows `offsets[e-1]:offsets[e]` of x (S, K) times w[e] (K, N) -> (S, N). offsets: int32 cumsum.
+
+    Under autocast both operands are cast to the autocast dtype (grouped_mm itself is not
+    autocast-aware, and the CUDA kernel wants bf16).
+    """
+    if _grouped_mm_op is None:
+        raise RuntimeError("this PyTorch has no grouped_mm; upgrade to torch >= 2.9 or use moe_impl='loop'")
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        x, w = x.to(dtype), w.to(dtype)
+    return _grouped_mm_op(x, w, offs=offsets)
+
+
+def expert_counts(expert_ids: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """Token copies routed to each expert, (E,) int64, computed on device (no host sync, unlike bincount)."""
+    flat = expert_ids.reshape(-1)
+    return torch.zeros(n_experts, dtype=torch.long, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
+
+
+class GroupedExperts(nn.Module):
+    """`n_experts` SwiGLU feed-forwards, weights stacked as (E, in, out) so grouped_mm needs no transpose.
+
+    `w_gate_up[e]` is [gate | up] (dim, 2 * hidden); `w_down[e]` is (hidden, dim).
+    `impl` selects the computation: "grouped" (sorted tokens + grouped_mm) or "loop" (a plain loop over
+    experts, the readable reference; it reads the per-expert counts back to the host).
+    """
+
+    def __init__(self, n_experts: int, dim: int, hidden: int, init_std: float = 0.02,
+                 down_init_std: float | None = None, impl: str = "grouped"):
+        super().__init__()
+        if impl not in ("grouped", "loop"):
+            raise ValueError(f"unknown experts impl '{impl}' (choose grouped or loop)")
+        self.n_experts, self.dim, self.hidden, self.impl = n_experts, dim, hidden, impl
+        self.w_gate_up = nn.Parameter(torch.empty(n_experts, dim, 2 * hidden))
+        self.w_down = nn.Parameter(torch.empty(n_experts, hidden, dim))
+        nn.init.normal_(self.w_gate_up, 0.0, init_std)
+        nn.init.normal_(self.w_down, 0.0, init_std if down_init_std is None else down_init_std)
+
+    def extra_repr(self) -> str:
+        return f"n_experts={self.n_experts}, dim={self.dim}, hidden={self.hidden}, impl={self.impl}"
+
+    def forward(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """x: (N, dim); expert_ids, weights: (N, k) -> sum_j weights[:, j] * expert_{ids[:, j]}(x), (N, dim)."""
+        if self.impl == "loop":
+            return self.forward_loop(x, expert_ids, weights)
+        return self.forward_grouped(x, expert_ids, weights)
+
+    def forward_grouped(self, x, expert_ids, weights):
+        N, k = expert_ids.shape
+        flat_ids = expert_ids.reshape(-1)
+        order = torch.argsort(flat_ids, stable=True)            # token copies grouped by expert
+        offsets = torch.cumsum(expert_counts(flat_ids, self.n_experts), 0, dtype=torch.int32)
+        xs = x[order // k]                                      # (N*k, dim), copy j of token t at t*k+j
+        h = grouped_mm(xs, self.w_gate_up, offsets)
+        gate, up = h.chunk(2, dim=-1)
+        ys = grouped_mm(F.silu(gate) * up, self.w_down, offsets)
+        ys = ys * weights.reshape(-1)[order, None].to(ys.dtype)
+        # Undo the sort, then add each token's k copies: deterministic, unlike index_add_ on CUDA.
+        unsorted = torch.empty_like(ys).index_copy_(0, order, ys)
+        return unsorted.view(N, k, -1).sum(1).to(x.dtype)
+
+    def forward_loop(self, x, expert_ids, weights):
+        out = torch.zeros_like(x)
+        for e in range(self.n_experts):
+            token, slot = torch.where(expert_ids == e)
+            if token.numel() == 0:
+                continue
+            gate, up = (x[token] @ self.w_gate_up[e]).chunk(2, dim=-1)
+            y = (F.silu(gate) * up) @ self.w_down[e]
+            out = out.index_add(0, token, y * weights[token, slot, None].to(y.dtype))
+        return out
+
+    def params_per_expert(self) -> int:
+        return self.w_gate_up[0].numel() + self.w_down[0].numel()
+
+
+@dataclass
+class RouterOutput:
+    logits: torch.Tensor      # (N, E) router logits (noise included when noisy top-k is on), fp32
+    probs: torch.Tensor       # (N, E) softmax over all experts, fp32
+    expert_ids: torch.Tensor  # (N, k) chosen experts, highest weight first
+    weights: torch.Tensor     # (N, k) mixing weights, fp32; sum to 1 per token when renormalised
+
+
+class TopKRouter(nn.Module):
+    """Mixtral's router: softmax over all experts, keep the top k, renormalise them to sum to 1.
+
+    Noisy top-k (Shazeer et al. 2017): while training, the logits get Gaussian noise scaled per
+    expert by softplus(x @ w_noise), so that near-ties explore other experts. Never in eval.
+    Logits are computed in fp32 so that bf16 rounding never flips a routing decision.
+    """
+
+    def __init__(self, dim: int, n_experts: int, top_k: int, noisy: bool = False, renormalize: bool = True,
+                 init_std: float = 0.02):
+        super().__init__()
+        if not 1 <= top_k <= n_experts:
+            raise ValueError(f"top_k ({top_k}) must be between 1 and n_experts ({n_experts})")
+        self.n_experts, self.top_k, self.renormalize = n_experts, top_k, renormalize
+        self.weight = nn.Parameter(torch.empty(n_experts, dim))
+        nn.init.normal_(self.weight, 0.0, init_std)
+        # Zero init: the noise starts at softplus(0) = 0.69 per expert and is learned from there.
+        self.w_noise = nn.Parameter(torch.zeros(n_experts, dim)) if noisy else None
+
+    def forward(self, x: torch.Tensor) -> RouterOutput:
+        with torch.autocast(x.device.type, enabled=False):  # autocast would run these linears in bf16
+            xf = x.float()
+            logits = F.linear(xf, self.weight.float())
+            if self.w_noise is not None and self.training:
+                scale = F.softplus(F.linear(xf, self.w_noise.float()))
+                logits = logits + torch.randn_like(logits) * scale
+        probs = logits.softmax(dim=-1)
+        weights, expert_ids = probs.topk(self.top_k, dim=-1)
+        if self.renormalize:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return RouterOutput(logits, probs, expert_ids, weights)
+
+
+def load_balancing_loss(probs: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
+    """Switch Transformer's auxiliary loss E * sum_e f_e * P_e.
+
+    f_e: share of the N*k token copies sent to expert e (no gradient); P_e: mean router probability
+    of e. Both sum to 1, so the loss is 1 when routing is uniform and E when it collapses to one
+    expert. (transformers' Mixtral normalises f by N only, which makes its value k times this one.)
+    """
+    n_experts = probs.shape[-1]
+    f = expert_counts(expert_ids, n_experts).to(probs.dtype) / expert_ids.numel()
+    return n_experts * (f * probs.mean(dim=0)).sum()
+
+
+def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """ST-MoE's z-loss, mean(logsumexp(logits)^2): keeps router logits small and bf16-safe."""
+    return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+
+
+class RoutingStats:
+    """Running routing statistics of one MoE layer, kept as device tensors (no host sync per step).
+
+    `update` adds one forward's routing; `summary` converts to floats and starts a new window, so a
+    reader gets the aggregate over every token routed since it last asked (e.g. all eval batches).
+    """
+
+    def __init__(self, n_experts: int):
+        self.n_experts = n_experts
+        self.reset()
+
+    def reset(self):
+        self.counts = None        # (E,) token copies per expert
+        self.entropy_sum = None   # sum over tokens of the router entropy (nats)
+        self.balance_sum = None   # sum over forwards of the (unscaled) balance loss
+        self.tokens = 0
+        self.forwards = 0
+
+    @torch.no_grad()
+    def update(self, router: RouterOutput, balance: torch.Tensor | None = None):
+        counts = expert_counts(router.expert_ids, self.n_experts)
+        logp = router.logits.detach().float().log_softmax(-1)
+        entropy = -(logp.exp() * logp).sum()
+        if balance is None:
+            balance = load_balancing_loss(router.probs.detach(), router.expert_ids)
+        if self.counts is None:
+            self.counts, self.entropy_sum, self.balance_sum = counts, entropy, balance.detach().float()
+        else:
+            self.counts = self.counts + counts
+            self.entropy_sum = self.entropy_sum + entropy
+            self.balance_sum = self.balance_sum + balance.detach().float()
+        self.tokens += router.expert_ids.shape[0]
+        self.forwards += 1
+
+    def summary(self) -> dict[str, float] | None:
+        """{'load_e<i>': share of token copies, 'active_share', 'entropy', 'balance_loss'}; None if empty."""
+        if self.counts is None:
+            return None
+        load = self.counts.float() / self.counts.sum().clamp(min=1)
+        packed = torch.cat([load, (self.counts > 0).float().mean()[None],
+                            (self.entropy_sum / self.tokens)[None], (self.balance_sum / self.forwards)[None]])
+        values = packed.tolist()  # the one host sync, only when asked
+        self.reset()
+        out = {f"load_e{e}": values[e] for e in range(self.n_experts)}
+        out.update(active_share=values[-3], entropy=values[-2], balance_loss=values[-1])
+        return out
+
+
+class MoEFeedForward(nn.Module):
+    """Router + grouped SwiGLU experts: a sparse replacement for a dense feed-forward.
+
+    `forward(x (B, T, dim)) -> (y, aux)` where aux = balance_coef * balance loss + z_loss_coef * z-loss
+    (None when both coefficients are 0). The last forward's routing is kept in `last_routing` (for
+    `--show-routing`) and accumulated in `stats` (for training telemetry).
+    """
+
+    def __init__(self, dim: int, hidden: int, n_experts: int = 8, top_k: int = 2, noisy_topk: bool = False,
+                 balance_coef: float = 0.01, z_loss_coef: float = 0.0, impl: str = "grouped",
+                 init_std: float = 0.02, down_init_std: float | None = None):
+        super().__init__()
+        self.balance_coef, self.z_loss_coef = balance_coef, z_loss_coef
+        self.router = TopKRouter(dim, n_experts, top_k, noisy=noisy_topk, init_std=init_std)
+        self.experts = GroupedExperts(n_experts, dim, hidden, init_std, down_init_std, impl)
+        self.stats = RoutingStats(n_experts)
+        self.last_routing: RouterOutput | None = None
+        self.track_stats = True
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        r = self.router(flat)
+        y = self.experts(flat, r.expert_ids, r.weights).view(shape)
+        aux, balance = None, None
+        if self.balance_coef:
+            balance = load_balancing_loss(r.probs, r.expert_ids)
+            aux = self.balance_coef * balance
+        if self.z_loss_coef:
+            z = self.z_loss_coef * router_z_loss(r.logits)
+            aux = z if aux is None else aux + z
+        self.last_routing = r
+        if self.track_stats:
+            self.stats.update(r, balance)
+        return y, aux
+
+    def inactive_params_per_token(self) -> int:
+        """Weights of the experts a token is not routed to."""
+        return (self.experts.n_experts - self.router.top_k) * self.experts.params_per_expert()
+
+
+def moe_routing_stats(moe_layers, prefix: str = "moe") -> dict[str, float]:
+    """Flat metrics for a model's MoE layers: `<prefix>/layer<i>/<name>` plus means over layers."""
+    out: dict[str, float] = {}
+    per_layer = [(i, m.stats.summary()) for i, m in enumerate(moe_layers)]
+    per_layer = [(i, s) for i, s in per_layer if s is not None]
+    for i, s in per_layer:
+        out.update({f"{prefix}/layer{i}/{k}": v for k, v in s.items()})
+    if per_layer:
+        for name in ("balance_loss", "entropy", "active_share"):
+            out[f"{prefix}/{name}"] = sum(s[name] for _, s in per_layer) / len(per_layer)
+        out[f"{prefix}/max_load"] = max(max(v for k, v in s.items() if k.startswith("load_e")) for _, s in per_layer)
+    return out
+

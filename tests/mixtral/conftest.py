@@ -1,0 +1,31 @@
+import pytest
+import torch
+
+from SmolMixtral.config import MixtralConfig
+from SmolMixtral.model import SmolMixtral
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: thread start-up costs more than it saves, and on shared cores it can cost 100x."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def tiny_config(**kw) -> MixtralConfig:
+    base = dict(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, n_experts=4, top_k=2,
+                expert_hidden=48, max_seq_len=64)
+    return MixtralConfig(**{**base, **kw})
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    model = SmolMixtral(tiny_config())
+    with torch.no_grad():  # non-trivial norm weights, so a mis-mapped norm cannot hide
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0, 0.1)
+    return model.eval()
