@@ -1,0 +1,332 @@
+"""StoryKimi: the DeepSeek-V3 / Kimi-K2 architecture at small scale.
+
+Pre-norm blocks of RMSNorm -> multi-head latent attention (MLA) -> RMSNorm -> feed-forward, where the
+feed-forward is a dense SwiGLU in the first `first_k_dense` blocks and a DeepSeek MoE after that:
+sigmoid-scored routed experts plus always-on shared experts, balanced without an auxiliary loss by a
+per-expert bias that only decides *which* experts are chosen. Numerically the same function as
+transformers' `DeepseekV3ForCausalLM` with the same weights (`smolhub_hub/export/deepseek_v3.py`).
+
+MLA in one paragraph: each token's keys and values are compressed into one `kv_lora_rank` latent (plus
+one small RoPE key shared by the heads); every head up-projects the latent with its own slice of
+`wkv_b`. Training expands the latent into per-head keys/values and runs ordinary attention. Generation
+caches only the latent and the RoPE key and folds the up-projections into the query and the output
+("absorption"), so attention runs directly against the cache, which is several times smaller per
+token than a multi-head KV cache.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from smolhub_hub.kv_cache import KVCache
+from smolhub_hub.layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rope, causal_attention
+from smolhub_hub.modeling import CausalLM
+from smolhub_hub.moe import GroupedExperts, RouterOutput, RoutingStats, expert_counts, moe_routing_stats
+from StoryKimi.config import StoryKimiConfig
+
+# transformers' DeepseekV3 builds its latent norms with the default eps, whatever rms_norm_eps says.
+LATENT_NORM_EPS = 1e-6
+
+
+# --- attention ----------------------------------------------------------------------------------------
+class LatentCache(KVCache):
+    """MLA's generation cache: per layer and token, the normalised KV latent and the roped shared key.
+
+    Same shape of use as `KVCache` (`pos`, `check_room`, `update`, `advance`, `nbytes_per_token`); the
+    two parts live side by side in one (layers, batch, 1, max_len, kv_lora_rank + rope) tensor, so the
+    latent attention reads keys as the whole row and values as its first `kv_lora_rank` columns.
+    """
+
+    def __init__(self, n_layers: int, batch_size: int, max_len: int, kv_lora_rank: int, rope_dim: int,
+                 device=None, dtype=torch.float32):
+        self.kv = torch.zeros(n_layers, batch_size, 1, max_len, kv_lora_rank + rope_dim, device=device, dtype=dtype)
+        self.kv_lora_rank, self.max_len, self.pos = kv_lora_rank, max_len, 0
+
+    def update(self, layer: int, latent: torch.Tensor, k_rope: torch.Tensor) -> torch.Tensor:
+        """latent: (B, T, rank); k_rope: (B, 1, T, rope) -> this layer's rows so far, (B, 1, pos + T, rank + rope)."""
+        t = latent.shape[1]
+        rows = self.kv[layer, :, :, self.pos:self.pos + t]
+        rows[..., :self.kv_lora_rank] = latent.unsqueeze(1)
+        rows[..., self.kv_lora_rank:] = k_rope
+        return self.kv[layer, :, :, :self.pos + t]
+
+    def nbytes_per_token(self) -> int:
+        return self.kv.element_size() * self.kv.shape[0] * self.kv.shape[-1]
+
+
+class LatentAttention(nn.Module):
+    """Multi-head latent attention of one layer; every projection belongs to this layer alone."""
+
+    def __init__(self, c: StoryKimiConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx, self.n_heads, self.dropout = layer_idx, c.n_heads, c.dropout
+        self.nope, self.rope_dim, self.v_dim, self.rank = c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim, c.kv_lora_rank
+        self.scale = c.qk_head_dim ** -0.5
+        q_out = c.n_heads * c.qk_head_dim
+        if c.q_lora_rank:
+            self.wq_a = nn.Linear(c.dim, c.q_lora_rank, bias=False)
+            self.q_norm = RMSNorm(c.q_lora_rank, LATENT_NORM_EPS)
+            self.wq_b = nn.Linear(c.q_lora_rank, q_out, bias=False)
+        else:
+            self.wq = nn.Linear(c.dim, q_out, bias=False)
+        self.wkv_a = nn.Linear(c.dim, c.kv_lora_rank + c.qk_rope_head_dim, bias=False)  # down-projection + RoPE key
+        self.kv_norm = RMSNorm(c.kv_lora_rank, LATENT_NORM_EPS)
+        self.wkv_b = nn.Linear(c.kv_lora_rank, c.n_heads * (c.qk_nope_head_dim + c.v_head_dim), bias=False)
+        self.wo = nn.Linear(c.n_heads * c.v_head_dim, c.dim, bias=False)
+        self.resid_dropout = nn.Dropout(c.dropout)
+        self.track_max_logit = c.qk_clip_tau > 0
+        # Per-head max logit over the step, for QK-clip. Not a buffer: DDP would overwrite it with rank 0's.
+        self.max_logit: torch.Tensor | None = None
+
+    @property
+    def q_proj(self) -> nn.Linear:
+        return self.wq_b if hasattr(self, "wq_b") else self.wq
+
+    def forward(self, x, rope, cache: LatentCache | None = None):
+        B, T, _ = x.shape
+        q = self.q_proj(self.q_norm(self.wq_a(x)) if hasattr(self, "wq_b") else x)
+        q_nope, q_rope = q.view(B, T, self.n_heads, -1).transpose(1, 2).split([self.nope, self.rope_dim], -1)
+        latent, k_rope = self.wkv_a(x).split([self.rank, self.rope_dim], -1)
+        latent = self.kv_norm(latent)
+        q_rope, k_rope = apply_rope(q_rope, *rope), apply_rope(k_rope.unsqueeze(1), *rope)  # k: one head
+        if cache is None:
+            y = self._attend_expanded(q_nope, q_rope, latent, k_rope)
+        else:
+            y = self._attend_absorbed(q_nope, q_rope, cache.update(self.layer_idx, latent, k_rope))
+        return self.resid_dropout(self.wo(y.transpose(1, 2).reshape(B, T, -1)))
+
+    def _up_projections(self):
+        """wkv_b as per-head (H, nope, rank) key and (H, v, rank) value up-projections (views)."""
+        w = self.wkv_b.weight.view(self.n_heads, self.nope + self.v_dim, self.rank)
+        return w[:, :self.nope], w[:, self.nope:]
+
+    def _attend_expanded(self, q_nope, q_rope, latent, k_rope):
+        """Training / no cache: up-project the latent to per-head keys and values, then plain attention."""
+        B, H, T, _ = q_nope.shape
+        k_nope, v = self.wkv_b(latent).view(B, T, H, -1).transpose(1, 2).split([self.nope, self.v_dim], -1)
+        q = torch.cat([q_nope, q_rope], -1)
+        k = torch.cat([k_nope, k_rope.expand(-1, H, -1, -1)], -1)
+        if self.track_max_logit and self.training:
+            self._record_max_logit(q, k)
+        # SDPA's default scale 1/sqrt(nope + rope) is DeepSeek's softmax scale.
+        return causal_attention(q, k, v, self.dropout if self.training else 0.0)
+
+    def _attend_absorbed(self, q_nope, q_rope, cached):
+        """Generation: attend straight against the cached latents (B, 1, S, rank + rope).
+
+        q_nope . (W_uk c) = (W_uk^T q_nope) . c, so the key up-projection moves into the query; the
+        value up-projection is applied once to the attention output instead of to every cached token.
+        Every head then shares one key/value "head": multi-query attention over the latent.
+        """
+        w_uk, w_uv = self._up_projections()
+        q = torch.cat([torch.einsum("bhtd,hdr->bhtr", q_nope, w_uk), q_rope], -1)
+        values = cached[..., :self.rank]
+        B, H, T, _ = q.shape
+        if T == 1:  # decoding: fold the heads into the query axis, one latent "head" serves them all
+            o = F.scaled_dot_product_attention(q.transpose(1, 2), cached, values, scale=self.scale).transpose(1, 2)
+        else:  # a prompt: causal, offset by what is already cached; the shared causal mask wants the default scale
+            o = causal_attention(q * (self.scale * math.sqrt(q.shape[-1])), cached, values)
+        return torch.einsum("bhtr,hvr->bhtv", o, w_uv)
+
+    @torch.no_grad()
+    def _record_max_logit(self, q, k):
+        T = q.shape[-2]
+        logits = (q @ k.transpose(-2, -1)) * self.scale
+        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        per_head = logits.masked_fill(~causal, float("-inf")).amax(dim=(0, 2, 3)).float()
+        self.max_logit = per_head if self.max_logit is None else torch.maximum(self.max_logit, per_head)
+
+    @torch.no_grad()
+    def qk_clip(self, tau: float) -> torch.Tensor:
+        """Kimi K2's QK-clip: a head whose max logit S exceeded tau gets its query/key weights scaled so that
+        S becomes tau: the head-specific nope parts by sqrt(tau/S) each, its RoPE query by tau/S (the RoPE
+        key is shared by all heads, so it stays). Returns the heads that were clipped (bool, H)."""
+        max_logit = self.max_logit if self.max_logit is not None else self.wo.weight.new_zeros(self.n_heads).float()
+        if dist.is_initialized():
+            dist.all_reduce(max_logit, op=dist.ReduceOp.MAX)
+        gamma = (tau / max_logit.clamp(min=1e-6)).clamp(max=1.0)  # 1 for heads within bounds
+        q_w = self.q_proj.weight.view(self.n_heads, self.nope + self.rope_dim, -1)
+        q_w[:, :self.nope].mul_(gamma.sqrt()[:, None, None].to(q_w.dtype))
+        q_w[:, self.nope:].mul_(gamma[:, None, None].to(q_w.dtype))
+        w_uk, _ = self._up_projections()
+        w_uk.mul_(gamma.sqrt()[:, None, None].to(w_uk.dtype))
+        self.max_logit = None
+        return gamma < 1.0
+
+
+# --- mixture of experts -------------------------------------------------------------------------------
+class DeepSeekRouter(nn.Module):
+    """DeepSeek-V3's router: sigmoid affinities; a per-expert bias picks the top-k (and the top groups)
+    but never weighs them; the chosen affinities are normalised and scaled by `routed_scaling_factor`."""
+
+    def __init__(self, c: StoryKimiConfig):
+        super().__init__()
+        self.n_experts, self.top_k = c.n_experts, c.top_k
+        self.n_group, self.topk_group = c.n_group, c.topk_group
+        self.scaling, self.normalize = c.routed_scaling_factor, c.norm_topk_prob
+        self.weight = nn.Parameter(torch.empty(c.n_experts, c.dim))
+        nn.init.normal_(self.weight, 0.0, 0.02)
+        # DeepSeek's e_score_correction_bias: a persistent buffer, so checkpoints and resume carry it.
+        self.register_buffer("expert_bias", torch.zeros(c.n_experts))
+
+    def forward(self, x: torch.Tensor) -> RouterOutput:
+        logits = F.linear(x.float(), self.weight.float())  # fp32: bf16 rounding never flips a choice
+        scores = logits.sigmoid()
+        choice = scores.detach() + self.expert_bias
+        if self.n_group > 1:
+            choice = self._keep_top_groups(choice)
+        expert_ids = choice.topk(self.top_k, dim=-1).indices
+        weights = scores.gather(-1, expert_ids)  # the bias is not in here: selection only
+        if self.normalize:
+            weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+        affinity = scores / scores.sum(-1, keepdim=True)  # normalised s'_i of the balance loss and stats
+        return RouterOutput(affinity.log(), affinity, expert_ids, weights * self.scaling)
+
+    def _keep_top_groups(self, choice):
+        """Group-limited routing: a group scores the sum of its two best experts; keep the best groups."""
+        grouped = choice.view(-1, self.n_group, self.n_experts // self.n_group)
+        top_groups = grouped.topk(2, dim=-1).values.sum(-1).topk(self.topk_group, dim=-1).indices
+        keep = torch.zeros_like(grouped[..., 0], dtype=torch.bool).scatter_(1, top_groups, True)
+        return grouped.masked_fill(~keep[..., None], float("-inf")).view_as(choice)
+
+
+def sequence_balance_loss(affinity: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
+    """DeepSeek-V3's sequence-wise balance loss sum_i f_i P_i, averaged over sequences (1 when uniform).
+
+    affinity: (B, T, E) normalised scores; expert_ids: (B, T, k). f_i = E/(k T) * tokens sent to i.
+    """
+    B, T, k = expert_ids.shape
+    E = affinity.shape[-1]
+    counts = torch.zeros(B, E, device=affinity.device).scatter_add_(
+        1, expert_ids.reshape(B, -1), torch.ones(B, T * k, device=affinity.device))
+    return (counts * (E / (k * T)) * affinity.mean(1)).sum(-1).mean()
+
+
+class DeepSeekMoE(nn.Module):
+    """Routed SwiGLU experts (grouped, shared `smolhub_hub.moe`) plus shared experts every token uses."""
+
+    def __init__(self, c: StoryKimiConfig, down_init_std: float):
+        super().__init__()
+        self.router = DeepSeekRouter(c)
+        self.experts = GroupedExperts(c.n_experts, c.dim, c.moe_hidden, 0.02, down_init_std, c.moe_impl)
+        self.shared = SwiGLU(c.dim, c.moe_hidden * c.n_shared_experts) if c.n_shared_experts else None
+        self.seq_aux_loss_coef = c.seq_aux_loss_coef
+        self.stats = RoutingStats(c.n_experts)
+        self.track_stats = True
+        # Token copies per expert over the current optimizer step (training forwards only). A plain
+        # tensor, not a buffer: DDP re-broadcasts rank 0's buffers every forward and would erase ours.
+        self.step_load: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor):
+        B, T, D = x.shape
+        flat = x.reshape(-1, D)
+        r = self.router(flat)
+        y = self.experts(flat, r.expert_ids, r.weights).view_as(x)
+        if self.shared is not None:
+            y = y + self.shared(x)
+        aux = None
+        if self.training and torch.is_grad_enabled():  # never eval, never generation
+            # (activation checkpointing recounts every token once more: the balance sign is unchanged)
+            load = expert_counts(r.expert_ids, self.router.n_experts)
+            self.step_load = load if self.step_load is None else self.step_load + load
+            if self.seq_aux_loss_coef:
+                aux = self.seq_aux_loss_coef * sequence_balance_loss(r.probs.view(B, T, -1), r.expert_ids.view(B, T, -1))
+        if self.track_stats:
+            self.stats.update(r)
+        return y, aux
+
+    def inactive_params_per_token(self) -> int:
+        return (self.router.n_experts - self.router.top_k) * self.experts.params_per_expert()
+
+
+# --- the model ------------------------------------------------------------------------------------------
+class KimiBlock(nn.Module):
+    def __init__(self, c: StoryKimiConfig, layer_idx: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(c.dim, c.norm_eps)
+        self.attn = LatentAttention(c, layer_idx)
+        self.ffn_norm = RMSNorm(c.dim, c.norm_eps)
+        self.is_moe = c.is_moe_layer(layer_idx)
+        down_std = 0.02 / math.sqrt(2 * c.n_layers)
+        self.ffn = DeepSeekMoE(c, down_std) if self.is_moe else SwiGLU(c.dim, c.dense_hidden)
+        self.ffn_dropout = nn.Dropout(c.dropout)
+
+    def forward(self, x, rope, cache=None):
+        x = x + self.attn(self.attn_norm(x), rope, cache)
+        h, aux = self.ffn(self.ffn_norm(x)) if self.is_moe else (self.ffn(self.ffn_norm(x)), None)
+        return x + self.ffn_dropout(h), aux
+
+
+class StoryKimi(CausalLM):
+    config_class = StoryKimiConfig
+    family = "StoryKimi"
+
+    def __init__(self, config: StoryKimiConfig):
+        super().__init__(config)
+        self.rope = RotaryEmbedding(config.qk_rope_head_dim, config.max_seq_len, config.rope_base)
+
+    def make_block(self, layer_idx):
+        return KimiBlock(self.config, layer_idx)
+
+    def make_final_norm(self):
+        return RMSNorm(self.config.dim, self.config.norm_eps)
+
+    def positions(self, start, length):
+        return self.rope(start, length)
+
+    def moe_layers(self) -> dict[int, DeepSeekMoE]:
+        return {i: b.ffn for i, b in enumerate(self.blocks) if b.is_moe}
+
+    def inactive_params_per_token(self) -> int:
+        return sum(m.inactive_params_per_token() for m in self.moe_layers().values())
+
+    def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> LatentCache:
+        c, p = self.config, self.tok_emb.weight
+        return LatentCache(c.n_layers, batch_size, max_len, c.kv_lora_rank, c.qk_rope_head_dim,
+                           device=device or p.device, dtype=dtype or p.dtype)
+
+    @torch.no_grad()
+    def on_optimizer_step(self):
+        """Once per optimizer step: aux-loss-free bias update from the step's load, then QK-clip."""
+        self._update_expert_bias()
+        if self.config.qk_clip_tau > 0:
+            clipped = [b.attn.qk_clip(self.config.qk_clip_tau) for b in self.blocks]
+            self._qk_clipped = torch.stack(clipped).sum() + getattr(self, "_qk_clipped", 0)
+
+    def _update_expert_bias(self):
+        """bias_e += gamma * sign(mean load - load_e), the load summed over micro-batches and DDP ranks."""
+        moes = [m for m in self.moe_layers().values() if m.step_load is not None]
+        if not moes:
+            return
+        load = torch.stack([m.step_load for m in moes]).float()  # (layers, E)
+        if dist.is_initialized():
+            dist.all_reduce(load, op=dist.ReduceOp.SUM)
+        step = self.config.bias_update_rate * torch.sign(load.mean(-1, keepdim=True) - load)
+        for m, s in zip(moes, step):
+            m.router.expert_bias.add_(s)
+            m.step_load = None
+
+    def routing_stats(self) -> dict[str, float]:
+        """Per-layer expert load / entropy since the last call (trainer telemetry), named by block index."""
+        layers = self.moe_layers()
+        # moe_routing_stats numbers the MoE layers 0..n-1; name them by their block instead.
+        block_of = {f"moe/layer{j}/": f"moe/layer{i}/" for j, i in enumerate(layers)}
+        out = {}
+        for k, v in moe_routing_stats(list(layers.values())).items():
+            m = re.match(r"moe/layer\d+/", k)
+            out[block_of[m.group()] + k[m.end():] if m else k] = v
+        if hasattr(self, "_qk_clipped"):
+            out["attn/qk_clip_heads"] = float(self._qk_clipped)  # clipped (layer, head)s since last asked
+            del self._qk_clipped
+        return out
+
+    def configure_optimizers(self, train_cfg):
+        from StoryKimi.optimizer import build_optimizers
+
+        return build_optimizers(self, train_cfg)
