@@ -108,10 +108,9 @@ def plot_specialization(run_dir: str | Path) -> list[Path]:
     axes[2].set(title="held-out LM loss per domain", xlabel="step")
     for ax in axes[1:]:
         ax.legend(fontsize=8)
-    stage_b = [int(r["step"]) for r in metrics if r["stage"] == "B"]
+    stage_a = [int(r["step"]) for r in metrics if r["stage"] in ("before", "A")]
     for ax in axes:
-        if stage_b:
-            ax.axvline(min(stage_b) - 0.5, color="k", lw=0.8, ls=":")  # stage A | stage B
+        ax.axvline(max(stage_a) + 0.5, color="k", lw=0.8, ls=":")  # stage A | stage B
     paths = [_save(fig, run_dir / "specialization_curves.png"), plot_expert_load(run_dir, metrics)]
     return paths + plot_heatmaps(run_dir, domains, before, after)
 

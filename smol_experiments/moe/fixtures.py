@@ -41,3 +41,14 @@ def save_tiny_dense(path: str | Path, seed: int = 0):
     tiny_llama(tokenizer, seed=seed).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def save_tiny_moe(path: str | Path, num_experts: int = 3, top_k: int = 2, seed: int = 0):
+    """A tiny upcycled MixtralForCausalLM + tokenizer folder (what `upcycle` writes); returns the path."""
+    from smol_experiments.moe.upcycle import upcycle
+
+    path = Path(path)
+    tokenizer = tiny_tokenizer(seed=seed)
+    upcycle(tiny_llama(tokenizer, seed=seed), num_experts, top_k, seed=seed).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

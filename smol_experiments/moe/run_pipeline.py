@@ -12,6 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from smol_experiments.moe import analyze, continued_pretraining, specialize, upcycle
 from smol_experiments.moe.fixtures import save_tiny_dense
 from smolhub_hub.errors import exit_on_user_error
@@ -46,6 +48,10 @@ def main(argv=None) -> dict:
     p.add_argument("--cpt-args", default="", help="extra flags for continued_pretraining, e.g. '--steps 50'")
     p.add_argument("--specialize-args", default="", help="extra flags for specialize, e.g. '--stage-b-steps 20'")
     args = p.parse_args(argv)
+    if args.quick:
+        # The toy model is too small for intra-op threads to pay off: on a busy 2-core machine a step
+        # took ~10x longer with 2 threads than with 1.
+        torch.set_num_threads(1)
     output = Path(args.output or ("runs/moe/quick" if args.quick else "runs/moe/full"))
     result = run(output, args.quick, args.seed, args.cpt_args.split(), args.specialize_args.split())
     print(f"pipeline done: {output}/pipeline_summary.json, report {result['report']}")
