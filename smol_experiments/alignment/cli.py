@@ -18,14 +18,17 @@ def stage_parser(description: str, *, model: str | None, learning_rate: float, b
     a required preference-pairs source instead of CoEdIT.
     """
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default=model, required=model is None, help="Hub id or local folder of the starting model")
+    p.add_argument("--model", default=model, required=model is None,
+                   help="Hub id or local folder of the starting model")
     if preference:
         p.add_argument("--dataset", required=True, help="pairs folder from build_preference_pairs, a local "
                        "JSON/JSONL/parquet file or a Hub id with prompt/chosen/rejected")
     else:
-        p.add_argument("--dataset", default=DATASET, help="Hub id, local JSON/JSONL/parquet file, or folder of split files")
+        p.add_argument("--dataset", default=DATASET,
+                       help="Hub id, local JSON/JSONL/parquet file, or folder of split files")
         p.add_argument("--task", default="gec", help="CoEdIT task to keep (rows whose `task` differs are dropped)")
-    p.add_argument("--output-dir", required=True, help="new folder for this stage (or its own unfinished run, to resume)")
+    p.add_argument("--output-dir", required=True,
+                   help="new folder for this stage (or its own unfinished run, to resume)")
     p.add_argument("--learning-rate", type=float, default=learning_rate)
     p.add_argument("--lr-scheduler", default=scheduler, help="transformers scheduler name (linear, cosine, ...)")
     p.add_argument("--warmup", type=float, default=0.0, help="warmup steps (int) or share of all steps (float < 1)")

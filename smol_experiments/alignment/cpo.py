@@ -11,7 +11,7 @@ from smolhub_hub.errors import exit_on_user_error
 from smol_experiments.alignment.cli import settings_of, stage_parser, training_kwargs
 from smol_experiments.alignment.data import check_max_samples, load_model_and_tokenizer, load_preference_pairs
 from smol_experiments.alignment.prompt_format import encode_completion, encode_prompt
-from smol_experiments.alignment.run_dir import mark_done, prepare_output_dir
+from smol_experiments.alignment.run_dir import mark_done, prepare_output_dir, train_and_save
 
 STAGE = "cpo"
 
@@ -69,12 +69,7 @@ def run(argv=None) -> dict:
     model, tokenizer = load_model_and_tokenizer(args.model)
     resume = prepare_output_dir(args.output_dir, STAGE, settings_of(args))
     trainer = build_cpo_trainer(model, tokenizer, pairs, args)
-    result = trainer.train(resume_from_checkpoint=resume)
-    logged = [log for log in trainer.state.log_history if "rewards/margins" in log]
-    metrics = {"train_loss": result.training_loss, "pairs": len(pairs),
-               "last_logged_reward_margin": logged[-1]["rewards/margins"] if logged else None}
-    trainer.save_model(args.output_dir)
-    tokenizer.save_pretrained(args.output_dir)
+    metrics = {**train_and_save(trainer, tokenizer, args.output_dir, resume), "pairs": len(pairs)}
     mark_done(args.output_dir, metrics)
     print(f"CPO done: {metrics} -> {args.output_dir}")
     return metrics

@@ -10,7 +10,7 @@ from smolhub_hub.errors import exit_on_user_error
 
 from smol_experiments.alignment.cli import settings_of, stage_parser, training_kwargs
 from smol_experiments.alignment.data import check_max_samples, load_model_and_tokenizer, load_preference_pairs
-from smol_experiments.alignment.run_dir import mark_done, prepare_output_dir
+from smol_experiments.alignment.run_dir import mark_done, prepare_output_dir, train_and_save
 
 STAGE = "dpo"
 
@@ -25,13 +25,15 @@ def build_parser():
     return p
 
 
-def build_dpo_trainer(model, tokenizer, pairs, args):
+def build_dpo_trainer(model, tokenizer, pairs, args, eval_pairs=None):
     """A DPOTrainer whose reference is a frozen copy of the starting (SFT) model, or its precomputed log-probs."""
     from trl import DPOConfig, DPOTrainer
 
-    config = DPOConfig(**training_kwargs(args), beta=args.beta, loss_type=[args.loss_type], max_length=args.max_length,
-                       precompute_ref_log_probs=args.precompute_ref_log_probs, per_device_eval_batch_size=args.batch_size)
-    return DPOTrainer(model=model, args=config, processing_class=tokenizer, train_dataset=pairs)
+    config = DPOConfig(**training_kwargs(args), beta=args.beta, loss_type=[args.loss_type],
+                       max_length=args.max_length, precompute_ref_log_probs=args.precompute_ref_log_probs,
+                       per_device_eval_batch_size=args.batch_size)
+    return DPOTrainer(model=model, args=config, processing_class=tokenizer, train_dataset=pairs,
+                      eval_dataset=eval_pairs)
 
 
 def run(argv=None) -> dict:
@@ -41,12 +43,7 @@ def run(argv=None) -> dict:
     model, tokenizer = load_model_and_tokenizer(args.model)
     resume = prepare_output_dir(args.output_dir, STAGE, settings_of(args))
     trainer = build_dpo_trainer(model, tokenizer, pairs, args)
-    result = trainer.train(resume_from_checkpoint=resume)
-    logged = [log for log in trainer.state.log_history if "rewards/margins" in log]
-    metrics = {"train_loss": result.training_loss, "pairs": len(pairs),
-               "last_logged_reward_margin": logged[-1]["rewards/margins"] if logged else None}
-    trainer.save_model(args.output_dir)
-    tokenizer.save_pretrained(args.output_dir)
+    metrics = {**train_and_save(trainer, tokenizer, args.output_dir, resume), "pairs": len(pairs)}
     mark_done(args.output_dir, metrics)
     print(f"DPO done: {metrics} -> {args.output_dir}")
     return metrics

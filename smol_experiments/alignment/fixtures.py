@@ -7,6 +7,7 @@ plus the broken sentence, `tgt` the original. Used by the tests and by `run_pipe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -17,8 +18,8 @@ from smolhub_hub.data.tokenizer import train_bpe
 
 from smol_experiments.alignment.prompt_format import make_completion, make_prompt
 
-INSTRUCTIONS = ["Fix grammar", "Fix grammatical errors in this sentence", "Remove all grammatical errors from this text",
-                "Fix the grammar mistakes", "Improve the grammaticality"]
+INSTRUCTIONS = ["Fix grammar", "Fix grammatical errors in this sentence",
+                "Remove all grammatical errors from this text", "Fix the grammar mistakes", "Improve the grammaticality"]
 AGREEMENT_SWAPS = {"was": "were", "were": "was", "is": "are", "are": "is", "has": "have", "does": "do"}
 
 
@@ -133,3 +134,16 @@ def force_offline_hub(monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run with `n` torch threads: for the tiny model, thread start-up and contention cost more than they give."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

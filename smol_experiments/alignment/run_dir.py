@@ -59,7 +59,7 @@ def mark_done(output_dir: str | Path, metrics: dict) -> None:
 
 
 def model_fingerprint(model: str) -> str:
-    """sha256 of a local model's weight files (a Hub id stands for itself): outputs of an older model at the same path are not reused."""
+    """sha256 of a local model's weights (a Hub id stands for itself): an older model at the same path won't match."""
     path = Path(model)
     if not path.is_dir():
         return model
@@ -69,3 +69,15 @@ def model_fingerprint(model: str) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def train_and_save(trainer, tokenizer, output_dir: str, resume: str | None) -> dict:
+    """Train (resuming when a checkpoint exists), save model + tokenizer at the top of `output_dir`, return metrics."""
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    margins = [log["rewards/margins"] for log in trainer.state.log_history if "rewards/margins" in log]
+    metrics = {"train_loss": result.training_loss, "global_step": trainer.state.global_step, "resumed_from": resume}
+    if margins:
+        metrics["last_logged_reward_margin"] = margins[-1]
+    return metrics

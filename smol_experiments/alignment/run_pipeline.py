@@ -15,6 +15,8 @@ import argparse
 import shlex
 from pathlib import Path
 
+import torch
+
 from smolhub_hub.errors import exit_on_user_error
 
 from smol_experiments.alignment import build_preference_pairs, cpo, dpo, evaluate, sft
@@ -74,6 +76,8 @@ def run(argv=None) -> dict:
     model, dataset = args.model or BASE_MODEL, args.dataset or DATASET
     train_rows, eval_rows = args.max_samples, args.eval_samples
     if args.quick:
+        if args.model is None:
+            torch.set_num_threads(1)  # the tiny model's matrices are too small to share between threads
         model, dataset = quick_inputs(root, args.model, args.dataset)
         train_rows, eval_rows = train_rows or QUICK_TRAIN_ROWS, eval_rows or QUICK_EVAL_ROWS
     dirs = {stage: str(root / stage) for stage in ("sft", "pairs", "dpo", "cpo", "eval")}

@@ -10,7 +10,7 @@ from smolhub_hub.errors import exit_on_user_error
 from smol_experiments.alignment.cli import BASE_MODEL, settings_of, stage_parser, training_kwargs
 from smol_experiments.alignment.data import check_max_samples, load_gec_examples, load_model_and_tokenizer, \
     to_prompt_completion
-from smol_experiments.alignment.run_dir import mark_done, prepare_output_dir
+from smol_experiments.alignment.run_dir import mark_done, prepare_output_dir, train_and_save
 
 STAGE = "sft"
 
@@ -42,12 +42,9 @@ def run(argv=None) -> dict:
     model, tokenizer = load_model_and_tokenizer(args.model)
     resume = prepare_output_dir(args.output_dir, STAGE, settings_of(args))
     trainer = build_sft_trainer(model, tokenizer, train_rows, args, eval_rows)
-    result = trainer.train(resume_from_checkpoint=resume)
-    metrics = {"train_loss": result.training_loss, "train_rows": len(train_rows)}
+    metrics = {**train_and_save(trainer, tokenizer, args.output_dir, resume), "train_rows": len(train_rows)}
     if eval_rows is not None:
         metrics["eval_completion_loss"] = trainer.evaluate()["eval_loss"]
-    trainer.save_model(args.output_dir)
-    tokenizer.save_pretrained(args.output_dir)
     mark_done(args.output_dir, metrics)
     print(f"SFT done: {metrics} -> {args.output_dir}")
     return metrics

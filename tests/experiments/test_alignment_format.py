@@ -14,13 +14,19 @@ import torch
 from smol_experiments.alignment import cpo, dpo, sft
 from smol_experiments.alignment.build_preference_pairs import pairs_from_samples
 from smol_experiments.alignment.data import load_model_and_tokenizer
-from smol_experiments.alignment.fixtures import write_synthetic_gec, write_tiny_model
+from smol_experiments.alignment.fixtures import torch_threads, write_synthetic_gec, write_tiny_model
 from smol_experiments.alignment.generation import generate_corrections
 from smol_experiments.alignment.prompt_format import encode_completion, encode_prompt, make_completion, make_prompt
 
 SRC = "Fix grammar: Lily were happy in the park."
 TGT = "Lily was happy in the park."
 REJECTED = "Lily were happy in the park."
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
