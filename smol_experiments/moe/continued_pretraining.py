@@ -81,6 +81,8 @@ def evaluate(model, windows: torch.Tensor, cfg: PretrainConfig, device, ctx) -> 
 def _log_eval(step: int, result: dict, log: engine.MetricsLog, load_csv: Path):
     log.log({"step": step, "val_loss": result["val_loss"], "val_balance_loss": result["balance_loss"],
              "active_share": result["active_share"], "router_entropy": result["router_entropy"]})
+    log.log_wandb_only({f"load/layer{l}/expert{e}": v for l, loads in enumerate(result["expert_load"])
+                        for e, v in enumerate(loads)}, step)
     with load_csv.open("a") as f:
         for layer, loads in enumerate(result["expert_load"]):
             f.writelines(f"{step},{layer},{e},{v:.6f}\n" for e, v in enumerate(loads))

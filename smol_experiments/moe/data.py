@@ -12,6 +12,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from smolhub_hub.data.builtin import generate_stories
@@ -89,15 +90,17 @@ def split_by_document(texts: list[str], val_fraction: float, seed: int) -> tuple
 
 def pack(texts: list[str], tokenizer, seq_len: int, batch: int = 1000) -> torch.Tensor:
     """Tokenize in batches, join documents with EOS, cut into (windows, seq_len); the ragged tail is dropped."""
-    ids: list[int] = []
+    eos = [tokenizer.eos_token_id]
+    chunks = []  # compact int32 arrays per batch: a Python list of 20M ints would take ~1 GB
     for i in range(0, len(texts), batch):
-        for doc in tokenizer(texts[i:i + batch], add_special_tokens=False).input_ids:
-            ids += doc + [tokenizer.eos_token_id]
+        docs = tokenizer(texts[i:i + batch], add_special_tokens=False).input_ids
+        chunks.append(np.fromiter((t for doc in docs for t in doc + eos), dtype=np.int32))
+    ids = np.concatenate(chunks)
     n = len(ids) // seq_len
     if n == 0:
         raise UserError(f"{len(ids)} tokens is less than one window of --seq-len {seq_len}; "
                         "use more documents or a shorter --seq-len.")
-    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+    return torch.from_numpy(ids[: n * seq_len].astype(np.int64)).view(n, seq_len)
 
 
 def random_batches(windows: torch.Tensor, batch_size: int, seed: int):

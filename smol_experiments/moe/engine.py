@@ -108,6 +108,11 @@ class MetricsLog:
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
 
+    def log_wandb_only(self, values: dict, step: int):
+        """Values too many for the CSV columns (e.g. load of every layer × expert)."""
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
     def close(self):
         if self.wandb is not None:
             self.wandb.finish()

@@ -131,6 +131,8 @@ class Specializer:
         for d, name in enumerate(self.domains):
             row[f"acc_{name}"], row[f"heldout_loss_{name}"] = r["routing_accuracy_mean"][d], r["heldout_loss"][d]
         self.log.log(row)
+        self.log.log_wandb_only({f"load/layer{l}/expert{e}": v for l, loads in enumerate(r["expert_load"])
+                                 for e, v in enumerate(loads)}, self.step)
         with self.load_csv.open("a") as f:
             for layer, loads in enumerate(r["expert_load"]):
                 f.writelines(f"{self.step},{layer},{e},{v:.6f}\n" for e, v in enumerate(loads))

@@ -1,0 +1,39 @@
+"""Data for continued pretraining: local sources, a split by whole documents, packing without padding."""
+
+import json
+
+import pytest
+
+from smol_experiments.moe.data import load_texts, pack, split_by_document
+from smol_experiments.moe.domains import domain_splits
+from smol_experiments.moe.fixtures import tiny_tokenizer
+from smolhub_hub.errors import UserError
+
+
+def test_local_files_split_by_document_and_pack(tmp_path):
+    docs = [f"document number {i}: " + "word " * (i % 7 + 3) for i in range(40)]
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in docs[:30]))
+    for i, d in enumerate(docs[30:]):
+        (tmp_path / f"doc{i}.txt").write_text(d)
+    texts = load_texts(str(tmp_path))
+    assert sorted(texts) == sorted(docs)
+    train, val = split_by_document(texts, 0.2, seed=0)
+    assert len(val) == 8 and not set(train) & set(val) and sorted(train + val) == sorted(docs)
+    assert split_by_document(texts, 0.2, seed=0) == (train, val)  # seeded
+    tok = tiny_tokenizer(docs_per_domain=20)
+    windows = pack(train, tok, seq_len=16)
+    n_tokens = sum(len(tok(t, add_special_tokens=False).input_ids) + 1 for t in train)
+    assert windows.shape == (n_tokens // 16, 16)
+    assert int((windows == tok.eos_token_id).sum()) >= len(train) - 2  # documents joined by EOS
+    assert int((windows == tok.pad_token_id).sum()) == 0  # packed: no padding
+
+
+def test_domain_splits_are_disjoint_and_errors_are_clear(tmp_path):
+    splits = domain_splits("synthetic", 30, 10, seed=1)
+    assert list(splits) == ["code", "math", "stories"]
+    for train, held in splits.values():
+        assert len(train) == 30 and len(held) == 10 and not set(train) & set(held)
+    with pytest.raises(UserError, match="no such file"):
+        load_texts(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(UserError, match="nemotron"):
+        domain_splits("wikipedia", 1, 1, 0)
