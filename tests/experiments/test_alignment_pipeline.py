@@ -21,6 +21,8 @@ def one_torch_thread():
 
 def test_quick_pipeline_writes_its_table_and_rerun_skips_finished_stages(tmp_path, monkeypatch):
     force_offline_hub(monkeypatch)
+    monkeypatch.setattr(run_pipeline, "QUICK_MODEL", {"hidden_size": 64, "num_layers": 2})  # the test checks plumbing
+    monkeypatch.setattr(run_pipeline, "QUICK_TRAIN_ROWS", 200)
     root = tmp_path / "quick"
     small = ["--quick", "--output-dir", str(root), "--max-samples", "96", "--eval-samples", "16",
              "--sft-args", "--epochs 2"]
