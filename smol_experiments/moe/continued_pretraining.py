@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
+import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from smol_experiments.moe import data, engine
+from smol_experiments.moe import data, engine, outputs
 from smol_experiments.moe.cli import field, parse_config
 from smol_experiments.moe.routing import RoutingStats, balance_loss
 from smolhub_hub.errors import exit_on_user_error
@@ -47,8 +49,10 @@ class PretrainConfig:
     precision: str = field("auto", "auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32")
     seed: int = field(0, "seed for the split, batch order and init")
     wandb_project: str = field("", "log to this wandb project (empty: off)")
+    overwrite: bool = field(False, "replace a finished run in --output (otherwise refused)")
 
 
+STAGE = "continued_pretraining"
 PRESETS = {
     "quick": dict(model="runs/moe/quick/upcycled", output="runs/moe/quick/cpt", data="synthetic",
                   max_documents=900, val_fraction=0.1, seq_len=128, batch_size=8, grad_accum=1, steps=120,
@@ -90,34 +94,84 @@ def _log_eval(step: int, result: dict, log: engine.MetricsLog, load_csv: Path):
           f"active {result['active_share']:.2f} | entropy {result['router_entropy']:.3f}", flush=True)
 
 
-def train(cfg: PretrainConfig) -> dict:
-    torch.manual_seed(cfg.seed)
-    device = engine.pick_device()
-    ctx = engine.autocast(device, cfg.precision)
-    model, tokenizer = engine.load_moe(cfg.model, device)
+class StopOnSigterm:
+    """SIGTERM (a scheduler's preemption) ends the current step, saves a checkpoint, then stops cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = signal.signal(signal.SIGTERM, self._request)
+
+    def _request(self, *_):
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self.previous)
+
+
+def _windows(cfg: PretrainConfig, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     train_docs, val_docs = data.split_by_document(
         data.load_texts(cfg.data, cfg.text_column, cfg.max_documents, cfg.seed), cfg.val_fraction, cfg.seed)
     train_windows = data.pack(train_docs, tokenizer, cfg.seq_len)
     val_windows = data.pack(val_docs, tokenizer, cfg.seq_len)
     print(f"{len(train_docs)} train / {len(val_docs)} val documents -> {len(train_windows)} / "
-          f"{len(val_windows)} windows of {cfg.seq_len} tokens; device {device}", flush=True)
+          f"{len(val_windows)} windows of {cfg.seq_len} tokens", flush=True)
+    return train_windows, val_windows
 
+
+def train(cfg: PretrainConfig) -> dict:
     out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
+    resume = outputs.claim(out, STAGE, asdict(cfg), cfg.overwrite)
+    torch.manual_seed(cfg.seed)
+    device = engine.pick_device()
+    ctx = engine.autocast(device, cfg.precision)
+    model, tokenizer = engine.load_moe(str(out / outputs.CHECKPOINT) if resume else cfg.model, device)
+    train_windows, val_windows = _windows(cfg, tokenizer)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    log = engine.MetricsLog(out / "metrics.csv", METRIC_COLUMNS, cfg.wandb_project, asdict(cfg))
-    load_csv = out / "expert_load.csv"
-    load_csv.write_text("step,layer,expert,load\n")
-
     params = list(model.parameters())
     optimizer = engine.make_optimizer(params, cfg.lr, cfg.weight_decay, device)
+    load_csv = out / "expert_load.csv"
+    start = 0
+    if resume:
+        state = outputs.load_state(out)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        start, val_loss_before = state["step"], state["val_loss_before"]
+        for csv_file in (out / "metrics.csv", load_csv):
+            outputs.truncate_csv(csv_file, start)
+        print(f"resuming from the checkpoint at step {start}", flush=True)
+    log = engine.MetricsLog(out / "metrics.csv", METRIC_COLUMNS, cfg.wandb_project, asdict(cfg), append=resume)
+    if not resume:
+        load_csv.write_text("step,layer,expert,load\n")
+        first = evaluate(model, val_windows, cfg, device, ctx)
+        _log_eval(0, first, log, load_csv)
+        val_loss_before = first["val_loss"]
     batches = data.random_batches(train_windows, cfg.batch_size, cfg.seed)
+    for _ in itertools.islice(batches, start * cfg.grad_accum):  # same batch order as an unbroken run
+        pass
+    save = lambda step: outputs.save_checkpoint(out, model, tokenizer, {  # noqa: E731
+        "optimizer": optimizer.state_dict(), "step": step, "rng": torch.get_rng_state(),
+        "val_loss_before": val_loss_before})
+    stop = StopOnSigterm()
+    try:
+        step, last = _train_steps(model, optimizer, params, batches, val_windows, cfg, start, log, load_csv,
+                                  save, stop, device, ctx)
+    finally:
+        stop.restore()
+        log.close()
+    if step < cfg.steps:
+        print(f"stopped by SIGTERM at step {step}; checkpoint saved. Rerun the same command to resume.")
+        return {"stopped_at_step": step}
+    return _finish(model, tokenizer, out, val_loss_before, last or evaluate(model, val_windows, cfg, device, ctx))
+
+
+def _train_steps(model, optimizer, params, batches, val_windows, cfg, start, log, load_csv, save, stop,
+                 device, ctx) -> tuple[int, dict | None]:
+    """Steps start+1..cfg.steps, evaluating and checkpointing every eval_every: (last step, last eval)."""
     top_k = model.config.num_experts_per_tok
-    first = evaluate(model, val_windows, cfg, device, ctx)
-    _log_eval(0, first, log, load_csv)
     model.train()
     window_sum = torch.zeros(3, device=device)  # loss, lm, balance summed since the last log (no per-step sync)
-    for step in range(1, cfg.steps + 1):
+    window_steps, last = 0, None
+    for step in range(start + 1, cfg.steps + 1):
         lr = engine.lr_at(step - 1, cfg.steps, cfg.warmup_steps, cfg.lr, cfg.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -129,29 +183,39 @@ def train(cfg: PretrainConfig) -> dict:
             loss = lm + cfg.balance_coef * bal
             (loss / cfg.grad_accum).backward()
             window_sum += torch.stack([loss, lm, bal]).detach() / cfg.grad_accum
+        window_steps += 1
         grad_norm = engine.clip_and_step(params, optimizer, cfg.grad_clip)
         if step % cfg.log_every == 0:
-            loss, lm, bal = (window_sum / cfg.log_every).tolist()
+            loss, lm, bal = (window_sum / window_steps).tolist()
             grad_norm = float(grad_norm)
             engine.check_finite(loss + grad_norm, step)
             window_sum.zero_()
+            window_steps = 0
             log.log({"step": step, "tokens": step * cfg.grad_accum * cfg.batch_size * cfg.seq_len, "lr": lr,
                      "train_loss": loss, "train_lm_loss": lm, "train_balance_loss": bal, "grad_norm": grad_norm})
         if step % cfg.eval_every == 0 or step == cfg.steps:
             last = evaluate(model, val_windows, cfg, device, ctx)
             _log_eval(step, last, log, load_csv)
-    log.close()
+        if step < cfg.steps and (step % cfg.eval_every == 0 or stop.requested):
+            save(step)
+        if stop.requested and step < cfg.steps:
+            return step, None
+    return cfg.steps, last
 
+
+def _finish(model, tokenizer, out: Path, val_loss_before: float, last: dict) -> dict:
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
-    summary = {"val_loss_before": first["val_loss"], "val_loss_after": last["val_loss"],
+    summary = {"val_loss_before": val_loss_before, "val_loss_after": last["val_loss"],
                "balance_loss_after": last["balance_loss"], "active_share_after": last["active_share"],
                "router_entropy_after": last["router_entropy"]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     from smol_experiments.moe.analyze import plot_pretraining
 
     plot_pretraining(out)
-    print(f"val loss {summary['val_loss_before']:.4f} -> {summary['val_loss_after']:.4f}; saved to {out / 'model'}")
+    outputs.mark_done(out, summary)
+    shutil.rmtree(out / outputs.CHECKPOINT, ignore_errors=True)  # the final model supersedes it
+    print(f"val loss {val_loss_before:.4f} -> {last['val_loss']:.4f}; saved to {out / 'model'}")
     return summary
 
 

@@ -86,11 +86,13 @@ def check_finite(value: float, step: int):
 class MetricsLog:
     """One CSV row per logged step (blank where a column does not apply), mirrored to wandb if enabled."""
 
-    def __init__(self, path: Path, columns: list[str], wandb_project: str = "", run_config: dict | None = None):
+    def __init__(self, path: Path, columns: list[str], wandb_project: str = "", run_config: dict | None = None,
+                 append: bool = False):
         self.path, self.columns = Path(path), columns
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("w", newline="") as f:
-            csv.writer(f).writerow(columns)
+        if not append:
+            with self.path.open("w", newline="") as f:
+                csv.writer(f).writerow(columns)
         self.wandb = None
         if wandb_project:
             try:

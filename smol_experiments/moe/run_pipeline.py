@@ -19,13 +19,14 @@ from smol_experiments.moe.fixtures import save_tiny_dense
 from smolhub_hub.errors import exit_on_user_error
 
 
-def run(output: Path, quick: bool, seed: int, extra_cpt: list[str], extra_spec: list[str]) -> dict:
+def run(output: Path, quick: bool, seed: int, overwrite: bool, extra_cpt: list[str], extra_spec: list[str]) -> dict:
     output.mkdir(parents=True, exist_ok=True)
     dense = str(save_tiny_dense(output / "dense", seed=seed)) if quick else upcycle.DEFAULT_MODEL
     up = output / "upcycled"
-    parity = upcycle.main(["--model", dense, "--output", str(up), "--seed", str(seed)]
+    again = ["--overwrite"] if overwrite else []
+    parity = upcycle.main(["--model", dense, "--output", str(up), "--seed", str(seed), *again]
                           + (["--prompt", "Question: What is 12 + 7?"] if quick else []))
-    preset = ["--preset", "quick"] if quick else []
+    preset = ["--preset", "quick", *again] if quick else again
     cpt = continued_pretraining.main(preset + ["--model", str(up), "--output", str(output / "cpt"),
                                                "--seed", str(seed), *extra_cpt])
     spec = specialize.main(preset + ["--model", str(output / "cpt" / "model"), "--output",
@@ -45,6 +46,7 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="tiny offline run on CPU (a few minutes at most)")
     p.add_argument("--output", default=None, help="folder for every stage (default runs/moe/quick or runs/moe/full)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="redo stages that already finished in --output")
     p.add_argument("--cpt-args", default="", help="extra flags for continued_pretraining, e.g. '--steps 50'")
     p.add_argument("--specialize-args", default="", help="extra flags for specialize, e.g. '--stage-b-steps 20'")
     args = p.parse_args(argv)
@@ -53,7 +55,7 @@ def main(argv=None) -> dict:
         # took ~10x longer with 2 threads than with 1.
         torch.set_num_threads(1)
     output = Path(args.output or ("runs/moe/quick" if args.quick else "runs/moe/full"))
-    result = run(output, args.quick, args.seed, args.cpt_args.split(), args.specialize_args.split())
+    result = run(output, args.quick, args.seed, args.overwrite, args.cpt_args.split(), args.specialize_args.split())
     print(f"pipeline done: {output}/pipeline_summary.json, report {result['report']}")
     return result
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from smol_experiments.moe import data, engine
+from smol_experiments.moe import data, engine, outputs
 from smol_experiments.moe.cli import field, parse_config
 from smol_experiments.moe.domains import domain_splits
 from smol_experiments.moe.routing import RoutingStats, balance_loss, guidance_loss, router_parameters
@@ -52,6 +52,7 @@ class SpecializeConfig:
     precision: str = field("auto", "auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32")
     seed: int = field(0, "seed for data sampling and order")
     wandb_project: str = field("", "log to this wandb project (empty: off)")
+    overwrite: bool = field(False, "replace a finished run in --output (otherwise refused)")
 
 
 PRESETS = {
@@ -99,6 +100,8 @@ class Specializer:
 
     def __init__(self, cfg: SpecializeConfig):
         self.cfg = cfg
+        self.out = Path(cfg.output)
+        outputs.claim(self.out, "specialize", asdict(cfg), cfg.overwrite)  # an unfinished run restarts
         self.device = engine.pick_device()
         self.ctx = engine.autocast(self.device, cfg.precision)
         self.model, self.tokenizer = engine.load_moe(cfg.model, self.device)
@@ -113,8 +116,6 @@ class Specializer:
         self.heldout = [tok(splits[d][1]) for d in self.domains]
         self.samples = {d: splits[d][1][0] for d in self.domains}  # for the token-level routing picture
         self.pad_id = self.tokenizer.pad_token_id
-        self.out = Path(cfg.output)
-        self.out.mkdir(parents=True, exist_ok=True)
         eval_cols = [f"acc_{d}" for d in self.domains] + [f"heldout_loss_{d}" for d in self.domains]
         self.log = engine.MetricsLog(
             self.out / "metrics.csv",
@@ -209,6 +210,7 @@ def specialize(cfg: SpecializeConfig) -> dict:
     s.save(before, after, after_a)
     summary = summarize(s.domains, before, after)
     (s.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    outputs.mark_done(s.out, summary)
     for d, r in summary["domains"].items():
         print(f"{d:>8}: routing accuracy {r['routing_accuracy_before']:.1%} -> {r['routing_accuracy_after']:.1%}"
               f" | held-out loss {r['heldout_loss_before']:.3f} -> {r['heldout_loss_after']:.3f}")

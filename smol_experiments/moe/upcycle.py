@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from smol_experiments.moe import outputs
 from smolhub_hub.errors import UserError, exit_on_user_error
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM-135M"
@@ -131,22 +132,25 @@ def main_args(argv=None) -> argparse.Namespace:
     p.add_argument("--aux-loss-coef", type=float, default=0.01, help="stored as config.router_aux_loss_coef")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt", default="The capital of France is", help="prompt for the parity check")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished upcycle in --output")
     return p.parse_args(argv)
 
 
 @exit_on_user_error
 def main(argv=None) -> dict:
     args = main_args(argv)
+    out = Path(args.output)
+    outputs.claim(out, "upcycle", vars(args), args.overwrite)
     dense, tokenizer = load_dense(args.model)
     moe = upcycle(dense, args.num_experts, args.top_k, args.router_std, args.seed, args.aux_loss_coef)
     ids = tokenizer(args.prompt, return_tensors="pt").input_ids
     report = {"source": args.model, **parity_report(dense, moe, ids), **parameter_counts(moe),
               "dense_parameters": sum(p.numel() for p in dense.parameters()),
               "num_experts": args.num_experts, "top_k": args.top_k}
-    out = Path(args.output)
     moe.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "upcycle_report.json").write_text(json.dumps(report, indent=2))
+    outputs.mark_done(out, {k: report[k] for k in ("max_abs_logit_diff", "greedy_identical", "total")})
     print(f"dense {report['dense_parameters']:,} params -> MoE {report['total']:,} total, "
           f"{report['active_per_token']:,} active per token ({args.num_experts} experts, top-{args.top_k})")
     print(f"parity: max |Δlogit| = {report['max_abs_logit_diff']:.2e}, "

@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_quick_pipeline_command_runs_end_to_end(tmp_path):
     # The real --quick command, with shorter stages so the test stays fast (same code path).
     cmd = [sys.executable, "-m", "smol_experiments.moe.run_pipeline", "--quick", "--output", str(tmp_path),
-           "--cpt-args", "--steps 30 --eval-every 15",
-           "--specialize-args", "--stage-a-steps 20 --stage-b-steps 20 --eval-every 10 --train-docs 120"]
+           "--cpt-args", "--steps 30 --eval-every 15 --max-documents 450",
+           "--specialize-args", "--stage-a-steps 20 --stage-b-steps 20 --eval-every 10 --train-docs 120 --heldout-docs 15"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
