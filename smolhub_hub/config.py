@@ -113,8 +113,14 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_fields(group, cls, defaults):
+# Derived, never a flag: the model's vocabulary comes from the tokenizer (`--vocab-size` sizes a BPE).
+DERIVED_MODEL_FIELDS = {"vocab_size"}
+
+
+def _add_fields(group, cls, defaults, skip=frozenset()):
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         meta, default = dict(f.metadata), getattr(defaults, f.name)
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
                               "help": f"{meta.get('help', '')} (default: {default!r})"}
@@ -132,17 +138,17 @@ def build_parser(family: ModelFamily, prog: str | None = None) -> argparse.Argum
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default="default", choices=family.preset_names,
                    help="named configuration; flags below override it")
-    for title, cls, defaults in [("model", family.model_config, family.model_config()),
-                                 ("training", TrainConfig, family.train), ("data", DataConfig, family.data)]:
-        _add_fields(p.add_argument_group(title), cls, defaults)
+    _add_fields(p.add_argument_group("model"), family.model_config, family.model_config(), DERIVED_MODEL_FIELDS)
+    _add_fields(p.add_argument_group("training"), TrainConfig, family.train)
+    _add_fields(p.add_argument_group("data"), DataConfig, family.data)
     return p
 
 
 def parse_cli(family: ModelFamily, argv=None, prog=None):
-    """Parse flags into (model cfg, train cfg, data cfg, preset name)."""
+    """Parse flags into (model cfg, train cfg, data cfg, preset name, explicit overrides)."""
     ns = vars(build_parser(family, prog).parse_args(argv))
     preset = ns.pop("preset")
     fields = {k: {f.name for f in dataclasses.fields(c)}
               for k, c in [("model", family.model_config), ("train", TrainConfig), ("data", DataConfig)]}
     overrides = {k: {n: v for n, v in ns.items() if n in names} for k, names in fields.items()}
-    return (*family.resolve(preset, overrides), preset)
+    return (*family.resolve(preset, overrides), preset, overrides)

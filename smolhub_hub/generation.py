@@ -65,8 +65,8 @@ def generate_tokens(model, idx: torch.Tensor, cfg: SamplingConfig, eos_id: int |
     B, T = idx.shape
     if T == 0:
         raise UserError("the prompt is empty; give at least one token of text")
-    limit = model.max_seq_len if getattr(model, "has_learned_positions", False) else None
-    if limit is not None and T + cfg.max_new_tokens > limit:
+    limit = model.max_seq_len
+    if T + cfg.max_new_tokens > limit:
         raise UserError(f"prompt ({T} tokens) + max new tokens ({cfg.max_new_tokens}) exceeds the model's "
                         f"context of {limit}; shorten the prompt or ask for fewer tokens")
     was_training = model.training

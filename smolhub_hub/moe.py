@@ -216,7 +216,7 @@ class MoEFeedForward(nn.Module):
 
     `forward(x (B, T, dim)) -> (y, aux)` where aux = balance_coef * balance loss + z_loss_coef * z-loss
     (None when both coefficients are 0). The last forward's routing is kept in `last_routing` (for
-    `--show-routing`) and accumulated in `stats` (for training telemetry).
+    `--show-routing`) and, except while decoding, accumulated in `stats` (for training telemetry).
     """
 
     def __init__(self, dim: int, hidden: int, n_experts: int = 8, top_k: int = 2, noisy_topk: bool = False,
@@ -228,13 +228,16 @@ class MoEFeedForward(nn.Module):
         self.experts = GroupedExperts(n_experts, dim, hidden, init_std, down_init_std, impl)
         self.stats = RoutingStats(n_experts)
         self.last_routing: RouterOutput | None = None
-        self.track_stats = True
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, decoding: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`decoding=True` (token-by-token generation) skips the aux losses and statistics: nothing reads them."""
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         r = self.router(flat)
         y = self.experts(flat, r.expert_ids, r.weights).view(shape)
+        self.last_routing = r
+        if decoding:
+            return y, None
         aux, balance = None, None
         if self.balance_coef:
             balance = load_balancing_loss(r.probs, r.expert_ids)
@@ -242,9 +245,7 @@ class MoEFeedForward(nn.Module):
         if self.z_loss_coef:
             z = self.z_loss_coef * router_z_loss(r.logits)
             aux = z if aux is None else aux + z
-        self.last_routing = r
-        if self.track_stats:
-            self.stats.update(r, balance)
+        self.stats.update(r, balance)
         return y, aux
 
     def inactive_params_per_token(self) -> int:

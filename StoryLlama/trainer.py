@@ -1,0 +1,7 @@
+"""Train StoryLlama: `python trainer.py --preset quick`, or `torchrun --nproc_per_node=N trainer.py`."""
+
+from smolhub_hub.training import main
+from StoryLlama.config import FAMILY
+
+if __name__ == "__main__":
+    main(FAMILY)

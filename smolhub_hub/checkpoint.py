@@ -1,0 +1,180 @@
+"""Checkpoints are directories, written atomically and read without pickle.
+
+    run_dir/
+      LATEST                 name of the newest complete checkpoint (replaced atomically)
+      step_000400/
+        model.safetensors    weights
+        config.json          {"family", "model", "train", "data", "step", ...}: rebuilds the model alone
+        tokenizer files
+        training_state.safetensors + training_state.json   optimizer, scheduler, RNG, step (for --resume)
+
+A checkpoint is written to a temporary folder and renamed into place, and LATEST is switched only
+after that, so a kill during a save leaves the previous checkpoint as it was. Nested training state
+(optimizer state dicts) is split into tensors (safetensors) and a JSON skeleton: loading never
+executes code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from smolhub_hub.errors import UserError
+
+LATEST = "LATEST"
+FORMAT = "smolhub-checkpoint-1"
+
+
+# --- nested state <-> (tensors, json) ------------------------------------------------------------
+def flatten_state(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "t") -> Any:
+    if isinstance(obj, torch.Tensor):
+        key = f"{prefix}.{len(tensors)}"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        if not all(isinstance(k, (str, int)) for k in obj):
+            raise TypeError("state dict keys must be str or int")
+        return {"__dict__": [[k, flatten_state(v, tensors, prefix)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return {"__list__" if isinstance(obj, list) else "__tuple__": [flatten_state(v, tensors, prefix) for v in obj]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint")
+
+
+def unflatten_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__dict__" in obj:
+            return {k: unflatten_state(v, tensors) for k, v in obj["__dict__"]}
+        if "__list__" in obj:
+            return [unflatten_state(v, tensors) for v in obj["__list__"]]
+        if "__tuple__" in obj:
+            return tuple(unflatten_state(v, tensors) for v in obj["__tuple__"])
+        raise ValueError(f"unknown entry {sorted(obj)}")
+    return obj
+
+
+# --- writing ---------------------------------------------------------------------------------------
+def _fsync_dir(path: Path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(run_dir: str | Path, step: int, model, config: dict, tokenizer=None,
+                    training_state: dict | None = None, keep_last: int = 2) -> Path:
+    """Write step_<step>/ atomically, point LATEST at it, prune old ones. Returns the folder."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:07d}"
+    final, tmp = run_dir / name, run_dir / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(_untie(state), tmp / "model.safetensors", metadata={"format": FORMAT})
+    (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **config}, indent=2))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    if training_state is not None:
+        tensors: dict[str, torch.Tensor] = {}
+        skeleton = flatten_state(training_state, tensors)
+        save_file(tensors, tmp / "training_state.safetensors")
+        (tmp / "training_state.json").write_text(json.dumps(skeleton))
+    for f in tmp.iterdir():
+        with open(f, "rb+") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    _fsync_dir(run_dir)
+    latest_tmp = run_dir / f".{LATEST}.tmp"
+    latest_tmp.write_text(name + "\n")
+    os.replace(latest_tmp, run_dir / LATEST)
+    _prune(run_dir, keep_last, keep=name)
+    return final
+
+
+def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses shared storage: store a tied matrix once (the model re-ties it on load)."""
+    seen: dict[int, str] = {}
+    out = {}
+    for k, v in state.items():
+        ptr = v.untyped_storage().data_ptr()
+        if ptr in seen and v.numel() > 0:
+            continue
+        seen[ptr] = k
+        out[k] = v
+    return out
+
+
+def _prune(run_dir: Path, keep_last: int, keep: str):
+    ckpts = sorted(p for p in run_dir.glob("step_*") if p.is_dir())
+    for p in ckpts[:-max(keep_last, 1)]:
+        if p.name != keep:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+# --- reading ---------------------------------------------------------------------------------------
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run folder (its LATEST checkpoint)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"checkpoint '{path}' does not exist; pass a checkpoint folder or a run folder "
+                        "(e.g. runs/StoryLlama-quick), or train one first")
+    if (p / LATEST).exists():
+        p = p / (p / LATEST).read_text().strip()
+    if not (p / "config.json").exists() or not (p / "model.safetensors").exists():
+        raise UserError(f"'{path}' is not a SmolHub checkpoint (no config.json + model.safetensors in it)")
+    return p
+
+
+def read_config(ckpt: Path) -> dict:
+    try:
+        cfg = json.loads((ckpt / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{ckpt / 'config.json'} is corrupt ({e}); use an earlier checkpoint") from None
+    if cfg.get("format") != FORMAT or "family" not in cfg:
+        raise UserError(f"{ckpt} was not written by SmolHub (unknown config format)")
+    return cfg
+
+
+def load_weights(ckpt: Path, model, strict: bool = True):
+    try:
+        state = load_file(ckpt / "model.safetensors")
+    except Exception as e:  # truncated or corrupt file
+        raise UserError(f"{ckpt / 'model.safetensors'} cannot be read ({e}); the file is truncated or corrupt. "
+                        "Use an earlier checkpoint.") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {k for k in missing if _is_tied_alias(model, k)}
+    missing = [k for k in missing if k not in tied]
+    if strict and (missing or unexpected):
+        raise UserError(f"{ckpt} does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+                        "is it a checkpoint of another model or config?")
+
+
+def _is_tied_alias(model, key: str) -> bool:
+    params = dict(model.named_parameters(remove_duplicate=False))
+    unique = dict(model.named_parameters())
+    return key in params and key not in unique
+
+
+def load_training_state(ckpt: Path) -> dict:
+    st, js = ckpt / "training_state.safetensors", ckpt / "training_state.json"
+    if not st.exists() or not js.exists():
+        raise UserError(f"{ckpt} has no training state to resume from (it may be an exported or pruned "
+                        "checkpoint); start a new run instead of --resume")
+    try:
+        return unflatten_state(json.loads(js.read_text()), load_file(st))
+    except Exception as e:
+        raise UserError(f"the training state in {ckpt} is corrupt ({type(e).__name__}); "
+                        "resume from an earlier checkpoint") from None

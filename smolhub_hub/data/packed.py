@@ -1,0 +1,136 @@
+"""Packed token files: documents tokenized once, in batches, joined by EOS, memory-mapped.
+
+The cache key is (dataset spec, tokenizer spec), so a second run with the same data starts at once.
+Every `k`-th document goes to the held-out split, so no document is in both. Training windows are
+drawn from a seed and the step number alone: resuming needs no data-loader state, and each process
+takes its own slice of the global batch, so ranks read disjoint windows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from smolhub_hub.config import DataConfig
+from smolhub_hub.data.sources import iter_documents, local_files
+from smolhub_hub.data.tokenizer import load_tokenizer, train_bpe, vocab_size_of
+from smolhub_hub.errors import UserError
+
+FORMAT_VERSION = 1
+TOKENIZE_BATCH = 1024
+BPE_TRAIN_DOCS = 20000
+
+
+@dataclass
+class PackedData:
+    train: np.ndarray
+    val: np.ndarray
+    tokenizer: object
+    meta: dict
+    path: Path
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SMOLHUB_CACHE", Path.home() / ".cache" / "smolhub")) / "data"
+
+
+def cache_key(cfg: DataConfig) -> str:
+    spec = {k: v for k, v in cfg.to_dict().items() if k != "cache_dir"}
+    if cfg.tokenizer != "bpe":
+        spec.pop("vocab_size")
+    if cfg.dataset != "builtin":
+        spec.pop("builtin_stories")
+    path = Path(cfg.dataset).expanduser()
+    if path.exists():  # local data: the key changes when a file changes
+        spec["dataset"] = str(path.resolve())
+        spec["files"] = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in local_files(path)]
+    spec["format"] = FORMAT_VERSION
+    return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_data(cfg: DataConfig, rank: int = 0, barrier=None) -> PackedData:
+    """Build (on rank 0) or reuse the packed files for `cfg`; every rank then maps them."""
+    if not 0.0 < cfg.val_fraction < 0.5:
+        raise UserError(f"--val-fraction must be in (0, 0.5) (got {cfg.val_fraction})")
+    root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    out = root / f"{_slug(cfg.dataset)}-{cache_key(cfg)}"
+    if rank == 0 and not (out / "meta.json").exists():
+        _build(cfg, out)
+    if barrier is not None:
+        barrier()
+    return load_packed(out)
+
+
+def load_packed(out: Path) -> PackedData:
+    meta = json.loads((out / "meta.json").read_text())
+    dtype = np.dtype(meta["dtype"])
+    train = np.memmap(out / "train.bin", dtype=dtype, mode="r")
+    val = np.memmap(out / "val.bin", dtype=dtype, mode="r")
+    return PackedData(train, val, load_tokenizer(str(out / "tokenizer")), meta, out)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in Path(name).name or name)[:40]
+
+
+def _build(cfg: DataConfig, out: Path):
+    docs = iter_documents(cfg)
+    if cfg.tokenizer == "bpe":
+        head = list(itertools.islice(docs, BPE_TRAIN_DOCS))
+        tok = train_bpe(head, vocab_size=cfg.vocab_size)
+        docs = itertools.chain(head, docs)
+    else:
+        tok = load_tokenizer(cfg.tokenizer)
+    vocab = vocab_size_of(tok)
+    dtype = np.uint16 if vocab <= 2**16 else np.uint32
+    every = max(2, round(1 / cfg.val_fraction))
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    counts = {"train": [0, 0], "val": [0, 0]}  # documents, tokens
+    with open(tmp / "train.bin", "wb") as ftrain, open(tmp / "val.bin", "wb") as fval:
+        index = 0
+        while batch := list(itertools.islice(docs, TOKENIZE_BATCH)):
+            ids = tok(batch, add_special_tokens=False)["input_ids"]
+            for doc_ids in ids:
+                split = "val" if index % every == every - 1 else "train"
+                arr = np.asarray(doc_ids + [tok.eos_token_id], dtype=dtype)
+                (fval if split == "val" else ftrain).write(arr.tobytes())
+                counts[split][0] += 1
+                counts[split][1] += len(arr)
+                index += 1
+    if counts["val"][0] == 0:
+        raise UserError(f"only {counts['train'][0]} document(s): too few to hold any out for evaluation; "
+                        "give more documents or raise --val-fraction")
+    tok.save_pretrained(tmp / "tokenizer")
+    meta = {"dtype": np.dtype(dtype).name, "vocab_size": vocab, "eos_id": tok.eos_token_id,
+            "train_documents": counts["train"][0], "train_tokens": counts["train"][1],
+            "val_documents": counts["val"][0], "val_tokens": counts["val"][1], "data": cfg.to_dict()}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)  # atomic: a half-built cache is never mistaken for a finished one
+
+
+def window_starts(n_tokens: int, seq_len: int, count: int, seed: int, step: int) -> np.ndarray:
+    """`count` window starts for one optimizer step, a pure function of (seed, step)."""
+    high = n_tokens - seq_len - 1
+    if high <= 0:
+        raise UserError(f"the split has {n_tokens} tokens, fewer than one window of {seq_len + 1}; "
+                        "use more data or a shorter --seq-len")
+    return np.random.default_rng([seed, step]).integers(0, high, size=count)
+
+
+def windows_to_batch(tokens: np.ndarray, starts: np.ndarray, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = np.stack([tokens[s:s + seq_len + 1] for s in starts]).astype(np.int64)
+    t = torch.from_numpy(rows)
+    if torch.device(device).type == "cuda":
+        t = t.pin_memory().to(device, non_blocking=True)
+    return t[:, :-1], t[:, 1:]

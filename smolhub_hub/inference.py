@@ -1,0 +1,129 @@
+"""Loading checkpoints and generating text: the API every model folder's inference.py exposes.
+
+    model = load_model("runs/StoryLlama-quick")           # a run folder, a checkpoint, or a Hub id
+    generate_text(model, "Once upon a time", max_length=100, temperature=0.7, top_k=None, top_p=None)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from smolhub_hub import checkpoint as ckpt_io
+from smolhub_hub.errors import UserError, exit_on_user_error
+from smolhub_hub.generation import SamplingConfig, generate, generate_tokens
+
+
+def resolve_source(path_or_hub_id: str) -> Path:
+    """A local checkpoint / run folder, or a Hub repo downloaded to the local cache."""
+    p = Path(path_or_hub_id).expanduser()
+    if p.exists() or path_or_hub_id.startswith((".", "/", "~")) or path_or_hub_id.count("/") != 1:
+        return ckpt_io.resolve_checkpoint(p)
+    from smolhub_hub.hub import download
+
+    return ckpt_io.resolve_checkpoint(download(path_or_hub_id))
+
+
+def load_model(path_or_hub_id: str, family: str | None = None, device: str = "auto"):
+    """A model in eval mode with `.tokenizer` attached. `family` refuses checkpoints of other models."""
+    from smolhub_hub.data.tokenizer import load_tokenizer
+    from smolhub_hub.registry import get_family
+
+    ckpt = resolve_source(str(path_or_hub_id))
+    cfg = ckpt_io.read_config(ckpt)
+    if family is not None and cfg["family"] != family:
+        raise UserError(f"{ckpt} is a {cfg['family']} checkpoint, not {family}; "
+                        f"load it with {cfg['family']}/inference.py (or `smolhub generate`)")
+    fam = get_family(cfg["family"])
+    model = fam.model_class()(fam.model_config.from_dict(cfg["model"]))
+    ckpt_io.load_weights(ckpt, model)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device).eval()
+    model.tokenizer = load_tokenizer(str(ckpt))
+    model.checkpoint_path = ckpt
+    model.checkpoint_config = cfg
+    if len(model.tokenizer) > model.config.vocab_size:
+        raise UserError(f"{ckpt}: the tokenizer has {len(model.tokenizer)} ids but the model embeds "
+                        f"{model.config.vocab_size}; the checkpoint's files do not belong together")
+    return model
+
+
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def encode_prompt(model, prompt: str, max_new_tokens: int) -> torch.Tensor:
+    if not isinstance(prompt, str):
+        raise UserError(f"the prompt must be text (got {type(prompt).__name__})")
+    ids = model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if not ids:  # an empty prompt starts a new document
+        ids = [model.tokenizer.eos_token_id]
+    room = model.max_seq_len - max_new_tokens
+    if len(ids) > room:
+        raise UserError(f"the prompt is {len(ids)} tokens; with {max_new_tokens} new tokens it must be at most "
+                        f"{max(room, 0)} for this model's {model.max_seq_len}-token context. Shorten it.")
+    return torch.tensor([ids], device=_device_of(model))
+
+
+def generate_text(model, prompt, max_length: int = 100, temperature: float = 0.7, top_k: int | None = None,
+                  top_p: float | None = None, greedy: bool = False, seed: int | None = None):
+    """Continue `prompt` (a string, or a list of strings) by up to `max_length` new tokens."""
+    cfg = SamplingConfig(max_length, temperature, top_k, top_p, greedy).validate()
+    if isinstance(prompt, (list, tuple)):
+        return [generate_text(model, p, max_length, temperature, top_k, top_p, greedy, seed) for p in prompt]
+    ids = encode_prompt(model, prompt, max_length)
+    gen = None
+    if seed is not None:
+        gen = torch.Generator(device=ids.device).manual_seed(seed)
+    out = generate(model, ids, cfg, eos_id=model.tokenizer.eos_token_id, generator=gen)
+    return model.tokenizer.decode(out[0], skip_special_tokens=True)
+
+
+def stream_text(model, prompt: str, max_length: int = 100, temperature: float = 0.7, top_k=None, top_p=None,
+                greedy: bool = False, seed: int | None = None):
+    """Yield the growing completion (prompt included) after every new token: for streaming UIs."""
+    cfg = SamplingConfig(max_length, temperature, top_k, top_p, greedy).validate()
+    ids = encode_prompt(model, prompt, max_length)
+    gen = torch.Generator(device=ids.device).manual_seed(seed) if seed is not None else None
+    eos = model.tokenizer.eos_token_id
+    new: list[int] = []
+    for tok in generate_tokens(model, ids, cfg, eos_id=eos, generator=gen):
+        t = int(tok[0])
+        if t == eos:
+            break
+        new.append(t)
+        yield model.tokenizer.decode(ids[0].tolist() + new, skip_special_tokens=True)
+
+
+# --- CLI -------------------------------------------------------------------------------------------
+def build_parser(family: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"{family}/inference.py", description=f"Generate text with a {family} checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder, run folder, or Hub repo id")
+    p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for several)")
+    p.add_argument("--max-length", type=int, default=100, help="new tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    return p
+
+
+@exit_on_user_error
+def main(family: str, argv=None, parser: argparse.ArgumentParser | None = None, after_generate=None):
+    args = (parser or build_parser(family)).parse_args(argv)
+    model = load_model(args.checkpoint, family=family, device=args.device)
+    cfg = SamplingConfig(args.max_length, args.temperature, args.top_k, args.top_p, args.greedy).validate()
+    for prompt in args.prompt:
+        ids = encode_prompt(model, prompt, args.max_length)
+        gen = torch.Generator(device=ids.device).manual_seed(args.seed) if args.seed is not None else None
+        out = generate(model, ids, cfg, eos_id=model.tokenizer.eos_token_id, generator=gen)
+        print(model.tokenizer.decode(out[0], skip_special_tokens=True))
+        if after_generate is not None:
+            after_generate(model, args, ids, out)
+        sys.stdout.flush()

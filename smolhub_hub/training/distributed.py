@@ -1,0 +1,63 @@
+"""torchrun integration: NCCL on GPUs, gloo on CPU; a no-op for a single process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from smolhub_hub.errors import UserError
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self):
+        if self.enabled:
+            dist.barrier()
+
+    def mean(self, t: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            t = t / self.world_size
+        return t
+
+
+def pick_device(requested: str, local_rank: int) -> str:
+    if requested == "auto":
+        return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {requested} asked for, but no CUDA GPU is visible; use --device cpu")
+    if requested == "cuda":
+        return f"cuda:{local_rank}"
+    return requested
+
+
+def setup(requested_device: str) -> DistInfo:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(requested_device, local)
+    if world > 1 and not dist.is_initialized():
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return DistInfo(rank, local, world, device)
+
+
+def teardown():
+    if dist.is_initialized():
+        dist.destroy_process_group()

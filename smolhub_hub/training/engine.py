@@ -1,0 +1,412 @@
+"""The training loop every model folder uses.
+
+DDP through torchrun, gradient accumulation to a token budget (all-reduce on the last micro-step
+only), bf16 autocast on GPU (fp16 + GradScaler where bf16 is missing), clipping with the norm
+logged, warmup + cosine, optional sequence-length warmup, activation checkpointing and torch.compile,
+evaluation over many held-out batches, samples, CSV / wandb / plots, atomic checkpoints, exact
+resume, non-finite steps skipped, and a clean stop on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from smolhub_hub import checkpoint as ckpt_io
+from smolhub_hub.config import DataConfig, ModelFamily, TrainConfig
+from smolhub_hub.data.packed import PackedData, prepare_data, window_starts, windows_to_batch
+from smolhub_hub.errors import UserError
+from smolhub_hub.training import distributed
+from smolhub_hub.training.metrics import MetricsLog, plot_run
+from smolhub_hub.training.optim import build_optimizers
+from smolhub_hub.training.schedule import lr_factor, seq_len_at
+
+EVAL_SEED = 987_654_321
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    tokens: int = 0
+    bad_steps: int = 0
+    skipped_steps: int = 0
+    last_val_loss: float = float("nan")
+    history: dict = field(default_factory=dict)
+
+
+def round_vocab(n: int, multiple: int = 64) -> int:
+    """Pad the embedding to a multiple of 64 (faster matmuls); extra rows are never produced by data."""
+    return multiple * math.ceil(n / multiple)
+
+
+class Trainer:
+    def __init__(self, family: ModelFamily, mcfg, tcfg: TrainConfig, dcfg: DataConfig, preset: str = "default"):
+        self.family, self.tcfg, self.dcfg = family, tcfg, dcfg
+        self.dist = distributed.setup(tcfg.device)
+        self.device = self.dist.device
+        self.run_dir = Path(tcfg.out_dir or f"runs/{family.name}-{preset}")
+        self.state = RunState()
+        self._stop_signal = None
+        resume_from = self._check_run_dir()
+        self.data: PackedData = prepare_data(dcfg, self.dist.rank, self.dist.barrier)
+        self.tokenizer = self.data.tokenizer
+        self.mcfg = self._model_config(mcfg, resume_from)
+        self.seq_len = self._check_seq_len()
+        torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
+        self.raw_model = self._build_model().to(self.device)
+        self.raw_model.gradient_checkpointing = tcfg.grad_checkpointing
+        self.optimizers = build_optimizers(self.raw_model, tcfg, self.device)
+        self.accum = self._grad_accum_steps()
+        self.amp_dtype, self.scaler = self._precision()
+        self.model = self._wrap(self.raw_model)
+        torch.manual_seed(tcfg.seed + self.dist.rank)  # dropout / router noise differ per rank
+        if resume_from is not None:
+            self._load(resume_from)
+        self.metrics = MetricsLog(self.run_dir, self.state.step if resume_from else None, self._wandb())
+
+    # --- setup ---------------------------------------------------------------------------------------
+    def _check_run_dir(self) -> Path | None:
+        has_ckpt = (self.run_dir / ckpt_io.LATEST).exists()
+        if self.tcfg.resume:
+            if not has_ckpt:
+                raise UserError(f"--resume: no checkpoint in {self.run_dir}; drop --resume to start a new run, "
+                                "or point --out-dir at the run to continue")
+            return ckpt_io.resolve_checkpoint(self.run_dir)
+        if has_ckpt and not self.tcfg.overwrite:
+            raise UserError(f"{self.run_dir} already holds a checkpoint; pass --resume to continue it, "
+                            "--out-dir to start elsewhere, or --overwrite to replace it")
+        return None
+
+    def _model_config(self, mcfg, resume_from: Path | None):
+        if resume_from is not None:
+            saved = ckpt_io.read_config(resume_from)
+            if saved["family"] != self.family.name:
+                raise UserError(f"{resume_from} is a {saved['family']} checkpoint, not {self.family.name}; "
+                                f"resume it with {saved['family']}/trainer.py")
+            return self.family.model_config.from_dict(saved["model"])
+        if self.tcfg.init_from:
+            return None  # taken from the Hugging Face checkpoint in _build_model
+        return mcfg.replace(vocab_size=round_vocab(self.data.meta["vocab_size"]))
+
+    def _check_seq_len(self) -> int:
+        if self.mcfg is None:
+            return self.tcfg.seq_len
+        limit = self.mcfg.max_seq_len
+        seq = self.tcfg.seq_len or limit
+        if seq > limit:
+            raise UserError(f"--seq-len {seq} is longer than the model's context (--max-seq-len {limit}); "
+                            f"lower --seq-len or raise --max-seq-len")
+        return seq
+
+    def _build_model(self):
+        if self.tcfg.init_from:
+            model = self._init_from_hf()
+            self.mcfg = model.config
+            self.seq_len = self._check_seq_len()
+        else:
+            model = self.family.model_class()(self.mcfg)
+        if self.data.meta["vocab_size"] > self.mcfg.vocab_size:
+            raise UserError(f"the tokenizer has {self.data.meta['vocab_size']} ids but the model embeds only "
+                            f"{self.mcfg.vocab_size}; use the tokenizer the model was trained with (--tokenizer)")
+        return model
+
+    def _init_from_hf(self):
+        from transformers import AutoModelForCausalLM
+
+        from smolhub_hub.export import converter_for
+
+        try:
+            hf = AutoModelForCausalLM.from_pretrained(self.tcfg.init_from, dtype=torch.float32)
+        except OSError as e:
+            raise UserError(f"--init-from {self.tcfg.init_from}: cannot load it ({str(e)[:160]}); "
+                            "pass a local Hugging Face model folder or check the network") from None
+        return converter_for(self.family.name).from_hf(hf).train()
+
+    def _grad_accum_steps(self) -> int:
+        per_micro = self.tcfg.batch_size * self.seq_len * self.dist.world_size
+        if not self.tcfg.total_batch_tokens:
+            return 1
+        accum = max(1, round(self.tcfg.total_batch_tokens / per_micro))
+        if accum * per_micro != self.tcfg.total_batch_tokens and self.dist.is_main:
+            print(f"note: {self.tcfg.total_batch_tokens} tokens per step is not a multiple of "
+                  f"{per_micro}; using {accum * per_micro} ({accum} micro-steps)")
+        return accum
+
+    def _precision(self):
+        want, cuda = self.tcfg.dtype, self.device.startswith("cuda")
+        if want == "auto":
+            want = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if cuda else "float32"
+        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}[want]
+        if dtype is torch.float16 and not cuda:
+            raise UserError("--dtype float16 needs a GPU; use bfloat16 or float32 on CPU")
+        scaler = torch.amp.GradScaler("cuda") if dtype is torch.float16 else None
+        return dtype, scaler
+
+    def _wrap(self, model):
+        use_compile = self.tcfg.compile == "on" or (self.tcfg.compile == "auto" and self.device.startswith("cuda"))
+        if use_compile:
+            model = torch.compile(model)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            model = DDP(model, device_ids=[self.dist.local_rank] if self.device.startswith("cuda") else None)
+        return model
+
+    def _wandb(self):
+        if not (self.tcfg.wandb and self.dist.is_main):
+            return None
+        try:
+            import wandb
+        except ImportError:
+            raise UserError("--wandb needs the wandb package: pip install wandb") from None
+        return wandb.init(project=self.tcfg.wandb_project, mode=self.tcfg.wandb_mode, dir=str(self.run_dir),
+                          name=self.run_dir.name, config=self._config_dict(), resume="allow")
+
+    # --- checkpoints ---------------------------------------------------------------------------------
+    def _config_dict(self) -> dict:
+        return {"family": self.family.name, "model": self.mcfg.to_dict(), "train": self.tcfg.to_dict(),
+                "data": self.dcfg.to_dict(), "step": self.state.step, "tokens_seen": self.state.tokens,
+                "val_loss": self.state.last_val_loss, "param_counts": self.raw_model.param_counts()}
+
+    def save(self):
+        if self.dist.is_main:
+            training_state = {
+                "step": self.state.step, "tokens": self.state.tokens, "skipped_steps": self.state.skipped_steps,
+                "optimizers": [o.state_dict() for o in self.optimizers],
+                "scaler": self.scaler.state_dict() if self.scaler else None,
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state() if self.device.startswith("cuda") else None,
+            }
+            try:
+                ckpt_io.save_checkpoint(self.run_dir, self.state.step, self.raw_model, self._config_dict(),
+                                        self.tokenizer, training_state, self.tcfg.keep_last)
+            except OSError as e:
+                raise UserError(f"could not write a checkpoint to {self.run_dir} ({e.strerror or e}); "
+                                "free disk space or fix permissions. The previous checkpoint is intact.") from None
+        self.dist.barrier()
+
+    def _load(self, path: Path):
+        ckpt_io.load_weights(path, self.raw_model)
+        st = ckpt_io.load_training_state(path)
+        if len(st["optimizers"]) != len(self.optimizers):
+            raise UserError(f"{path} was trained with {len(st['optimizers'])} optimizer(s), this run builds "
+                            f"{len(self.optimizers)}; resume with the same --optimizer")
+        for opt, sd in zip(self.optimizers, st["optimizers"]):
+            opt.load_state_dict(sd)
+        if self.scaler and st.get("scaler"):
+            self.scaler.load_state_dict(st["scaler"])
+        self.state.step, self.state.tokens = st["step"], st["tokens"]
+        self.state.skipped_steps = st.get("skipped_steps", 0)
+        if self.dist.is_main:
+            torch.set_rng_state(st["rng_cpu"])
+            if st.get("rng_cuda") is not None and self.device.startswith("cuda"):
+                torch.cuda.set_rng_state(st["rng_cuda"])
+        else:
+            torch.manual_seed(self.tcfg.seed + self.dist.rank + 7919 * self.state.step)
+        if self.dist.is_main:
+            print(f"resumed {path} at step {self.state.step}")
+
+    # --- the loop ------------------------------------------------------------------------------------
+    def _set_lr(self, step: int) -> float:
+        f = lr_factor(step, self.tcfg.warmup_steps, self.tcfg.max_steps, self.tcfg.min_lr / self.tcfg.lr,
+                      self.tcfg.lr_restarts)
+        for opt in self.optimizers:
+            for g in opt.param_groups:
+                g["lr"] = g["initial_lr"] * f  # each group scales its own base lr
+        return self.tcfg.lr * f
+
+    def _micro_batches(self, step: int, seq: int):
+        b, world = self.tcfg.batch_size, self.dist.world_size
+        starts = window_starts(len(self.data.train), seq, b * self.accum * world, self.tcfg.seed, step)
+        for m in range(self.accum):
+            lo = (m * world + self.dist.rank) * b
+            yield m, windows_to_batch(self.data.train, starts[lo:lo + b], seq, self.device)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=self.amp_dtype)
+
+    def train_step(self, step: int) -> dict:
+        seq = seq_len_at(step, self.seq_len, self.tcfg.seq_len_warmup)
+        lm_sum = torch.zeros((), device=self.device)
+        aux_sum = torch.zeros((), device=self.device)
+        has_aux = False
+        for m, (x, y) in self._micro_batches(step, seq):
+            last = m == self.accum - 1
+            sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.model.no_sync()
+            with sync:
+                with self._autocast():
+                    out = self.model(x, y)
+                loss = out.loss / self.accum
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+            lm_sum += out.lm_loss.detach()
+            if out.aux_loss is not None:
+                aux_sum += out.aux_loss.detach()
+                has_aux = True
+        if self.scaler:
+            for opt in self.optimizers:
+                self.scaler.unscale_(opt)
+        clip = self.tcfg.grad_clip if self.tcfg.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
+        # One host sync per step: a non-finite loss or gradient skips the update instead of
+        # poisoning the weights.
+        finite = bool(torch.isfinite(norm) & torch.isfinite(lm_sum))
+        if finite:
+            for opt in self.optimizers:
+                (self.scaler.step(opt) if self.scaler else opt.step())
+            if self.scaler:
+                self.scaler.update()
+            self.raw_model.on_optimizer_step()
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        return {"finite": finite, "loss": lm_sum / self.accum, "aux": aux_sum / self.accum, "norm": norm,
+                "seq": seq, "has_aux": has_aux}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        model = self.raw_model
+        model.eval()
+        b, world = self.tcfg.batch_size, self.dist.world_size
+        n = self.tcfg.eval_batches * b
+        starts = window_starts(len(self.data.val), self.seq_len, n, EVAL_SEED, 0)
+        mine = starts[self.dist.rank::world]
+        total = torch.zeros((), device=self.device)
+        stats: dict[str, float] = {}
+        batches = 0
+        for i in range(0, len(mine), b):
+            x, y = windows_to_batch(self.data.val, mine[i:i + b], self.seq_len, self.device)
+            with self._autocast():
+                out = model(x, y)
+            total += out.lm_loss.float()
+            batches += 1
+            for k, v in _routing_stats(model).items():
+                stats[k] = stats.get(k, 0.0) + v
+        model.train()
+        loss = self.dist.mean(total / max(batches, 1)).item()
+        result = {"val/loss": loss, "val/ppl": math.exp(min(loss, 30))}
+        result.update({f"val/{k}": v / max(batches, 1) for k, v in stats.items()})
+        return result
+
+    def sample(self, max_new_tokens: int = 80) -> str:
+        from smolhub_hub.generation import SamplingConfig, generate
+
+        ids = self.tokenizer(self.tcfg.sample_prompt, return_tensors="pt")["input_ids"].to(self.device)
+        limit = self.mcfg.max_seq_len - ids.shape[1]
+        cfg = SamplingConfig(max_new_tokens=max(1, min(max_new_tokens, limit)), temperature=0.8, top_k=50)
+        g = torch.Generator(device=self.device).manual_seed(self.tcfg.seed)
+        out = generate(self.raw_model, ids, cfg, eos_id=self.tokenizer.eos_token_id, generator=g)
+        return self.tokenizer.decode(out[0], skip_special_tokens=True)
+
+    def _on_signal(self, signum, frame):
+        self._stop_signal = signum
+
+    def fit(self) -> dict:
+        t = self.tcfg
+        is_main = self.dist.is_main
+        old_handler = signal.signal(signal.SIGTERM, self._on_signal) if _in_main_thread() else None
+        if is_main:
+            pc = self.raw_model.param_counts()
+            print(f"{self.family.name}: {pc['total'] / 1e6:.2f}M parameters ({pc['active'] / 1e6:.2f}M active), "
+                  f"{self.data.meta['train_tokens']:,} training tokens, {self.accum} micro-step(s) x "
+                  f"{t.batch_size} x {self.seq_len} tokens x {self.dist.world_size} process(es), device {self.device}")
+        bar = _progress(t.max_steps, self.state.step, disable=not is_main)
+        tokens_at_log, time_at_log = self.state.tokens, time.perf_counter()
+        try:
+            while self.state.step < t.max_steps:
+                if self._stop_signal is not None:
+                    if is_main:
+                        print(f"\nreceived signal {self._stop_signal}: saving a checkpoint at step {self.state.step}")
+                    self.save()
+                    return self._summary(stopped=True)
+                step = self.state.step
+                lr = self._set_lr(step)
+                out = self.train_step(step)
+                if not out["finite"]:
+                    self._on_bad_step(step)
+                    continue
+                self.state.bad_steps = 0
+                self.state.step += 1
+                self.state.tokens += t.batch_size * out["seq"] * self.accum * self.dist.world_size
+                bar.update(1)
+                done = self.state.step == t.max_steps
+                if self.state.step % t.log_interval == 0 or done:
+                    now = time.perf_counter()
+                    tps = (self.state.tokens - tokens_at_log) / max(now - time_at_log, 1e-9)
+                    tokens_at_log, time_at_log = self.state.tokens, now
+                    loss = self.dist.mean(out["loss"].clone()).item()
+                    row = {"train/loss": loss, "train/lr": lr, "train/grad_norm": out["norm"].item(),
+                           "train/tokens_per_s": tps, "train/seq_len": out["seq"]}
+                    if out["has_aux"]:
+                        row["train/aux_loss"] = self.dist.mean(out["aux"].clone()).item()
+                    row.update({f"train/{k}": v for k, v in _routing_stats(self.raw_model).items()})
+                    if is_main:
+                        self.metrics.log(self.state.step, self.state.tokens, row)
+                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+                if self.state.step % t.eval_interval == 0 or done:
+                    ev = self.evaluate()
+                    self.state.last_val_loss = ev["val/loss"]
+                    if is_main:
+                        self.metrics.log(self.state.step, self.state.tokens, ev)
+                        bar.write(f"step {self.state.step}: held-out loss {ev['val/loss']:.4f}")
+                if t.sample_interval and self.state.step % t.sample_interval == 0 and not done and is_main:
+                    bar.write(f"sample: {self.sample()}")
+                if self.state.step % t.save_interval == 0 or done:
+                    self.save()
+        finally:
+            bar.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGTERM, old_handler)
+        return self._summary(stopped=False)
+
+    def _on_bad_step(self, step: int):
+        self.state.bad_steps += 1
+        self.state.skipped_steps += 1
+        if self.dist.is_main:
+            print(f"\nwarning: non-finite loss or gradient at step {step}; update skipped "
+                  f"({self.state.bad_steps} in a row)")
+        if self.state.bad_steps >= self.tcfg.max_bad_steps:
+            self.save()  # the weights are still the last good ones: nothing was applied
+            raise UserError(f"{self.state.bad_steps} non-finite steps in a row at step {step}: training stopped; "
+                            f"the last good state is saved in {self.run_dir}. Lower --lr or check the data, "
+                            "then --resume")
+
+    def _summary(self, stopped: bool) -> dict:
+        summary = {"out_dir": str(self.run_dir), "step": self.state.step, "tokens": self.state.tokens,
+                   "val_loss": self.state.last_val_loss, "stopped": stopped,
+                   "skipped_steps": self.state.skipped_steps}
+        if self.dist.is_main and not stopped:
+            plot_run(self.run_dir)
+            summary["sample"] = self.sample(120)
+        return summary
+
+
+def _routing_stats(model) -> dict[str, float]:
+    fn = getattr(model, "routing_stats", None)
+    return fn() if fn is not None else {}
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _progress(total: int, initial: int, disable: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=disable, desc="train", unit="step", dynamic_ncols=True)
+
+
+def train(family: ModelFamily, mcfg, tcfg: TrainConfig, dcfg: DataConfig, preset: str = "default") -> dict:
+    trainer = Trainer(family, mcfg, tcfg, dcfg, preset)
+    try:
+        return trainer.fit()
+    finally:
+        distributed.teardown()

@@ -1,0 +1,29 @@
+"""Shared test setup: offline, a private data cache, one thread per worker, tiny trained checkpoints."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)  # workers share the cores; OpenMP oversubscription is slower, not faster
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _smolhub_cache(tmp_path_factory):
+    """Packed-token caches go to a per-session folder, never to the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("smolhub-cache")
+    old = os.environ.get("SMOLHUB_CACHE")
+    os.environ["SMOLHUB_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("SMOLHUB_CACHE", None)
+    else:
+        os.environ["SMOLHUB_CACHE"] = old

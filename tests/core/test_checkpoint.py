@@ -1,0 +1,90 @@
+"""Checkpoints: atomic, pickle-free, refusing what is corrupt or foreign."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from smolhub_hub import checkpoint as ck
+from smolhub_hub.errors import UserError
+from tests.core.test_layers import tiny_llama
+
+
+def _opt_state(model):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randint(0, 97, (1, 8)), torch.randint(0, 97, (1, 8))).loss.backward()
+    opt.step()
+    return opt
+
+
+def test_roundtrip_weights_and_optimizer_state(tmp_path):
+    m = tiny_llama()
+    opt = _opt_state(m)
+    rng = torch.get_rng_state()
+    path = ck.save_checkpoint(tmp_path, 7, m, {"family": "StoryLlama", "model": m.config.to_dict()},
+                              training_state={"step": 7, "optimizers": [opt.state_dict()], "rng": rng})
+    assert ck.resolve_checkpoint(tmp_path) == path
+    m2 = tiny_llama()
+    torch.nn.init.zeros_(m2.tok_emb.weight)
+    ck.load_weights(path, m2)
+    assert m2.lm_head.weight is m2.tok_emb.weight
+    for a, b in zip(m.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+    st = ck.load_training_state(path)
+    opt2 = torch.optim.AdamW(m2.parameters(), lr=1e-3)
+    opt2.load_state_dict(st["optimizers"][0])
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert st["step"] == 7 and torch.equal(st["rng"], rng)
+
+
+def test_kill_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    m = tiny_llama()
+    cfg = {"family": "StoryLlama", "model": m.config.to_dict()}
+    good = ck.save_checkpoint(tmp_path, 1, m, cfg)
+
+    def die(*a, **k):
+        raise KeyboardInterrupt  # the process is killed half-way through writing
+    monkeypatch.setattr(ck, "save_file", die)
+    with pytest.raises(KeyboardInterrupt):
+        ck.save_checkpoint(tmp_path, 2, m, cfg)
+    assert ck.resolve_checkpoint(tmp_path) == good
+    ck.load_weights(good, tiny_llama())
+
+
+def test_corrupt_weights_and_config_are_refused(tmp_path):
+    m = tiny_llama()
+    path = ck.save_checkpoint(tmp_path, 1, m, {"family": "StoryLlama", "model": m.config.to_dict()})
+    data = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        ck.load_weights(path, tiny_llama())
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(UserError, match="corrupt"):
+        ck.read_config(path)
+
+
+def test_training_state_never_unpickles(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("open('%s/pwned', 'w').write('x')" % tmp_path,))
+
+    m = tiny_llama()
+    path = ck.save_checkpoint(tmp_path, 1, m, {"family": "StoryLlama", "model": m.config.to_dict()},
+                              training_state={"step": 1})
+    (path / "training_state.json").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(UserError, match="corrupt"):
+        ck.load_training_state(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        ck.resolve_checkpoint(tmp_path / "nope")
+    (tmp_path / "x").mkdir()
+    with pytest.raises(UserError, match="not a SmolHub checkpoint"):
+        ck.resolve_checkpoint(tmp_path / "x")
+    (tmp_path / "x" / "config.json").write_text(json.dumps({"hello": 1}))
+    (tmp_path / "x" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(UserError, match="not written by SmolHub"):
+        ck.read_config(tmp_path / "x")

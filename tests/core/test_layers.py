@@ -1,0 +1,112 @@
+"""The shared primitives: RoPE, attention (causal, GQA), KV cache, dropout in eval."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from smolhub_hub.layers import GroupedQueryAttention, RotaryEmbedding, apply_rope, causal_attention
+from StoryLlama.config import StoryLlamaConfig
+from StoryLlama.model import StoryLlama
+
+
+def tiny_llama(**kw):
+    cfg = dict(vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64)
+    cfg.update(kw)
+    torch.manual_seed(0)
+    return StoryLlama(StoryLlamaConfig(**cfg)).eval()
+
+
+def test_rope_depends_on_token_position_not_dimension_index():
+    rope = RotaryEmbedding(head_dim=16, max_seq_len=64)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(i, j):
+        cos, sin = rope(0, 64)
+        return (apply_rope(q, cos[i:i + 1], sin[i:i + 1]) * apply_rope(k, cos[j:j + 1], sin[j:j + 1])).sum()
+
+    # Relative: the score depends on i - j only ...
+    assert torch.allclose(score(5, 2), score(13, 10), atol=1e-5)
+    # ... and it does depend on it (the reference StoryLlama rotated by dimension: no positions at all).
+    assert not torch.allclose(score(5, 2), score(5, 4), atol=1e-3)
+    cos, sin = rope(0, 8)
+    assert not torch.allclose(cos[1], cos[2])
+
+
+def test_model_output_depends_on_order():
+    m = tiny_llama()
+    x = torch.tensor([[5, 6, 7, 8]])
+    swapped = torch.tensor([[6, 5, 7, 8]])
+    assert not torch.allclose(m(x).logits[0, -1], m(swapped).logits[0, -1], atol=1e-4)
+
+
+@pytest.mark.parametrize("n_kv", [1, 2, 4])
+def test_gqa_matches_repeated_heads_reference(n_kv):
+    torch.manual_seed(0)
+    attn = GroupedQueryAttention(dim=32, n_heads=4, n_kv_heads=n_kv, layer_idx=0).eval()
+    x = torch.randn(2, 7, 32)
+    hd = 8
+    q = attn.wq(x).view(2, 7, 4, hd).transpose(1, 2)
+    k = attn.wk(x).view(2, 7, n_kv, hd).transpose(1, 2).repeat_interleave(4 // n_kv, dim=1)
+    v = attn.wv(x).view(2, 7, n_kv, hd).transpose(1, 2).repeat_interleave(4 // n_kv, dim=1)
+    mask = torch.ones(7, 7, dtype=torch.bool).tril()
+    scores = (q @ k.transpose(-1, -2)) / hd ** 0.5
+    ref = scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
+    ref = attn.wo(ref.transpose(1, 2).reshape(2, 7, 32))
+    assert torch.allclose(attn(x), ref, atol=1e-5)
+    assert attn.wk.weight.shape[0] == n_kv * hd
+
+
+def test_causal_future_tokens_do_not_change_the_past():
+    m = tiny_llama()
+    a = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    b = torch.tensor([[1, 2, 3, 9, 9, 9]])
+    assert torch.allclose(m(a).logits[:, :3], m(b).logits[:, :3], atol=1e-6)
+    assert not torch.allclose(m(a).logits[:, 3:], m(b).logits[:, 3:], atol=1e-4)
+
+
+@pytest.mark.parametrize("chunks", [[10], [1] * 10, [4, 1, 5], [3, 3, 3, 1]])
+def test_kv_cache_equals_full_recompute(chunks):
+    m = tiny_llama()
+    x = torch.randint(0, 97, (2, sum(chunks)))
+    full = m(x).logits
+    cache = m.new_cache(2, sum(chunks))
+    pos = 0
+    for c in chunks:
+        out = m(x[:, pos:pos + c], cache=cache).logits
+        pos += c
+        assert torch.allclose(out[:, -1], full[:, pos - 1], atol=1e-5)
+
+
+def test_chunked_prefill_mask_is_offset_causal():
+    q, k, v = torch.randn(1, 2, 3, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    out = causal_attention(q, k, v)
+    # query i sits at position 2 + i and sees keys 0..2+i
+    for i in range(3):
+        ref = F.scaled_dot_product_attention(q[:, :, i:i + 1], k[:, :, :3 + i], v[:, :, :3 + i])
+        assert torch.allclose(out[:, :, i:i + 1], ref, atol=1e-6)
+
+
+def test_dropout_only_in_training():
+    m = tiny_llama(dropout=0.5)
+    x = torch.randint(0, 97, (1, 12))
+    assert torch.equal(m(x).logits, m(x).logits)  # eval: deterministic
+    m.train()
+    assert not torch.equal(m(x).logits, m(x).logits)
+
+
+def test_weight_tying_and_param_count():
+    m = tiny_llama()
+    assert m.lm_head.weight is m.tok_emb.weight
+    assert m.param_counts()["total"] == sum(p.numel() for p in set(m.parameters()))
+
+
+def test_activation_checkpointing_same_gradients():
+    m = tiny_llama().train()
+    x = torch.randint(0, 97, (2, 16))
+    m(x, x).loss.backward()
+    g1 = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    m.gradient_checkpointing = True
+    m(x, x).loss.backward()
+    for a, p in zip(g1, m.parameters()):
+        assert torch.allclose(a, p.grad, atol=1e-6)

@@ -1,0 +1,30 @@
+"""Helpers for tests: tiny training runs through the real CLI entry points."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough to train in seconds on one CPU thread, big enough to learn the built-in stories.
+TINY_DATA = ["--dataset", "builtin", "--builtin-stories", "1500", "--tokenizer", "bpe", "--vocab-size", "512"]
+
+
+def tiny_run_args(out_dir, steps=20, extra=()):
+    return ["--preset", "quick", "--out-dir", str(out_dir), "--max-steps", str(steps), "--batch-size", "8",
+            "--eval-interval", str(max(steps // 2, 1)), "--eval-batches", "2", "--sample-interval", "0",
+            "--log-interval", "5", "--save-interval", str(max(steps // 2, 1)), "--warmup-steps", "5",
+            *TINY_DATA, *extra]
+
+
+def run_cli(script: str, *args, timeout=600, env=None, check=False, cwd=None):
+    """Run a folder's script (e.g. 'StoryLlama/trainer.py') as a user would, capturing its output."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=full_env, cwd=cwd or REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
