@@ -79,7 +79,7 @@ def run(argv=None) -> dict:
     train_rows, eval_rows = args.max_samples, args.eval_samples
     if args.quick:
         if args.model is None:
-            torch.set_num_threads(1)  # the tiny model's matrices are too small to share between threads
+            torch.set_num_threads(1)  # the small model's matrices are too small to share between threads
         model, dataset = quick_inputs(root, args.model, args.dataset)
         train_rows, eval_rows = train_rows or QUICK_TRAIN_ROWS, eval_rows or QUICK_EVAL_ROWS
     dirs = {stage: str(root / stage) for stage in ("sft", "pairs", "dpo", "cpo", "eval")}
