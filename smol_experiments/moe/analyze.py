@@ -191,7 +191,8 @@ def plot_token_routing(rows: dict[str, list[tuple[str, int]]], num_experts: int,
 
 def _img(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{path.name}"><figcaption>{path.name}</figcaption></figure>'
+    name = html.escape(f"{path.parent.name}/{path.name}")
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{name}"><figcaption>{name}</figcaption></figure>'
 
 
 def _summary_table(spec_dir: Path) -> str:
