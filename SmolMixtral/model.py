@@ -33,7 +33,7 @@ class MixtralBlock(nn.Module):
 
     def forward(self, x, rope, cache=None):
         x = x + self.attn(self.attn_norm(x), rope, cache)
-        y, aux = self.moe(self.ffn_norm(x))
+        y, aux = self.moe(self.ffn_norm(x), decoding=cache is not None)
         return x + self.ffn_drop(y), aux
 
 
