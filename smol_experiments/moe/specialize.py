@@ -42,7 +42,7 @@ class SpecializeConfig:
     stage_b_lr: float = field(2e-5, "stage B learning rate (all weights)")
     warmup_steps: int = field(20, "linear warmup steps in each stage")
     guide_weight: float = field(1.0, "weight of the KL router guidance")
-    target_mass: float = field(0.9, "target router probability of the domain's expert")
+    target_mass: float = field(0.7, "target router probability of the domain's expert")
     balance_coef: float = field(0.01, "weight of the load-balancing loss")
     weight_decay: float = field(0.0, "AdamW weight decay (matrices only)")
     grad_clip: float = field(1.0, "max gradient norm")
