@@ -28,16 +28,16 @@ def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:
 
 
 def orthogonalize(g: torch.Tensor, steps: int = DEFAULT_NS_STEPS, eps: float = EPS) -> torch.Tensor:
-    """torch.optim.Muon's quintic Newton-Schulz iteration (bf16), batched over leading dimensions."""
+    """torch.optim.Muon's quintic Newton-Schulz iteration (bf16), batched over experts: (E, m, n)."""
     a, b, c = DEFAULT_A, DEFAULT_B, DEFAULT_C
     x = g.bfloat16()
     tall = g.size(-2) > g.size(-1)
     if tall:
         x = x.mT
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
-    for _ in range(steps):
+    for _ in range(steps):  # the same fused products as torch's addmm version, batched
         gram = x @ x.mT
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x.mT if tall else x
 
 

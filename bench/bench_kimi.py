@@ -1,0 +1,181 @@
+"""StoryKimi vs transformers' DeepseekV3ForCausalLM of the same configuration, in one run.
+
+Every candidate is timed in interleaved rounds (A, B, C, A, B, C, ...) so that load from other processes
+on a shared machine hits all of them alike:
+  1. a full training step (forward, backward, AdamW for both, so only the models differ) vs transformers
+     with experts_implementation "eager" (a loop over experts) and "grouped_mm" (its default);
+  2. greedy generation with a cache, batch 1, outputs asserted identical: ours attends straight against
+     the cached latents (absorbed up-projections); transformers caches the latents too but re-expands
+     every cached token through kv_b_proj at every step;
+  3. cache bytes per token: our latent cache, transformers' cache after the same generation, and a
+     multi-head KV cache of the same width.
+The transformers model is exported from ours, so both hold the same weights.
+
+    python bench/bench_kimi.py                                 # CPU sizes, a couple of minutes on 2 cores
+    python bench/bench_kimi.py --device cuda --dtype bfloat16 --dim 512 --n-layers 10 --seq-len 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import median_seconds, print_table, save_json, train_step_fn  # noqa: E402
+
+from smolhub_hub.export.deepseek_v3 import to_hf  # noqa: E402
+from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
+from StoryKimi.config import FAMILY  # noqa: E402
+from StoryKimi.model import StoryKimi  # noqa: E402
+
+HF_IMPLS = ("eager", "grouped_mm")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--n-layers", type=int, default=4)
+    p.add_argument("--n-heads", type=int, default=4)
+    p.add_argument("--kv-lora-rank", type=int, default=64)
+    p.add_argument("--n-experts", type=int, default=8)
+    p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--moe-hidden", type=int, default=512)
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--seq-len", type=int, default=256, help="training sequence length")
+    p.add_argument("--batch-size", type=int, default=4, help="training batch")
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=96)
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (after one warm-up round)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="bfloat16 = autocast for both models (GPU)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--json", default="", help="also write the rows here")
+    return p.parse_args(argv)
+
+
+def interleaved_seconds(fns: dict, args) -> dict[str, float]:
+    times = {name: [] for name in fns}
+    for rnd in range(args.repeats + 1):
+        for name, fn in fns.items():
+            t = median_seconds(fn, args.device, warmup=0, repeats=1)
+            if rnd:
+                times[name].append(t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def autocast(args):
+    if args.dtype == "bfloat16":
+        return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def build_models(args):
+    head = args.dim // args.n_heads
+    cfg = FAMILY.build("default", dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads,
+                       kv_lora_rank=args.kv_lora_rank, qk_nope_head_dim=head, qk_rope_head_dim=head // 2,
+                       v_head_dim=head, n_experts=args.n_experts, top_k=args.top_k, moe_hidden=args.moe_hidden,
+                       dense_hidden=2 * args.moe_hidden, vocab_size=args.vocab_size, seq_aux_loss_coef=0.0,
+                       max_seq_len=max(args.seq_len, args.prompt_len + args.new_tokens))
+    torch.manual_seed(0)
+    ours = StoryKimi(cfg).to(args.device)
+    hfs = {}
+    for impl in HF_IMPLS:
+        hfs[impl] = to_hf(ours).to(args.device)
+        hfs[impl].set_experts_implementation(impl)
+    return ours, hfs
+
+
+def ours_loss(model, x, y):
+    return model(x, targets=y).loss
+
+
+def hf_loss(model, x, y):
+    logits = model(input_ids=x).logits
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+
+
+def bench_train(ours, hfs, batch, args) -> dict:
+    def step(model, loss_of):
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        fn = train_step_fn(model, opt, batch, loss_of)
+
+        def run():
+            with autocast(args):
+                fn()
+        return run
+
+    fns = {"ours": step(ours, ours_loss), **{impl: step(m, hf_loss) for impl, m in hfs.items()}}
+    t = interleaved_seconds(fns, args)
+    return {k: batch[:, :-1].numel() / v for k, v in t.items()}
+
+
+def hf_generate(model, prompt, n, return_cache=False):
+    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, min_new_tokens=n,
+                         do_sample=False, eos_token_id=None, pad_token_id=0, return_dict_in_generate=return_cache)
+    return out
+
+
+def bench_generate(ours, hfs, prompt, args) -> tuple[dict, dict]:
+    n = args.new_tokens
+    sampling = SamplingConfig(max_new_tokens=n, greedy=True)
+    for m in (ours, *hfs.values()):
+        m.eval()
+    with torch.no_grad(), autocast(args):
+        mine = generate(ours, prompt, sampling)
+        if args.dtype == "float32":  # bf16 rounding may legitimately flip a near-tie
+            for impl, m in hfs.items():
+                assert torch.equal(mine, hf_generate(m, prompt, n)), f"greedy generations differ ({impl})"
+        t = interleaved_seconds({"ours": lambda: generate(ours, prompt, sampling),
+                                 **{impl: (lambda m=m: hf_generate(m, prompt, n)) for impl, m in hfs.items()}}, args)
+        hf_cache = hf_generate(hfs["grouped_mm"], prompt, n, return_cache=True).past_key_values
+    return {k: n / v for k, v in t.items()}, cache_bytes(ours, hf_cache, prompt.shape[1] + n - 1)
+
+
+def cache_bytes(ours, hf_cache, tokens: int) -> dict:
+    c = ours.config
+    elt = ours.tok_emb.weight.element_size()
+    hf_total = sum(t.numel() * t.element_size() for layer in hf_cache.layers for t in (layer.keys, layer.values))
+    return {"ours": ours.new_cache(1, 1).nbytes_per_token(), "transformers": hf_total / tokens,
+            "mha": 2 * c.n_layers * c.dim * elt}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ours, hfs = build_models(args)
+    counts = ours.param_counts()
+    print(f"StoryKimi {counts['total'] / 1e6:.1f}M total / {counts['active'] / 1e6:.1f}M active "
+          f"({args.n_layers}x{args.dim}, latent {args.kv_lora_rank}, {args.n_experts} experts top-{args.top_k} + 1 "
+          f"shared, hidden {args.moe_hidden}, vocab {args.vocab_size}) vs DeepseekV3ForCausalLM, device "
+          f"{args.device}, {args.dtype}, {torch.get_num_threads()} threads")
+    g = torch.Generator().manual_seed(0)
+    batch = torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len + 1), generator=g).to(args.device)
+    gen, cache = bench_generate(ours, hfs, batch[:1, :args.prompt_len], args)
+    train = bench_train(ours, hfs, batch, args)
+    rows = []
+    for name, r, shape in [("train tok/s", train, f"B={args.batch_size}, T={args.seq_len}"),
+                           ("greedy generate tok/s", gen, f"B=1, prompt {args.prompt_len}, {args.new_tokens} new")]:
+        for impl in HF_IMPLS:
+            rows.append({"benchmark": f"{name} vs HF {impl} ({shape})", "smolhub": r["ours"],
+                         "transformers": r[impl], "ratio": r["ours"] / r[impl]})
+    rows.append({"benchmark": "cache bytes/token vs HF DynamicCache", "smolhub": cache["ours"],
+                 "transformers": cache["transformers"], "ratio": cache["ours"] / cache["transformers"]})
+    rows.append({"benchmark": "cache bytes/token vs same-width MHA KV cache", "smolhub": cache["ours"],
+                 "transformers": cache["mha"], "ratio": cache["ours"] / cache["mha"]})
+    print_table(rows, ["benchmark", "smolhub", "transformers", "ratio"])
+    if args.json:
+        save_json(rows, args.json)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

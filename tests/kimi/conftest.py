@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from StoryKimi.config import StoryKimiConfig
+from StoryKimi.model import StoryKimi
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: thread start-up costs more than it saves on shared cores."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def tiny_config(**kw) -> StoryKimiConfig:
+    base = dict(vocab_size=97, dim=64, n_layers=3, n_heads=4, kv_lora_rank=32, qk_nope_head_dim=16,
+                qk_rope_head_dim=8, v_head_dim=12, n_experts=8, top_k=2, moe_hidden=32, dense_hidden=96,
+                first_k_dense=1, max_seq_len=64)
+    return StoryKimiConfig(**{**base, **kw})
+
+
+def perturb(model):
+    """Non-trivial norm weights and expert biases, so that a mis-mapped one cannot hide."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0, 0.1)
+        for m in model.moe_layers().values():
+            m.router.expert_bias.normal_(0.0, 0.05)
+    return model
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    return perturb(StoryKimi(tiny_config())).eval()
