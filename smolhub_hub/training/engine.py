@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class Trainer:
         self.run_dir = Path(tcfg.out_dir or f"runs/{family.name}-{preset}")
         self.state = RunState()
         self._stop_signal = None
+        self._saved_step = -1
         resume_from = self._check_run_dir()
         self.data: PackedData = prepare_data(dcfg, self.dist.rank, self.dist.barrier)
         self.tokenizer = self.data.tokenizer
@@ -73,6 +75,8 @@ class Trainer:
     # --- setup ---------------------------------------------------------------------------------------
     def _check_run_dir(self) -> Path | None:
         has_ckpt = (self.run_dir / ckpt_io.LATEST).exists()
+        if has_ckpt and _restarted_by_torchrun():
+            return ckpt_io.resolve_checkpoint(self.run_dir)  # same flags as the failed attempt: continue it
         if self.tcfg.resume:
             if not has_ckpt:
                 raise UserError(f"--resume: no checkpoint in {self.run_dir}; drop --resume to start a new run, "
@@ -175,6 +179,8 @@ class Trainer:
                 "val_loss": self.state.last_val_loss, "param_counts": self.raw_model.param_counts()}
 
     def save(self):
+        if self.state.step == self._saved_step:
+            return  # already on disk; rewriting it would replace the folder LATEST points at
         if self.dist.is_main:
             training_state = {
                 "step": self.state.step, "tokens": self.state.tokens, "skipped_steps": self.state.skipped_steps,
@@ -189,6 +195,7 @@ class Trainer:
             except OSError as e:
                 raise UserError(f"could not write a checkpoint to {self.run_dir} ({e.strerror or e}); "
                                 "free disk space or fix permissions. The previous checkpoint is intact.") from None
+        self._saved_step = self.state.step
         self.dist.barrier()
 
     def _load(self, path: Path):
@@ -203,6 +210,7 @@ class Trainer:
             self.scaler.load_state_dict(st["scaler"])
         self.state.step, self.state.tokens = st["step"], st["tokens"]
         self.state.skipped_steps = st.get("skipped_steps", 0)
+        self._saved_step = self.state.step
         if self.dist.is_main:
             torch.set_rng_state(st["rng_cpu"])
             if st.get("rng_cuda") is not None and self.device.startswith("cuda"):
@@ -307,6 +315,15 @@ class Trainer:
     def _on_signal(self, signum, frame):
         self._stop_signal = signum
 
+    def _stop_requested(self) -> bool:
+        """Ranks see a signal at different steps; save() has a barrier, so all must stop at the same one."""
+        if not self.dist.enabled:
+            return self._stop_signal is not None
+        stop = torch.tensor(float(self._stop_signal or 0), device=self.device)
+        torch.distributed.all_reduce(stop, op=torch.distributed.ReduceOp.MAX)
+        self._stop_signal = int(stop.item()) or None
+        return self._stop_signal is not None
+
     def fit(self) -> dict:
         t = self.tcfg
         is_main = self.dist.is_main
@@ -320,7 +337,7 @@ class Trainer:
         tokens_at_log, time_at_log = self.state.tokens, time.perf_counter()
         try:
             while self.state.step < t.max_steps:
-                if self._stop_signal is not None:
+                if self._stop_requested():
                     if is_main:
                         print(f"\nreceived signal {self._stop_signal}: saving a checkpoint at step {self.state.step}")
                     self.save()
@@ -390,6 +407,11 @@ class Trainer:
 def _routing_stats(model) -> dict[str, float]:
     fn = getattr(model, "routing_stats", None)
     return fn() if fn is not None else {}
+
+
+def _restarted_by_torchrun() -> bool:
+    """torchrun --max-restarts relaunches every rank with the original flags after a failure."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
 def _in_main_thread() -> bool:
