@@ -19,7 +19,7 @@ def _resume_configs(family, preset, overrides, tcfg):
     saved = ckpt_io.read_config(ckpt_io.resolve_checkpoint(run_dir))
     if saved["family"] != family.name:
         raise UserError(f"{run_dir} holds a {saved['family']} run; resume it with {saved['family']}/trainer.py")
-    train = TrainConfig.from_dict(saved["train"]).replace(**overrides["train"], out_dir=str(run_dir))
+    train = TrainConfig.from_dict(saved["train"]).replace(**{**overrides["train"], "out_dir": str(run_dir)})
     return DataConfig.from_dict(saved["data"]), train
 
 
