@@ -83,6 +83,7 @@ def _slug(name: str) -> str:
 
 def _build(cfg: DataConfig, out: Path):
     docs = iter_documents(cfg)
+    docs = itertools.chain([next(docs)], docs)  # check the source before loading a tokenizer
     if cfg.tokenizer == "bpe":
         head = list(itertools.islice(docs, BPE_TRAIN_DOCS))
         tok = train_bpe(head, vocab_size=cfg.vocab_size)

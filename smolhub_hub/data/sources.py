@@ -117,6 +117,9 @@ def _iter_parquet(f: Path, text_field: str) -> Iterator[str]:
 def _iter_hub(cfg: DataConfig) -> Iterator[str]:
     import datasets
 
+    from smolhub_hub.network import require_hub
+
+    require_hub(f"dataset '{cfg.dataset}'", OFFLINE_HINT)
     try:
         ds = datasets.load_dataset(cfg.dataset, cfg.dataset_config or None, split="train", streaming=True)
         first = True

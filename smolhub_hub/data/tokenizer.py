@@ -43,7 +43,8 @@ def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path)
+        tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=not Path(name_or_path).exists()
+                                            and not _hub_ok())
     except (OSError, ValueError) as e:
         if Path(name_or_path).exists():
             raise UserError(f"Could not load a tokenizer from {name_or_path}: {e}") from None
@@ -52,6 +53,12 @@ def load_tokenizer(name_or_path: str):
             "Train one on your corpus instead with `--tokenizer bpe`, or pass a local tokenizer folder."
         ) from None
     return ensure_special_tokens(tok)
+
+
+def _hub_ok() -> bool:
+    from smolhub_hub.network import hub_reachable
+
+    return hub_reachable()
 
 
 def ensure_special_tokens(tok):
