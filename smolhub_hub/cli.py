@@ -1,0 +1,177 @@
+"""`smolhub`: one door to every model — list, export, generate, push / pull, compare, quantize.
+
+    smolhub list
+    smolhub export runs/StoryLlama-quick exported/            # a transformers folder
+    smolhub generate runs/StoryLlama-quick --prompt "Once upon a time" --greedy
+    smolhub push runs/StoryLlama-quick you/storyllama-quick [--private] [--dry-run DIR]
+    smolhub pull you/storyllama-quick [DIR]
+    smolhub compare runs/StoryLlama-quick runs/SmolMixtral-quick
+    smolhub quantize runs/StoryLlama-quick runs/StoryLlama-quick-int8
+
+See docs/smolhub_cli.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from smolhub_hub.errors import UserError, exit_on_user_error
+
+
+def cmd_list(args):
+    from smolhub_hub.registry import available_families, get_family
+
+    rows = []
+    for name in available_families():
+        fam = get_family(name)
+        for preset in fam.preset_names:
+            mcfg, _, dcfg = fam.resolve(preset)
+            vocab = 50304 if dcfg.tokenizer != "bpe" else dcfg.vocab_size
+            counts = fam.model_class()(mcfg.replace(vocab_size=vocab)).param_counts() if args.params else None
+            rows.append((name, preset, counts, dcfg.dataset, dcfg.tokenizer, fam.hf_architecture))
+    for name, preset, counts, ds, tok, arch in rows:
+        size = f"{counts['total'] / 1e6:7.1f}M total {counts['active'] / 1e6:7.1f}M active" if counts else ""
+        print(f"{name:16s} {preset:12s} {size:34s} data={ds:24s} tokenizer={tok:12s} -> {arch}")
+
+
+def export_to_hf(checkpoint: str, out_dir: str, overwrite: bool = False):
+    """Write a transformers model folder (weights, config, tokenizer, generation config)."""
+    from smolhub_hub.hf_folder import ensure_empty, write_hf_folder
+    from smolhub_hub.inference import load_model
+
+    out = Path(out_dir)
+    if not overwrite:
+        ensure_empty(out)
+    return write_hf_folder(load_model(checkpoint, device="cpu"), out)
+
+
+def cmd_export(args):
+    out = export_to_hf(args.checkpoint, args.out_dir, args.overwrite)
+    print(f"wrote {out}: load it with AutoModelForCausalLM.from_pretrained('{out}')")
+
+
+def cmd_generate(args):
+    from smolhub_hub.inference import generate_text, load_model
+    from smolhub_hub.quantize import is_quantized, load_quantized
+
+    if is_quantized(args.checkpoint):
+        model = load_quantized(args.checkpoint)
+    else:
+        model = load_model(args.checkpoint, device=args.device)
+    for prompt in args.prompt:
+        print(generate_text(model, prompt, args.max_length, args.temperature, args.top_k, args.top_p,
+                            greedy=args.greedy, seed=args.seed))
+
+
+def cmd_pull(args):
+    from smolhub_hub.hub import pull
+
+    root, ckpt = pull(args.repo_id, args.dir, args.revision)
+    print(f"downloaded {args.repo_id} to {root}")
+    print(f"SmolHub checkpoint: {ckpt}  (smolhub generate {ckpt} --prompt ...)")
+
+
+def cmd_push(args):
+    from smolhub_hub.hub import push, stage
+
+    if args.dry_run:
+        out = stage(args.checkpoint, Path(args.dry_run), args.repo_id)
+        print(f"dry run: wrote the folder that would be uploaded to {args.repo_id} in {out}")
+        return
+    print(f"pushed {args.checkpoint} to {push(args.checkpoint, args.repo_id, args.private, args.revision, args.message)}")
+
+
+def cmd_compare(args):
+    from smolhub_hub.compare import compare, format_table, plot_loss_curves
+
+    runs = compare(args.runs)
+    print(format_table(runs, args.format))
+    if args.plot != "none":
+        print(f"loss curves: {plot_loss_curves(runs, Path(args.plot), x=args.x)}")
+
+
+def cmd_quantize(args):
+    from smolhub_hub.quantize import format_report, quantize_checkpoint
+
+    report = quantize_checkpoint(args.checkpoint, args.out_dir, evaluate=not args.no_eval,
+                                 eval_batches=args.eval_batches, batch_size=args.batch_size,
+                                 bench_tokens=args.bench_tokens, kernel=args.kernel)
+    print(format_report(report, Path(args.out_dir)))
+
+
+def _add_sampling_flags(s):
+    """The same sampling options as every model folder's inference.py."""
+    s.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for several)")
+    s.add_argument("--max-length", type=int, default=100, help="new tokens to generate")
+    s.add_argument("--temperature", type=float, default=0.7)
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (quantized folders run on CPU)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smolhub", description="SmolHub: train, export and share small language models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("list", help="model families, presets and parameter counts")
+    s.add_argument("--no-params", dest="params", action="store_false", help="skip counting parameters")
+    s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("export", help="export a checkpoint to a Hugging Face transformers folder")
+    s.add_argument("checkpoint", help="checkpoint folder, run folder, or Hub repo id")
+    s.add_argument("out_dir")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("generate", help="generate text from a checkpoint, a quantized folder or a Hub repo")
+    s.add_argument("checkpoint", help="checkpoint folder, run folder, `smolhub quantize` output, or Hub repo id")
+    _add_sampling_flags(s)
+    s.set_defaults(fn=cmd_generate)
+
+    s = sub.add_parser("pull", help="download a pushed repo (transformers export + SmolHub checkpoint)")
+    s.add_argument("repo_id", help="user/name on the Hugging Face Hub")
+    s.add_argument("dir", nargs="?", default=None, help="download here (default: the Hugging Face cache)")
+    s.add_argument("--revision", default=None, help="branch, tag or commit")
+    s.set_defaults(fn=cmd_pull)
+
+    s = sub.add_parser("push", help="upload a checkpoint, its transformers export and a model card to the Hub")
+    s.add_argument("checkpoint", help="checkpoint folder or run folder (its LATEST checkpoint)")
+    s.add_argument("repo_id", help="user/name on the Hugging Face Hub (created if missing)")
+    s.add_argument("--private", action="store_true", help="create the repo private")
+    s.add_argument("--revision", default=None, help="branch to push to (default: main)")
+    s.add_argument("--message", default=None, help="commit message")
+    s.add_argument("--dry-run", metavar="DIR", default=None,
+                   help="write the folder that would be uploaded to DIR (new or empty) and stop: no token, no network")
+    s.set_defaults(fn=cmd_push)
+
+    s = sub.add_parser("compare", help="training runs side by side: one table, one plot of loss curves")
+    s.add_argument("runs", nargs="+", metavar="RUN_DIR", help="training run folders (--out-dir of a trainer)")
+    s.add_argument("--plot", default="loss_comparison.png", help="PNG to write, or 'none'")
+    s.add_argument("--x", choices=["tokens", "step"], default="tokens", help="x axis of the plot")
+    s.add_argument("--format", choices=["text", "markdown", "csv"], default="text", help="table format")
+    s.set_defaults(fn=cmd_compare)
+
+    s = sub.add_parser("quantize", help="int8 weights for CPU inference; reports size, speed and loss change")
+    s.add_argument("checkpoint", help="checkpoint folder, run folder, or Hub repo id")
+    s.add_argument("out_dir", help="new or empty folder for the quantized model")
+    s.add_argument("--no-eval", action="store_true", help="skip the held-out loss (needs the training data)")
+    s.add_argument("--eval-batches", type=int, default=10, help="held-out batches for the loss comparison")
+    s.add_argument("--batch-size", type=int, default=8, help="sequences per held-out batch")
+    s.add_argument("--bench-tokens", type=int, default=64, help="new tokens per speed measurement")
+    s.add_argument("--kernel", choices=["auto", "dynamic", "weight-only"], default="auto",
+                   help="dynamic: x86 int8 kernel (activations rounded per batch); weight-only: dequantize in forward")
+    s.set_defaults(fn=cmd_quantize)
+    return p
+
+
+@exit_on_user_error
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
