@@ -59,10 +59,11 @@ PRESETS = {
     # Trains on the built-in corpus on a 2-core CPU in a few minutes and visibly learns.
     "quick": {
         "model": {"dim": 128, "n_layers": 4, "n_heads": 4, "max_seq_len": 128},
-        "train": {"max_steps": 400, "batch_size": 16, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 40,
-                  "weight_decay": 0.01, "eval_interval": 100, "eval_batches": 10, "sample_interval": 200,
+        "train": {"max_steps": 400, "batch_size": 16, "total_batch_tokens": 0, "lr": 3e-3, "min_lr": 3e-4,
+                  "warmup_steps": 40, "weight_decay": 0.01, "eval_interval": 100, "eval_batches": 10, "sample_interval": 200,
                   "save_interval": 200, "log_interval": 10, "sample_prompt": "Once upon a time"},
-        "data": {"dataset": "builtin", "tokenizer": "bpe", "vocab_size": 2048, "builtin_stories": 6000},
+        "data": {"dataset": "builtin", "dataset_config": "", "tokenizer": "bpe", "vocab_size": 2048,
+                 "builtin_stories": 6000},
     },
     "gpt2": _gpt2(768, 12, 12),            # 124M
     "gpt2-medium": _gpt2(1024, 24, 16),    # 350M

@@ -27,6 +27,16 @@ def test_default_is_about_150m_and_gpt2_preset_is_gpt2_small():
     assert count_on_meta("gpt2") == 124_439_808  # OpenAI GPT-2 small, tied head counted once
 
 
+def test_presets_say_what_they_mean():
+    m, t, d = FAMILY.resolve("default")
+    assert (m.norm, m.max_seq_len, d.dataset, d.dataset_config, d.tokenizer) == \
+        ("rmsnorm", 1024, "HuggingFaceFW/fineweb", "sample-10BT", "gpt2")
+    m, t, d = FAMILY.resolve("quick")  # nothing of the FineWeb recipe leaks into the CPU preset
+    assert (t.total_batch_tokens, d.dataset, d.dataset_config, d.tokenizer) == (0, "builtin", "", "bpe")
+    m = FAMILY.build("gpt2")
+    assert (m.norm, m.bias, m.gelu_approximate, m.vocab_size, m.max_seq_len) == ("layernorm", True, "tanh", 50257, 1024)
+
+
 def test_norm_and_bias_choices():
     rms = tiny()
     assert type(rms.norm).__name__ == "RMSNorm" and not any(n.endswith("bias") for n, _ in rms.named_parameters())
