@@ -32,6 +32,18 @@ def median_seconds(fn: Callable[[], object], device: str = "cpu", warmup: int = 
     return statistics.median(times)
 
 
+def interleaved_seconds(fns: dict[str, Callable[[], object]], device: str = "cpu", repeats: int = 5) -> dict[str, float]:
+    """Median seconds of each callable, timed round-robin (A, B, A, B, ...) after one warm-up round,
+    so that load from other processes on a shared machine hits every candidate alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for rnd in range(repeats + 1):
+        for name, fn in fns.items():
+            t = median_seconds(fn, device, warmup=0, repeats=1)
+            if rnd:
+                times[name].append(t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def train_step_fn(model, optimizer, batch: torch.Tensor, loss_of: Callable[[object, torch.Tensor], torch.Tensor]):
     """One optimizer step on `batch` (B, T+1): forward, backward, step."""
     x, y = batch[:, :-1], batch[:, 1:]
