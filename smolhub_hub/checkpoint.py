@@ -16,6 +16,7 @@ executes code.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -80,6 +81,23 @@ def save_checkpoint(run_dir: str | Path, step: int, model, config: dict, tokeniz
     final, tmp = run_dir / name, run_dir / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    try:
+        _write_files(tmp, model, config, tokenizer, training_state)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk gets its space back
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    _fsync_dir(run_dir)
+    latest_tmp = run_dir / f".{LATEST}.tmp"
+    latest_tmp.write_text(name + "\n")
+    os.replace(latest_tmp, run_dir / LATEST)
+    _prune(run_dir, keep_last, keep=name)
+    return final
+
+
+def _write_files(tmp: Path, model, config: dict, tokenizer, training_state: dict | None):
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(_untie(state), tmp / "model.safetensors", metadata={"format": FORMAT})
     (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **config}, indent=2))
@@ -93,15 +111,6 @@ def save_checkpoint(run_dir: str | Path, step: int, model, config: dict, tokeniz
     for f in tmp.iterdir():
         with open(f, "rb+") as fh:
             os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    _fsync_dir(run_dir)
-    latest_tmp = run_dir / f".{LATEST}.tmp"
-    latest_tmp.write_text(name + "\n")
-    os.replace(latest_tmp, run_dir / LATEST)
-    _prune(run_dir, keep_last, keep=name)
-    return final
 
 
 def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -132,7 +141,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise UserError(f"checkpoint '{path}' does not exist; pass a checkpoint folder or a run folder "
                         "(e.g. runs/StoryLlama-quick), or train one first")
     if (p / LATEST).exists():
-        p = p / (p / LATEST).read_text().strip()
+        try:
+            name = (p / LATEST).read_text().strip()
+        except UnicodeDecodeError:
+            name = ""
+        if not name.startswith("step_") or Path(name).name != name:
+            raise UserError(f"{p / LATEST} is corrupt; write the name of a checkpoint folder in it "
+                            f"(one of: {', '.join(sorted(c.name for c in p.glob('step_*'))) or 'none here'})")
+        p = p / name
     if not (p / "config.json").exists() or not (p / "model.safetensors").exists():
         raise UserError(f"'{path}' is not a SmolHub checkpoint (no config.json + model.safetensors in it)")
     return p
@@ -143,9 +159,23 @@ def read_config(ckpt: Path) -> dict:
         cfg = json.loads((ckpt / "config.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{ckpt / 'config.json'} is corrupt ({e}); use an earlier checkpoint") from None
-    if cfg.get("format") != FORMAT or "family" not in cfg:
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or "family" not in cfg:
         raise UserError(f"{ckpt} was not written by SmolHub (unknown config format)")
+    if not isinstance(cfg.get("model"), dict):
+        raise UserError(f"{ckpt / 'config.json'} is corrupt (no model section); use an earlier checkpoint")
     return cfg
+
+
+def model_config(ckpt: Path, cfg: dict, config_class):
+    """The saved architecture as `config_class`; a value of the wrong type means a damaged file."""
+    mcfg = config_class.from_dict(cfg["model"])
+    for f in dataclasses.fields(mcfg):
+        value, want = getattr(mcfg, f.name), type(f.default)
+        if f.default is dataclasses.MISSING or value is None:
+            continue
+        if isinstance(value, bool) != (want is bool) or not isinstance(value, (int, float) if want is float else want):
+            raise UserError(f"{ckpt / 'config.json'} is corrupt ({f.name} = {value!r}); use an earlier checkpoint")
+    return mcfg
 
 
 def load_weights(ckpt: Path, model, strict: bool = True):
@@ -154,7 +184,11 @@ def load_weights(ckpt: Path, model, strict: bool = True):
     except Exception as e:  # truncated or corrupt file
         raise UserError(f"{ckpt / 'model.safetensors'} cannot be read ({e}); the file is truncated or corrupt. "
                         "Use an earlier checkpoint.") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # same names, other shapes
+        raise UserError(f"{ckpt} does not fit this model ({str(e).splitlines()[-1].strip()[:200]}); "
+                        "its weights do not match its config.json") from None
     tied = {k for k in missing if _is_tied_alias(model, k)}
     missing = [k for k in missing if k not in tied]
     if strict and (missing or unexpected):

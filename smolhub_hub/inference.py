@@ -38,7 +38,7 @@ def load_model(path_or_hub_id: str, family: str | None = None, device: str = "au
         raise UserError(f"{ckpt} is a {cfg['family']} checkpoint, not {family}; "
                         f"load it with {cfg['family']}/inference.py (or `smolhub generate`)")
     fam = get_family(cfg["family"])
-    model = fam.model_class()(fam.model_config.from_dict(cfg["model"]))
+    model = fam.model_class()(ckpt_io.model_config(ckpt, cfg, fam.model_config))
     ckpt_io.load_weights(ckpt, model)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

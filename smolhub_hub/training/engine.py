@@ -93,7 +93,7 @@ class Trainer:
             if saved["family"] != self.family.name:
                 raise UserError(f"{resume_from} is a {saved['family']} checkpoint, not {self.family.name}; "
                                 f"resume it with {saved['family']}/trainer.py")
-            return self.family.model_config.from_dict(saved["model"])
+            return ckpt_io.model_config(resume_from, saved, self.family.model_config)
         if self.tcfg.init_from:
             return None  # taken from the Hugging Face checkpoint in _build_model
         return mcfg.replace(vocab_size=round_vocab(self.data.meta["vocab_size"]))
@@ -200,6 +200,15 @@ class Trainer:
 
     def _load(self, path: Path):
         ckpt_io.load_weights(path, self.raw_model)
+        try:
+            self._load_training_state(path)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # parsed, but not this run's state
+            raise UserError(f"the training state in {path} is corrupt or from another run ({type(e).__name__}: "
+                            f"{str(e)[:120]}); resume from an earlier checkpoint") from None
+        if self.dist.is_main:
+            print(f"resumed {path} at step {self.state.step}")
+
+    def _load_training_state(self, path: Path):
         st = ckpt_io.load_training_state(path)
         if len(st["optimizers"]) != len(self.optimizers):
             raise UserError(f"{path} was trained with {len(st['optimizers'])} optimizer(s), this run builds "
@@ -217,8 +226,6 @@ class Trainer:
                 torch.cuda.set_rng_state(st["rng_cuda"])
         else:
             torch.manual_seed(self.tcfg.seed + self.dist.rank + 7919 * self.state.step)
-        if self.dist.is_main:
-            print(f"resumed {path} at step {self.state.step}")
 
     # --- the loop ------------------------------------------------------------------------------------
     def _set_lr(self, step: int) -> float:
