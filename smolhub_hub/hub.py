@@ -16,6 +16,7 @@ its calls, and never printed or written anywhere by SmolHub.
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -99,7 +100,12 @@ def stage(checkpoint: str, out: Path, repo_id: str) -> Path:
     model = load_model(checkpoint, device="cpu")
     ckpt: Path = model.checkpoint_path
     out.mkdir(parents=True, exist_ok=True)
-    write_hf_folder(model, out)
+    try:
+        write_hf_folder(model, out)
+        no_export = None
+    except UserError as e:  # e.g. an RMSNorm SmolTransformer has no GPT-2 equivalent: share it natively
+        no_export = str(e)
+        print(f"warning: no transformers export ({no_export}); pushing the SmolHub checkpoint only", file=sys.stderr)
     native = out / NATIVE_SUBFOLDER
     native.mkdir()
     for f in sorted(ckpt.iterdir()):
@@ -112,7 +118,7 @@ def stage(checkpoint: str, out: Path, repo_id: str) -> Path:
         shutil.copy2(run / "metrics.csv", native / "metrics.csv")
         image = out / "loss_curve.png"
         plot_loss_curves([summary], image)
-    (out / "README.md").write_text(render_model_card(model, summary, image is not None, repo_id))
+    (out / "README.md").write_text(render_model_card(model, summary, image is not None, repo_id, no_export))
     return out
 
 
@@ -125,9 +131,9 @@ def push(checkpoint: str, repo_id: str, private: bool = False, revision: str | N
     if not token:
         raise UserError("no Hugging Face token: run `hf auth login` or set HF_TOKEN to a token with write "
                         "access (https://huggingface.co/settings/tokens)")
+    api = HfApi()
     with tempfile.TemporaryDirectory(prefix="smolhub-push-") as tmp:
-        folder = stage(checkpoint, Path(tmp) / "repo", repo_id)
-        api = HfApi()
+        folder = stage(checkpoint, Path(tmp) / "repo", repo_id)  # a bad checkpoint fails before any upload
         with _hub_errors(repo_id):
             # private=None keeps an existing repo's visibility; --private makes a new one private.
             url = api.create_repo(repo_id, token=token, private=True if private else None, exist_ok=True)

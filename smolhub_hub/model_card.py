@@ -13,9 +13,10 @@ def _is_hub_dataset(name: str) -> bool:
     return name.count("/") == 1 and not Path(name).expanduser().exists() and not name.startswith((".", "/", "~"))
 
 
-def _front_matter(family: str, arch: str, dataset: str) -> str:
+def _front_matter(family: str, arch: str, dataset: str, transformers: bool) -> str:
     tags = ["smolhub", family.lower(), arch.removesuffix("ForCausalLM").lower(), "text-generation"]
-    meta = {"library_name": "transformers", "pipeline_tag": "text-generation", "tags": tags}
+    meta = {"library_name": "transformers" if transformers else "smolhub", "pipeline_tag": "text-generation",
+            "tags": tags}
     if _is_hub_dataset(dataset):
         meta["datasets"] = [dataset]
     # JSON values are valid YAML, so the metadata block needs no YAML library.
@@ -26,7 +27,8 @@ def _fmt(x: float | None) -> str:
     return "not logged" if x is None else f"{x:.4f}"
 
 
-def render_model_card(model, summary: RunSummary, has_loss_curve: bool, repo_id: str = "USER/REPO") -> str:
+def render_model_card(model, summary: RunSummary, has_loss_curve: bool, repo_id: str = "USER/REPO",
+                      no_export: str | None = None) -> str:
     from smolhub_hub.registry import get_family
 
     cfg = model.checkpoint_config
@@ -45,7 +47,7 @@ def render_model_card(model, summary: RunSummary, has_loss_curve: bool, repo_id:
     arch_rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in cfg["model"].items())
     ppl = "" if summary.val_loss is None else f" (perplexity {math.exp(min(summary.val_loss, 30)):.2f})"
     lines = [
-        _front_matter(cfg["family"], arch, dataset),
+        _front_matter(cfg["family"], arch, dataset, no_export is None),
         f"# {repo_id.split('/')[-1]}",
         "",
         f"A **{cfg['family']}** language model trained from scratch with SmolHub "
@@ -53,7 +55,8 @@ def render_model_card(model, summary: RunSummary, has_loss_curve: bool, repo_id:
         "",
         "## Model",
         "",
-        f"- Architecture: {cfg['family']} (exported as transformers `{arch}`)",
+        f"- Architecture: {cfg['family']} " + (f"(exported as transformers `{arch}`)" if no_export is None
+                                               else f"(no transformers export: {no_export})"),
         f"- Parameters: {counts['total']:,} ({_human(counts['total'])})"
         + (f", {counts['active']:,} active per token (mixture of experts)" if moe else ""),
         f"- Context length: {model.max_seq_len} tokens",
@@ -88,17 +91,19 @@ def render_model_card(model, summary: RunSummary, has_loss_curve: bool, repo_id:
     ]
     if has_loss_curve:
         lines += ["![loss curve](loss_curve.png)", ""]
+    lines += ["## How to use", ""]
+    if no_export is None:
+        lines += [
+            "With transformers (the repository root is a transformers model folder):",
+            "",
+            "```python",
+            "from transformers import pipeline",
+            f'generate = pipeline("text-generation", model="{repo_id}")',
+            'print(generate("Once upon a time", max_new_tokens=100, do_sample=True, temperature=0.7)[0]["generated_text"])',
+            "```",
+            "",
+        ]
     lines += [
-        "## How to use",
-        "",
-        "With transformers (the repository root is a transformers model folder):",
-        "",
-        "```python",
-        "from transformers import pipeline",
-        f'generate = pipeline("text-generation", model="{repo_id}")',
-        'print(generate("Once upon a time", max_new_tokens=100, do_sample=True, temperature=0.7)[0]["generated_text"])',
-        "```",
-        "",
         "With SmolHub (reads the native checkpoint in `smolhub/`):",
         "",
         "```python",
@@ -116,7 +121,8 @@ def render_model_card(model, summary: RunSummary, has_loss_curve: bool, repo_id:
         "",
         "## Files",
         "",
-        "- `config.json`, `model.safetensors`, `generation_config.json`, tokenizer files: the transformers export",
+        *(["- `config.json`, `model.safetensors`, `generation_config.json`, tokenizer files: the transformers export"]
+          if no_export is None else []),
         "- `smolhub/`: the SmolHub checkpoint (`model.safetensors`, `config.json`, tokenizer, `metrics.csv`)",
         "",
         "## Limitations",
