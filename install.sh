@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install SmolHub into the current Python: the pinned requirements, then every model folder and the
+# `smolhub` command as an editable package. `bash install.sh --dev` adds what the tests need
+# (pytest, hypothesis, Playwright) and Debian's Chromium for the browser tests.
+set -euo pipefail
+cd "$(dirname "$0")"
+python -m pip install -q -r requirements.txt
+python -m pip install -q --no-deps -e .
+if [[ "${1:-}" == "--dev" ]]; then
+    python -m pip install -q -r requirements-dev.txt
+    if ! command -v chromium >/dev/null 2>&1; then
+        if [[ $(id -u) -eq 0 ]]; then
+            (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "note: chromium not installed; browser tests will be skipped"
+        else
+            echo "note: install Debian's chromium (sudo apt-get install chromium) to run the browser tests"
+        fi
+    fi
+fi
