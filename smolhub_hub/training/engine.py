@@ -295,6 +295,7 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         stats: dict[str, float] = {}
         batches = 0
+        _routing_stats(model)  # drop routing counted in training since the last log
         for i in range(0, len(mine), b):
             x, y = windows_to_batch(self.data.val, mine[i:i + b], self.seq_len, self.device)
             with self._autocast():

@@ -80,7 +80,7 @@ def plot_run(run_dir: Path) -> list[Path]:
 
     load = defaultdict(dict)
     for name in s:
-        m = re.fullmatch(r"moe/layer(\d+)/load_e(\d+)", name)
+        m = re.fullmatch(r"train/moe/layer(\d+)/load_e(\d+)", name)
         if m:
             load[int(m.group(1))][int(m.group(2))] = s[name]
     if load:
