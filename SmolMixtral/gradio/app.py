@@ -1,0 +1,6 @@
+"""SmolMixtral demo: `python app.py --checkpoint ../../runs/SmolMixtral-quick` (binds 127.0.0.1:7860)."""
+
+from smolhub_hub.demo import main
+
+if __name__ == "__main__":
+    main("SmolMixtral")

@@ -1,0 +1,93 @@
+"""The Mixtral family through the real CLIs: it learns with routing telemetry, two torchrun processes
+train the same model as one, and inference shows the routing."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from smolhub_hub.checkpoint import LATEST
+from smolhub_hub.training.metrics import series
+from tests.helpers import REPO, run_cli, tiny_run_args
+
+SMALL = ["--dim", "64", "--n-layers", "2", "--n-heads", "4", "--n-kv-heads", "2", "--expert-hidden", "64",
+         "--seq-len", "64"]
+
+
+def _weights(run):
+    return load_file(run / (run / LATEST).read_text().strip() / "model.safetensors")
+
+
+@pytest.fixture(scope="session")
+def story_run(tmp_path_factory):
+    """A tiny StoryMixtral trained for a few steps through its (SmolMixtral-backed) trainer CLI."""
+    out = tmp_path_factory.mktemp("storymixtral") / "run"
+    run_cli("StoryMixtral/trainer.py", *tiny_run_args(out, steps=6, extra=SMALL), check=True)
+    return out
+
+
+def test_quick_preset_learns_and_logs_routing(tmp_path):
+    out = tmp_path / "run"
+    run_cli("SmolMixtral/trainer.py", "--preset", "quick", "--out-dir", out, "--max-steps", "40",
+            "--eval-interval", "20", "--eval-batches", "4", "--sample-interval", "0", "--builtin-stories", "2000",
+            "--batch-size", "8", "--seq-len", "64", "--n-layers", "2", check=True)
+    s = series(out / "metrics.csv")
+    val = s["val/loss"][1]
+    assert val[-1] < val[0] and val[-1] < 0.45 * 7.62, val  # ln(vocab) = 7.62 untrained
+    for split in ("train", "val"):
+        loads = [s[f"{split}/moe/layer1/load_e{e}"][1][-1] for e in range(8)]
+        assert sum(loads) == pytest.approx(1.0, abs=1e-4)
+        assert 0 < s[f"{split}/moe/layer0/entropy"][1][-1] <= 2.08 and s[f"{split}/moe/active_share"][1][-1] > 0
+        assert 1.0 <= s[f"{split}/moe/balance_loss"][1][-1] < 2.0  # the balance loss keeps routing near uniform
+    assert s["train/aux_loss"][1][-1] == pytest.approx(0.01 * 2 * s["train/moe/balance_loss"][1][-1], rel=0.2)
+    assert (out / "loss_curve.png").exists() and (out / "expert_load.png").exists()
+
+
+def test_two_process_torchrun_matches_one_process(tmp_path):
+    # Router noise is drawn per rank by design, so the comparison runs without it.
+    common = [*SMALL, "--no-noisy-topk", "--batch-size", "4", "--total-batch-tokens", str(4 * 2 * 64)]
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_cli("SmolMixtral/trainer.py", *tiny_run_args(one, steps=5, extra=common), check=True)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(REPO / "SmolMixtral/trainer.py"), *map(str, tiny_run_args(two, steps=5, extra=common))],
+                          capture_output=True, text=True, timeout=600, cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout
+    a, b = _weights(one), _weights(two)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=2e-5), k
+    for name in ("train/loss", "train/aux_loss"):
+        assert series(one / "metrics.csv")[name][1] == pytest.approx(series(two / "metrics.csv")[name][1], abs=1e-4)
+
+
+def test_story_inference_shows_routing(story_run):
+    proc = run_cli("StoryMixtral/inference.py", "--checkpoint", story_run, "--prompt", "Once upon a time",
+                   "--greedy", "--max-length", "8", "--show-routing", check=True)
+    lines = proc.stdout.strip().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("token"))
+    assert "L0" in lines[header] and "L1" in lines[header]
+    rows = lines[header + 1:]
+    assert 1 <= len(rows) <= 8
+    assert all(len([c for c in row.split() if c.startswith("e") and "+" in c]) == 2 for row in rows)
+
+
+def test_a_checkpoint_of_the_other_family_is_refused(story_run):
+    proc = run_cli("SmolMixtral/inference.py", "--checkpoint", story_run, "--prompt", "Hi")
+    assert proc.returncode == 2 and "StoryMixtral" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_python_api_and_export(story_run):
+    from smolhub_hub.export.mixtral import to_hf
+    from StoryMixtral.inference import generate_text, load_model
+
+    model = load_model(str(story_run), device="cpu")
+    assert type(model).__name__ == "StoryMixtral"
+    text = generate_text(model, "Once upon a time", max_length=10, greedy=True)
+    assert text.startswith("Once upon a time")
+    idx = torch.tensor([[5, 9, 13, 2, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(to_hf(model)(idx).logits, model(idx).logits, rtol=0, atol=1e-4)
