@@ -223,7 +223,7 @@ class DeepSeekMoE(nn.Module):
         # tensor, not a buffer: DDP re-broadcasts rank 0's buffers every forward and would erase ours.
         self.step_load: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, generating: bool = False):
         B, T, D = x.shape
         flat = x.reshape(-1, D)
         r = self.router(flat)
@@ -237,7 +237,7 @@ class DeepSeekMoE(nn.Module):
             self.step_load = load if self.step_load is None else self.step_load + load
             if self.seq_aux_loss_coef:
                 aux = self.seq_aux_loss_coef * sequence_balance_loss(r.probs.view(B, T, -1), r.expert_ids.view(B, T, -1))
-        if self.track_stats:
+        if self.track_stats and not generating:  # telemetry is for training and evaluation forwards
             self.stats.update(r)
         return y, aux
 
@@ -259,7 +259,8 @@ class KimiBlock(nn.Module):
 
     def forward(self, x, rope, cache=None):
         x = x + self.attn(self.attn_norm(x), rope, cache)
-        h, aux = self.ffn(self.ffn_norm(x)) if self.is_moe else (self.ffn(self.ffn_norm(x)), None)
+        h = self.ffn_norm(x)
+        h, aux = self.ffn(h, generating=cache is not None) if self.is_moe else (self.ffn(h), None)
         return x + self.ffn_dropout(h), aux
 
 

@@ -49,8 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--seq-len", type=int, default=256, help="training sequence length")
     p.add_argument("--batch-size", type=int, default=4, help="training batch")
-    p.add_argument("--prompt-len", type=int, default=16)
-    p.add_argument("--new-tokens", type=int, default=96)
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=224, help="prompt + new = the training length by default")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (after one warm-up round)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],

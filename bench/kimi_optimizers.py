@@ -18,7 +18,8 @@ from smolhub_hub.training.metrics import series
 from StoryKimi.config import FAMILY
 
 # (optimizer, AdamW lr, Muon lr): AdamW's lr also drives the embeddings/head/norms/routers under Muon.
-RUNS = [("adamw", 3e-3, None), ("adamw", 6e-3, None), ("muon", 3e-3, 0.02), ("muon", 3e-3, 0.05)]
+RUNS = [("adamw", 3e-3, None), ("adamw", 6e-3, None), ("adamw", 1e-2, None),
+        ("muon", 3e-3, 0.02), ("muon", 3e-3, 0.05), ("muon", 6e-3, 0.05), ("muon", 6e-3, 0.1)]
 
 
 def one_run(opt: str, lr: float, muon_lr: float | None, steps: int, out_dir: str) -> dict:

@@ -36,3 +36,14 @@ def perturb(model):
 def tiny_model():
     torch.manual_seed(0)
     return perturb(StoryKimi(tiny_config())).eval()
+
+
+@pytest.fixture(scope="session")
+def kimi_run(tmp_path_factory):
+    """A tiny StoryKimi trained for a few steps through the real trainer CLI."""
+    from tests.helpers import run_cli, tiny_run_args
+
+    out = tmp_path_factory.mktemp("kimi") / "run"
+    run_cli("StoryKimi/trainer.py", *tiny_run_args(out, steps=6, extra=["--dim", "64", "--n-layers", "2",
+                                                                         "--moe-hidden", "64"]), check=True)
+    return out

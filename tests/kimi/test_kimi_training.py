@@ -3,6 +3,7 @@ and two torchrun processes train the same model as one."""
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -16,6 +17,12 @@ from tests.helpers import REPO, run_cli, tiny_run_args
 
 SMALL = ["--dim", "64", "--n-layers", "3", "--n-heads", "4", "--kv-lora-rank", "32", "--moe-hidden", "64",
          "--seq-len", "64"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _latest(run):
@@ -61,7 +68,9 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
     common = [*SMALL, "--batch-size", "4", "--total-batch-tokens", str(4 * 2 * 64)]
     one, two = tmp_path / "one", tmp_path / "two"
     run_cli("StoryKimi/trainer.py", *tiny_run_args(one, steps=6, extra=common), check=True)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+    # An explicit loopback address: with --master_port=0 alone, rendezvous hangs on some sandboxed hosts.
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
                            str(REPO / "StoryKimi/trainer.py"), *map(str, tiny_run_args(two, steps=6, extra=common))],
                           capture_output=True, text=True, timeout=600, cwd=REPO,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
