@@ -81,7 +81,8 @@ def from_hf(hf, family: str | None = None):
     cfg = fam.model_config(
         vocab_size=h.vocab_size, dim=h.hidden_size, n_layers=h.num_hidden_layers, n_heads=h.num_attention_heads,
         n_kv_heads=h.num_key_value_heads, n_experts=h.num_local_experts, top_k=h.num_experts_per_tok,
-        expert_hidden=h.intermediate_size, noisy_topk=False, balance_coef=h.router_aux_loss_coef * h.num_experts_per_tok,
+        expert_hidden=h.intermediate_size, noisy_topk=False,
+        balance_coef=h.router_aux_loss_coef * h.num_experts_per_tok,
         max_seq_len=h.max_position_embeddings, rope_base=float(rope), norm_eps=h.rms_norm_eps,
         tie_embeddings=bool(h.tie_word_embeddings))
     model = fam.model_class()(cfg)

@@ -3,6 +3,11 @@ import torch
 
 from SmolMixtral.config import MixtralConfig
 from SmolMixtral.model import SmolMixtral
+from tests.helpers import run_cli, tiny_run_args
+
+# Trainer flags for a model that trains in seconds on one thread.
+SMALL = ["--dim", "64", "--n-layers", "2", "--n-heads", "4", "--n-kv-heads", "2", "--expert-hidden", "64",
+         "--seq-len", "64"]
 
 
 @pytest.fixture(autouse=True)
@@ -29,3 +34,11 @@ def tiny_model():
             if "norm" in name:
                 p.normal_(1.0, 0.1)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def story_run(tmp_path_factory):
+    """A tiny StoryMixtral trained for a few steps through its (SmolMixtral-backed) trainer CLI."""
+    out = tmp_path_factory.mktemp("storymixtral") / "run"
+    run_cli("StoryMixtral/trainer.py", *tiny_run_args(out, steps=6, extra=SMALL), check=True)
+    return out

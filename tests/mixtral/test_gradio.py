@@ -10,7 +10,6 @@ import urllib.request
 import pytest
 
 from tests.helpers import REPO, run_cli
-from tests.mixtral.test_training import story_run  # noqa: F401  (the session fixture)
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -41,7 +40,7 @@ def test_missing_checkpoint_is_refused_not_random_weights(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Chromium")
-def test_demo_generates_in_headless_chromium(story_run):  # noqa: F811
+def test_demo_generates_in_headless_chromium(story_run):
     sync_api = pytest.importorskip("playwright.sync_api")
     port = _free_port()
     url = f"http://127.0.0.1:{port}/"

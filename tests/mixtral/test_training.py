@@ -12,21 +12,12 @@ from safetensors.torch import load_file
 from smolhub_hub.checkpoint import LATEST
 from smolhub_hub.training.metrics import series
 from tests.helpers import REPO, run_cli, tiny_run_args
+from tests.mixtral.conftest import SMALL
 
-SMALL = ["--dim", "64", "--n-layers", "2", "--n-heads", "4", "--n-kv-heads", "2", "--expert-hidden", "64",
-         "--seq-len", "64"]
 
 
 def _weights(run):
     return load_file(run / (run / LATEST).read_text().strip() / "model.safetensors")
-
-
-@pytest.fixture(scope="session")
-def story_run(tmp_path_factory):
-    """A tiny StoryMixtral trained for a few steps through its (SmolMixtral-backed) trainer CLI."""
-    out = tmp_path_factory.mktemp("storymixtral") / "run"
-    run_cli("StoryMixtral/trainer.py", *tiny_run_args(out, steps=6, extra=SMALL), check=True)
-    return out
 
 
 def test_quick_preset_learns_and_logs_routing(tmp_path):
