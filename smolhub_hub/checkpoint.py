@@ -149,6 +149,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
             raise UserError(f"{p / LATEST} is corrupt; write the name of a checkpoint folder in it "
                             f"(one of: {', '.join(sorted(c.name for c in p.glob('step_*'))) or 'none here'})")
         p = p / name
+    elif (p / "smolhub" / "config.json").exists():  # a repo pulled from the Hub keeps it in smolhub/
+        p = p / "smolhub"
     if not (p / "config.json").exists() or not (p / "model.safetensors").exists():
         raise UserError(f"'{path}' is not a SmolHub checkpoint (no config.json + model.safetensors in it)")
     return p

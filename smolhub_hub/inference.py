@@ -32,6 +32,13 @@ def load_model(path_or_hub_id: str, family: str | None = None, device: str = "au
     from smolhub_hub.data.tokenizer import load_tokenizer
     from smolhub_hub.registry import get_family
 
+    from smolhub_hub.quantize import is_quantized, load_quantized
+
+    if is_quantized(Path(path_or_hub_id)):  # `smolhub quantize` output: int8 weights, CPU only
+        model = load_quantized(path_or_hub_id)
+        if family is not None and model.checkpoint_config["family"] != family:
+            raise UserError(f"{path_or_hub_id} is a quantized {model.checkpoint_config['family']} model, not {family}")
+        return model
     ckpt = resolve_source(str(path_or_hub_id))
     cfg = ckpt_io.read_config(ckpt)
     if family is not None and cfg["family"] != family:
@@ -40,9 +47,7 @@ def load_model(path_or_hub_id: str, family: str | None = None, device: str = "au
     fam = get_family(cfg["family"])
     model = fam.model_class()(ckpt_io.model_config(ckpt, cfg, fam.model_config))
     ckpt_io.load_weights(ckpt, model)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = model.to(device).eval()
+    model = model.to(_pick_device(device)).eval()
     model.tokenizer = load_tokenizer(str(ckpt))
     model.checkpoint_path = ckpt
     model.checkpoint_config = cfg
@@ -50,6 +55,18 @@ def load_model(path_or_hub_id: str, family: str | None = None, device: str = "au
         raise UserError(f"{ckpt}: the tokenizer has {len(model.tokenizer)} ids but the model embeds "
                         f"{model.config.vocab_size}; the checkpoint's files do not belong together")
     return model
+
+
+def _pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device '{device}' is not a device; use cpu, cuda, cuda:N, mps or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
+    return dev
 
 
 def _device_of(model) -> torch.device:
