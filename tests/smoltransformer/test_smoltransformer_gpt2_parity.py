@@ -24,6 +24,15 @@ gpt2 = converter_for("SmolTransformer")
 VOCAB, CTX, NEW = 101, 48, 16
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors on shared cores: a second thread costs far more in waiting than it saves."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 def randomise_small_params(model: torch.nn.Module):
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -11,6 +11,15 @@ from SmolTransformer.config import FAMILY, SmolTransformerConfig
 from SmolTransformer.model import SmolTransformer
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors on shared cores: a second thread costs far more in waiting than it saves."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 def tiny(**kw) -> SmolTransformer:
     torch.manual_seed(0)
     cfg = SmolTransformerConfig(vocab_size=97, dim=32, n_layers=2, n_heads=4, max_seq_len=24).replace(**kw)

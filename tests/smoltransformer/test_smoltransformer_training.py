@@ -15,6 +15,15 @@ from tests.helpers import run_cli, tiny_run_args
 SMALL = ["--dim", "64", "--n-layers", "2", "--n-heads", "4"]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors on shared cores: a second thread costs far more in waiting than it saves."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     """The quick preset (smaller), with the sequence length growing from 64 to 128 over 20 steps."""
