@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import median_seconds, print_table, save_json, train_step_fn  # noqa: E402
+from harness import interleaved_seconds, print_table, save_json, train_step_fn  # noqa: E402
 
 from smolhub_hub.export.mixtral import to_hf  # noqa: E402
 from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
@@ -60,17 +59,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def interleaved_seconds(fns: dict, args) -> dict[str, float]:
-    """Median seconds of each callable, timed round-robin after one warm-up round."""
-    times = {name: [] for name in fns}
-    for rnd in range(args.repeats + 1):
-        for name, fn in fns.items():
-            t = median_seconds(fn, args.device, warmup=0, repeats=1)
-            if rnd:
-                times[name].append(t)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
 def autocast(args):
     if args.dtype == "bfloat16":
         return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16)
@@ -90,7 +78,7 @@ def bench_layer(args) -> list[dict]:
             (y.float().square().mean() + aux).backward()
         return run
 
-    t = interleaved_seconds({"grouped": step("grouped"), "loop": step("loop")}, args)
+    t = interleaved_seconds({"grouped": step("grouped"), "loop": step("loop")}, args.device, args.repeats)
     return [{"benchmark": f"MoE layer fwd+bwd ms ({args.layer_tokens} tok, {args.n_experts}x{args.expert_hidden})",
              "smolhub": t["grouped"] * 1e3, "loop": t["loop"] * 1e3, "ratio": t["loop"] / t["grouped"]}]
 
@@ -131,7 +119,7 @@ def bench_train(ours, hfs, batch, args) -> dict:
         return run
 
     fns = {"ours": step(ours, ours_loss), **{impl: step(m, hf_loss) for impl, m in hfs.items()}}
-    t = interleaved_seconds(fns, args)
+    t = interleaved_seconds(fns, args.device, args.repeats)
     tokens = batch[:, :-1].numel()
     return {k: tokens / v for k, v in t.items()}
 
@@ -152,7 +140,7 @@ def bench_generate(ours, hfs, prompt, args) -> dict:
             for impl, m in hfs.items():
                 assert torch.equal(mine, hf_gen(m)()), f"greedy generations differ from Mixtral ({impl})"
         t = interleaved_seconds({"ours": lambda: generate(ours, prompt, sampling),
-                                 **{impl: hf_gen(m) for impl, m in hfs.items()}}, args)
+                                 **{impl: hf_gen(m) for impl, m in hfs.items()}}, args.device, args.repeats)
     return {k: n / v for k, v in t.items()}
 
 

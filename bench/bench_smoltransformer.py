@@ -6,21 +6,21 @@ batch, same loss. Generation: greedy decoding with a KV cache, batch 1 (the inte
 
     python bench/bench_smoltransformer.py                # quick-preset shape, a couple of minutes on 2 cores
     python bench/bench_smoltransformer.py --dim 256 --vocab-size 8192 --batch-size 8   # a larger CPU size
-    python bench/bench_smoltransformer.py --device cuda --dim 768 --n-layers 12 --n-heads 12 --seq-len 1024
+    python bench/bench_smoltransformer.py --device cuda --dtype bfloat16 --dim 768 --n-layers 12 --n-heads 12 --seq-len 1024
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import median_seconds, print_table, save_json, train_step_fn  # noqa: E402
+from harness import interleaved_seconds, print_table, save_json, train_step_fn  # noqa: E402
 
 from smolhub_hub.export.gpt2 import to_hf  # noqa: E402
 from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
@@ -41,6 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="bfloat16 = autocast for both models (GPU)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--json", default="", help="also write the rows here")
     return p.parse_args(argv)
@@ -58,10 +60,14 @@ def build_pair(args):
 
 def alternate_seconds(fns, device: str, repeats: int) -> list[float]:
     """Median seconds of each fn, timed in alternation so that a change in machine load hits all alike."""
-    for fn in fns:
-        median_seconds(fn, device, warmup=2, repeats=1)
-    times = [[median_seconds(fn, device, warmup=0, repeats=1) for fn in fns] for _ in range(repeats)]
-    return [statistics.median(col) for col in zip(*times)]
+    t = interleaved_seconds(dict(enumerate(fns)), device, repeats)
+    return [t[i] for i in range(len(fns))]
+
+
+def autocast(args):
+    if args.dtype == "bfloat16":
+        return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def ours_loss(model, x, y):
@@ -77,17 +83,29 @@ def train_tokens_per_s(ours, theirs, batch, args) -> tuple[float, float]:
     steps = []
     for model, loss_of in [(ours, ours_loss), (theirs, hf_loss)]:
         model.train()
-        steps.append(train_step_fn(model, torch.optim.AdamW(model.parameters(), lr=1e-4), batch, loss_of))
+        fn = train_step_fn(model, torch.optim.AdamW(model.parameters(), lr=1e-4), batch, loss_of)
+        steps.append(lambda fn=fn: _autocast_call(fn, args))
     return tuple(batch[:, :-1].numel() / sec for sec in alternate_seconds(steps, args.device, args.repeats))
 
 
+def _autocast_call(fn, args):
+    with autocast(args):
+        return fn()
+
+
 def generation_tokens_per_s(ours, theirs, prompt, args) -> tuple[float, float]:
+    with torch.no_grad(), autocast(args):
+        return _generation_tokens_per_s(ours, theirs, prompt, args)
+
+
+def _generation_tokens_per_s(ours, theirs, prompt, args) -> tuple[float, float]:
     ours.eval(), theirs.eval()
     n = args.new_tokens
     sampling = SamplingConfig(max_new_tokens=n, greedy=True)
     mine = generate(ours, prompt, sampling)[:, prompt.shape[1]:]
     ref = theirs.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
-    assert torch.equal(mine, ref[:, prompt.shape[1]:]), "greedy generations differ from GPT2LMHeadModel"
+    if args.dtype == "float32":  # bf16 rounding may legitimately flip a near-tie
+        assert torch.equal(mine, ref[:, prompt.shape[1]:]), "greedy generations differ from GPT2LMHeadModel"
     fns = [lambda: generate(ours, prompt, sampling),
            lambda: theirs.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)]
     return tuple(n / sec for sec in alternate_seconds(fns, args.device, args.repeats))
@@ -99,7 +117,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     ours, theirs = build_pair(args)
     print(f"SmolTransformer {ours.param_counts()['total'] / 1e6:.1f}M params ({args.n_layers}x{args.dim}, "
-          f"{args.n_heads} heads, vocab {args.vocab_size}) vs GPT2LMHeadModel, device {args.device}, "
+          f"{args.n_heads} heads, vocab {args.vocab_size}) vs GPT2LMHeadModel, device {args.device}, {args.dtype}, "
           f"{torch.get_num_threads()} threads")
     g = torch.Generator().manual_seed(0)
     batch = torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len + 1), generator=g).to(args.device)
