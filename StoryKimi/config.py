@@ -84,8 +84,8 @@ PRESETS = {
     "quick": {
         "model": {"dim": 128, "n_layers": 4, "n_heads": 4, "kv_lora_rank": 32, "qk_nope_head_dim": 32,
                   "qk_rope_head_dim": 16, "v_head_dim": 32, "n_experts": 8, "top_k": 2, "moe_hidden": 128,
-                  "dense_hidden": 384, "max_seq_len": 128, "tie_embeddings": True, "muon_lr": 0.02},
-        "train": {"max_steps": 300, "batch_size": 16, "total_batch_tokens": 0, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 30,
+                  "dense_hidden": 384, "max_seq_len": 128, "tie_embeddings": True, "muon_lr": 0.05},
+        "train": {"max_steps": 300, "batch_size": 16, "total_batch_tokens": 0, "lr": 6e-3, "min_lr": 6e-4, "warmup_steps": 30,
                   "weight_decay": 0.01, "optimizer": "muon", "eval_interval": 100, "eval_batches": 10,
                   "sample_interval": 150, "save_interval": 150, "log_interval": 10},
         "data": {"dataset": "builtin", "tokenizer": "bpe", "vocab_size": 2048, "builtin_stories": 6000},
