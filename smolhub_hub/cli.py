@@ -27,7 +27,8 @@ def cmd_list(args):
         fam = get_family(name)
         for preset in fam.preset_names:
             mcfg, _, dcfg = fam.resolve(preset)
-            vocab = 50304 if dcfg.tokenizer != "bpe" else dcfg.vocab_size
+            # A Hub tokenizer's size is the config default (GPT-2: 50,304 padded; Llama-2: 32,000).
+            vocab = dcfg.vocab_size if dcfg.tokenizer == "bpe" else mcfg.vocab_size
             counts = fam.model_class()(mcfg.replace(vocab_size=vocab)).param_counts() if args.params else None
             rows.append((name, preset, counts, dcfg.dataset, dcfg.tokenizer, fam.hf_architecture))
     for name, preset, counts, ds, tok, arch in rows:
