@@ -81,3 +81,11 @@ def _fmt(v) -> str:
 def save_json(rows: list[dict], path: str):
     with open(path, "w") as f:
         json.dump(rows, f, indent=2)
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    """The same table as `print_table`, as GitHub markdown (for bench/RESULTS.md)."""
+    columns = [c for c in columns if any(r.get(c) is not None for r in rows)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)

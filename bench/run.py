@@ -34,7 +34,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH)
 sys.path.insert(0, os.path.dirname(BENCH))
 from flops import matmul_params, mfu, peak_flops, train_flops_per_token  # noqa: E402
-from harness import interleaved_seconds, print_table  # noqa: E402
+from harness import interleaved_seconds, markdown_table, print_table  # noqa: E402
 
 from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
 
@@ -103,6 +103,7 @@ def parse_args(argv=None):
                         "contend with other processes and time 10-20x worse)")
     p.add_argument("--repeats", type=int, default=0, help="override every module's repeats (0 = its size's default)")
     p.add_argument("--json", default="", help="write {meta, rows} here")
+    p.add_argument("--markdown", default="", help="also write the table as markdown here")
     return p.parse_args(argv)
 
 
@@ -346,6 +347,9 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=2)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown_table(rows, COLUMNS) + "\n")
     return rows
 
 
