@@ -85,3 +85,20 @@ def test_existing_run_is_never_overwritten_by_accident(llama_run):
     proc = run_cli("StoryLlama/trainer.py", *tiny_run_args(llama_run, steps=2))
     assert proc.returncode == 2 and "--resume" in proc.stderr
     assert (llama_run / LATEST).read_text() == before
+
+
+def test_init_from_a_transformers_llama(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "hf")
+    out = tmp_path / "run"
+    proc = run_cli("StoryLlama/trainer.py", *tiny_run_args(out, steps=2, extra=["--init-from", tmp_path / "hf"]),
+                   check=True)
+    assert "0.10M parameters" in proc.stdout or "parameters" in proc.stdout
+    import json
+    saved = json.loads((out / (out / LATEST).read_text().strip() / "config.json").read_text())["model"]
+    assert (saved["dim"], saved["n_layers"], saved["n_kv_heads"], saved["vocab_size"]) == (64, 2, 2, 512)
