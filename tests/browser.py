@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -39,16 +40,17 @@ def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 180):
     raise AssertionError(f"demo did not start within {timeout}s")
 
 
-def generate_in_browser(app: str, checkpoint: Path, prompt: str, timeout_ms: int = 120_000) -> str:
-    """Launch `app` (e.g. 'StoryLlama/gradio/app.py') from inside its folder, type `prompt`, press
-    Generate, and return the text that appears in the output box."""
+@contextlib.contextmanager
+def demo_page(app: str, checkpoint: Path, max_new_tokens: int = 24):
+    """Launch `app` (e.g. 'StoryLlama/gradio/app.py') from inside its folder, as a user does, and
+    yield a headless Chromium page open on it."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run installs it)")
     playwright = pytest.importorskip("playwright.sync_api")
     port = _free_port()
     app_path = REPO / app
     proc = subprocess.Popen([sys.executable, app_path.name, "--checkpoint", str(checkpoint), "--port", str(port),
-                             "--max-new-tokens", "24"], cwd=app_path.parent, stdout=subprocess.PIPE,
+                             "--max-new-tokens", str(max_new_tokens)], cwd=app_path.parent, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"})
     try:
@@ -56,22 +58,31 @@ def generate_in_browser(app: str, checkpoint: Path, prompt: str, timeout_ms: int
         _wait_for(url, proc)
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-            page = browser.new_page()
-            page.goto(url)
-            box = page.locator("#prompt textarea")
-            box.fill(prompt)
-            page.locator("#generate").click()
-            out = page.locator("#output textarea")
-            page.wait_for_function(
-                "([sel, p]) => { const t = document.querySelector(sel); return t && t.value.length > p.length; }",
-                arg=["#output textarea", prompt], timeout=timeout_ms)
-            time.sleep(1.0)  # let the stream finish
-            text = out.input_value()
-            browser.close()
-        return text
+            try:
+                page = browser.new_page()
+                page.goto(url)
+                yield page
+            finally:
+                browser.close()
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def generate(page, prompt: str, timeout_ms: int = 120_000) -> str:
+    """Type `prompt`, press Generate, and return the text that streams into the output box."""
+    page.locator("#prompt textarea").fill(prompt)
+    page.locator("#generate").click()
+    page.wait_for_function(
+        "([sel, p]) => { const t = document.querySelector(sel); return t && t.value.length > p.length; }",
+        arg=["#output textarea", prompt], timeout=timeout_ms)
+    time.sleep(1.0)  # let the stream finish
+    return page.locator("#output textarea").input_value()
+
+
+def generate_in_browser(app: str, checkpoint: Path, prompt: str) -> str:
+    with demo_page(app, checkpoint) as page:
+        return generate(page, prompt)

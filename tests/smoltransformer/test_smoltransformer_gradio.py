@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 import torch
@@ -19,10 +14,8 @@ from smolhub_hub.data.builtin import generate_stories
 from smolhub_hub.data.tokenizer import train_bpe
 from SmolTransformer.config import SmolTransformerConfig
 from SmolTransformer.model import SmolTransformer
+from tests.browser import demo_page, generate
 from tests.helpers import REPO
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine")]
 
 
 @pytest.fixture(scope="module")
@@ -36,57 +29,11 @@ def checkpoint(tmp_path_factory):
     return run
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"app.py exited: {proc.stderr.read()[-2000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"app.py did not answer on {url} within {timeout}s")
-
-
-@pytest.fixture(scope="module")
-def demo_url(checkpoint):
-    port = _free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.Popen([sys.executable, "app.py", "--checkpoint", str(checkpoint), "--port", str(port),
-                             "--max-new-tokens", "20"],
-                            cwd=REPO / "SmolTransformer" / "gradio", env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        _wait_until_up(url, proc)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def test_demo_generates_in_the_browser(demo_url):
-    from playwright.sync_api import expect, sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.goto(demo_url)
-            expect(page.get_by_text("SmolTransformer demo")).to_be_visible(timeout=60_000)
-            page.locator("#prompt textarea").fill("Tom went to")
-            page.locator("#generate").click()
-            output = page.locator("#output textarea")
-            expect(output).to_have_value(re.compile(r"^Tom went to\S*\s*\S"), timeout=60_000)
-        finally:
-            browser.close()
+@pytest.mark.browser
+def test_demo_generates_in_the_browser(checkpoint):
+    with demo_page("SmolTransformer/gradio/app.py", checkpoint, max_new_tokens=20) as page:
+        assert "SmolTransformer demo" in page.content()
+        assert re.match(r"^Tom went to\S*\s*\S", generate(page, "Tom went to"))
 
 
 def test_missing_checkpoint_is_a_clear_error_not_random_weights(tmp_path):
