@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Install SmolHub into the current Python: the pinned requirements, then every model folder and the
 # `smolhub` command as an editable package. `bash install.sh --dev` adds what the tests need
-# (pytest, hypothesis, Playwright) and Debian's Chromium for the browser tests.
+# (pytest, hypothesis, Playwright) and Debian's Chromium for the browser tests. `FLASH=1 bash install.sh`
+# also builds the optional flash-attn package (CUDA only; then `--attn-impl flash_attn`).
 set -euo pipefail
 cd "$(dirname "$0")"
 python -m pip install -q -r requirements.txt
 python -m pip install -q --no-deps -e .
+if [[ "${FLASH:-0}" == "1" ]]; then
+    python -m pip install flash-attn --no-build-isolation
+fi
 if [[ "${1:-}" == "--dev" ]]; then
     python -m pip install -q -r requirements-dev.txt
     if ! command -v chromium >/dev/null 2>&1; then

@@ -1,6 +1,4 @@
 #!/usr/bin/env bash
-# Install SmolHub (all model folders and the `smolhub` command) from the repository root.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-python -m pip install -r requirements.txt
-python -m pip install -e .
+# Install SmolHub (every model folder and the `smolhub` command) from the repository root.
+# FLASH=1 also builds flash-attn (CUDA only); --dev adds the test tools.
+exec bash "$(dirname "$0")/../install.sh" "$@"
