@@ -49,6 +49,7 @@ def round_vocab(n: int, multiple: int = 64) -> int:
 class Trainer:
     def __init__(self, family: ModelFamily, mcfg, tcfg: TrainConfig, dcfg: DataConfig, preset: str = "default"):
         self.family, self.tcfg, self.dcfg = family, tcfg, dcfg
+        _check_train_config(tcfg)
         self.dist = distributed.setup(tcfg.device)
         self.device = self.dist.device
         self.run_dir = Path(tcfg.out_dir or f"runs/{family.name}-{preset}")
@@ -114,7 +115,11 @@ class Trainer:
             self.mcfg = model.config
             self.seq_len = self._check_seq_len()
         else:
-            model = self.family.model_class()(self.mcfg)
+            try:
+                model = self.family.model_class()(self.mcfg)
+            except (AssertionError, ValueError, ZeroDivisionError, RuntimeError) as e:  # e.g. heads not dividing dim
+                raise UserError(f"{self.family.name} cannot be built with these settings ({type(e).__name__}: "
+                                f"{str(e)[:160] or 'inconsistent sizes'}); check --dim, --n-heads and related flags") from None
         if self.data.meta["vocab_size"] > self.mcfg.vocab_size:
             raise UserError(f"the tokenizer has {self.data.meta['vocab_size']} ids but the model embeds only "
                             f"{self.mcfg.vocab_size}; use the tokenizer the model was trained with (--tokenizer)")
@@ -415,6 +420,21 @@ class Trainer:
 def _routing_stats(model) -> dict[str, float]:
     fn = getattr(model, "routing_stats", None)
     return fn() if fn is not None else {}
+
+
+def _check_train_config(t: TrainConfig):
+    """Values argparse accepts but no run can use: one clear line instead of a crash deep inside."""
+    at_least = {"max_steps": 1, "batch_size": 1, "eval_batches": 1, "log_interval": 1, "eval_interval": 1,
+                "save_interval": 1, "keep_last": 1, "max_bad_steps": 1, "seq_len": 0, "total_batch_tokens": 0,
+                "warmup_steps": 0, "seq_len_warmup": 0, "lr_restarts": 0, "sample_interval": 0}
+    for name, low in at_least.items():
+        if getattr(t, name) < low:
+            raise UserError(f"--{name.replace('_', '-')} must be >= {low} (got {getattr(t, name)})")
+    for name in ("lr", "min_lr", "grad_clip", "weight_decay", "beta1", "beta2"):
+        value = getattr(t, name)
+        if not (math.isfinite(value) and value >= 0) or (name == "lr" and value == 0):
+            raise UserError(f"--{name.replace('_', '-')} must be a finite number {'> 0' if name == 'lr' else '>= 0'} "
+                            f"(got {value})")
 
 
 def _restarted_by_torchrun() -> bool:

@@ -85,7 +85,11 @@ def trainer_cmd(family: str, *args) -> list:
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # never leave a hung trainer behind
+        raise
     return proc.returncode, out, err
 
 

@@ -1,0 +1,157 @@
+"""Property tests of every command line and of generate_text: whatever a user types or feeds in ends
+in a valid result or one clear `error:` line (exit 2), never a traceback, a hang or a crash.
+In-process calls keep the examples fast; example counts stay small on purpose."""
+
+import contextlib
+import io
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from smolhub_hub import cli, inference
+from smolhub_hub.errors import UserError
+from smolhub_hub.training import main as train_main
+from StoryLlama.config import FAMILY
+from tests.reliability.conftest import run_args
+
+FAST = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+
+texts = st.one_of(st.just(""), st.text(max_size=40), st.text(alphabet=st.characters(max_codepoint=0x1F), max_size=20),
+                  st.text(alphabet="naïve 🐱日本\u200b\x00\x07", max_size=30), st.just("Lily went home. " * 300))
+# Temperatures in (0, 1e-6) overflow the scaled logits: a known defect of generation.sample_next (see
+# test_tiny_temperature below), kept out of the random values so the other properties stay checked.
+floats = st.one_of(st.floats(allow_nan=True, allow_infinity=True).filter(lambda x: not 0 < x < 1e-6),
+                   st.sampled_from([0.0, -1.0, 1.5, 2.0]))
+ints = st.one_of(st.integers(-3, 300), st.sampled_from([10**9, -10**9]))
+
+
+def run_cli(fn, argv) -> tuple[int, str]:
+    """Call a CLI entry point in-process: (exit code, stderr)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            fn(argv)
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+    return code, err.getvalue()
+
+
+def assert_clean(code: int, err: str):
+    assert "Traceback" not in err, err
+    assert code in (0, 2), (code, err)
+    if code == 2:
+        assert len([line for line in err.splitlines() if "error:" in line]) == 1, err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    train_main(FAMILY, run_args("StoryLlama", out, 2))
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(tiny_run):
+    return inference.load_model(str(tiny_run), device="cpu")
+
+
+@FAST
+@given(prompt=st.one_of(texts, st.lists(texts, max_size=3)), max_length=ints, temperature=floats,
+       top_k=st.one_of(st.none(), ints), top_p=st.one_of(st.none(), floats), greedy=st.booleans())
+def test_generate_text_returns_text_or_a_clear_error(model, prompt, max_length, temperature, top_k, top_p, greedy):
+    try:
+        out = inference.generate_text(model, prompt, max_length, temperature, top_k, top_p, greedy=greedy, seed=0)
+    except UserError as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    assert isinstance(out, list if isinstance(prompt, list) else str)
+
+
+@pytest.mark.xfail(strict=True, reason="generation.sample_next divides logits by a tiny temperature -> inf/NaN")
+def test_tiny_temperature(model):
+    assert inference.generate_text(model, "Once", 3, temperature=1e-45, seed=0)
+
+
+flag_values = {
+    "--prompt": texts, "--max-length": ints.map(str), "--temperature": floats.map(str), "--top-k": ints.map(str),
+    "--top-p": floats.map(str), "--seed": ints.map(str), "--device": st.sampled_from(["cpu", "cuda", "tpu", ""]),
+    "--bogus": st.text(max_size=5),
+}
+args = st.lists(st.sampled_from(sorted(flag_values)).flatmap(lambda f: st.tuples(st.just(f), flag_values[f])),
+                max_size=4).map(lambda pairs: [x for pair in pairs for x in pair])
+
+
+@FAST
+@given(extra=args)
+def test_inference_cli(tiny_run, extra):
+    assert_clean(*run_cli(lambda argv: inference.main("StoryLlama", argv),
+                          ["--checkpoint", str(tiny_run), "--prompt", "Once", "--max-length", "3", *extra]))
+
+
+@FAST
+@given(command=st.sampled_from(["generate", "export", "list", "pull", "nope", ""]), extra=args)
+def test_smolhub_cli(tiny_run, command, extra):
+    if command == "generate":
+        argv = ["generate", str(tiny_run), "--prompt", "Once", "--max-length", "3", *extra]
+    elif command == "export":
+        argv = ["export", str(tiny_run), tempfile.mkdtemp(), *extra[:2]]
+    elif command == "pull":
+        argv = ["pull", "no-such-user/no-such-model", *extra[:1]]
+    else:
+        argv = [command, *extra][: 1 + len(extra) % 2]
+    assert_clean(*run_cli(cli.main, [a for a in argv if a != ""] or ["--bogus"]))
+
+
+# Sizes stay small: a legal but enormous batch (--total-batch-tokens 1e9) is slow, not broken.
+small = st.integers(-3, 300).map(str)
+train_flags = {
+    "--lr": floats.map(str), "--batch-size": small, "--seq-len": ints.map(str),
+    "--warmup-steps": ints.map(str), "--grad-clip": floats.map(str), "--val-fraction": floats.map(str),
+    "--keep-last": ints.map(str), "--n-heads": small, "--dim": st.integers(-2, 96).map(str),
+    "--dropout": floats.map(str), "--total-batch-tokens": small, "--optimizer": st.text(max_size=6),
+    "--sample-prompt": texts, "--no-such-flag": st.text(max_size=4),
+}
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@given(pairs=st.lists(st.sampled_from(sorted(train_flags)).flatmap(lambda f: st.tuples(st.just(f), train_flags[f])),
+                      min_size=1, max_size=2))
+def test_trainer_cli(pairs):
+    out = Path(tempfile.mkdtemp()) / "run"
+    extra = [x for pair in pairs for x in pair]
+    assert_clean(*run_cli(lambda argv: train_main(FAMILY, argv), [*run_args("StoryLlama", out, 2), *extra]))
+
+
+BAD_FILES = {
+    "empty.txt": b"",
+    "blank.txt": b"\n\n   \n\t\n",
+    "binary.txt": bytes(range(256)) * 40,
+    "latin1.txt": "caf\xe9 au lait\n\nna\xefve".encode("latin-1"),
+    "huge-line.txt": b"Lily " * 400_000,
+    "broken.jsonl": b'{"text": "ok"}\n{"text": \n',
+    "no-field.jsonl": b'{"story": "Once"}\n',
+    "fake.parquet": b"PAR1 not really parquet",
+}
+
+
+@pytest.mark.parametrize("name", BAD_FILES)
+def test_bad_dataset_files(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(BAD_FILES[name])
+    argv = [*run_args("StoryLlama", tmp_path / "run", 2), "--dataset", str(path)]
+    code, err = run_cli(lambda a: train_main(FAMILY, a), argv)
+    assert code == 2 and "Traceback" not in err, err
+    assert str(path) in err or name.split(".")[0] in err or "document" in err
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.binary(max_size=3000))
+def test_random_bytes_as_a_dataset(data):
+    root = Path(tempfile.mkdtemp())
+    (root / "data.txt").write_bytes(data)
+    assert_clean(*run_cli(lambda a: train_main(FAMILY, a),
+                          [*run_args("StoryLlama", root / "run", 2), "--dataset", str(root / "data.txt")]))
