@@ -1,8 +1,8 @@
 """Data pipeline: tokens/s into the packed files, and the data loader's share of a training step.
 
   1. `prepare_data` on the StoryLlama `quick` data (built-in corpus, byte-level BPE) into a fresh cache
-     directory: end to end (corpus generation + BPE training + tokenize-and-pack) and the
-     tokenize-and-pack part alone (the trained tokenizer over the same documents, in the same batches);
+     directory: end to end (corpus generation + BPE training + tokenize-and-pack) and
+     tokenization alone (the trained tokenizer over the same documents, in the same batches);
   2. the data loader of one optimizer step (`window_starts` + `windows_to_batch`) against a training step
      of the StoryLlama `quick` model (forward, backward, grad clip, AdamW), timed interleaved.
 
@@ -39,34 +39,33 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def bench_prepare(dcfg) -> tuple[list[dict], object]:
-    with tempfile.TemporaryDirectory(prefix="smolhub-bench-data-") as cache:
-        cfg = dcfg.replace(cache_dir=cache)
-        t = time.perf_counter()
-        data = prepare_data(cfg)
-        total = time.perf_counter() - t
-        tokens = data.meta["train_tokens"] + data.meta["val_tokens"]
-        docs = list(iter_documents(cfg))
-        tok = data.tokenizer
-        t = time.perf_counter()
-        n = 0
-        for i in range(0, len(docs), TOKENIZE_BATCH):
-            ids = tok(docs[i:i + TOKENIZE_BATCH], add_special_tokens=False)["input_ids"]
-            n += sum(len(x) + 1 for x in ids)
-        tokenize = time.perf_counter() - t
-        train = torch.from_numpy(data.train[:].astype("int64")).numpy()  # in memory: the temp dir goes away
-        meta = data.meta
-    label = f"{dcfg.dataset} {dcfg.builtin_stories} docs, {dcfg.tokenizer} {meta['vocab_size']}"
+def bench_prepare(dcfg, cache: str):
+    """Build the packed files in the fresh directory `cache`; returns (rows, the PackedData)."""
+    cfg = dcfg.replace(cache_dir=cache)
+    t = time.perf_counter()
+    data = prepare_data(cfg)
+    total = time.perf_counter() - t
+    tokens = data.meta["train_tokens"] + data.meta["val_tokens"]
+    docs = list(iter_documents(cfg))
+    tok = data.tokenizer
+    t = time.perf_counter()
+    n = 0
+    for i in range(0, len(docs), TOKENIZE_BATCH):
+        ids = tok(docs[i:i + TOKENIZE_BATCH], add_special_tokens=False)["input_ids"]
+        n += sum(len(x) + 1 for x in ids)
+    tokenize = time.perf_counter() - t
+    label = f"{dcfg.dataset} {dcfg.builtin_stories} docs, {dcfg.tokenizer} {data.meta['vocab_size']}"
     rows = [
         {"benchmark": f"prepare_data tok/s, end to end ({label}, {tokens:,} tokens, {total:.1f} s)",
          "smolhub": tokens / total},
         {"benchmark": f"tokenize tok/s, trained BPE, batches of {TOKENIZE_BATCH} ({n:,} tokens)",
          "smolhub": n / tokenize},
     ]
-    return rows, (train, meta)
+    return rows, data
 
 
 def bench_loader_share(args, train, meta) -> list[dict]:
+    """`train`: the memory-mapped packed tokens, read exactly as the trainer reads them."""
     mcfg, tcfg, _ = FAMILY.resolve(args.preset)
     mcfg = mcfg.replace(vocab_size=round_vocab(meta["vocab_size"]))
     seq = tcfg.seq_len or mcfg.max_seq_len
@@ -105,8 +104,10 @@ def main(argv=None):
     _, _, dcfg = FAMILY.resolve(args.preset)
     print(f"data pipeline: StoryLlama {args.preset} data ({dcfg.dataset}, {dcfg.tokenizer}), device {args.device}, "
           f"{torch.get_num_threads()} threads")
-    rows, (train, meta) = bench_prepare(dcfg)
-    rows += bench_loader_share(args, train, meta)
+    with tempfile.TemporaryDirectory(prefix="smolhub-bench-data-") as cache:
+        rows, data = bench_prepare(dcfg, cache)
+        rows += bench_loader_share(args, data.train, data.meta)
+        del data
     print_table(rows, ["benchmark", "smolhub"])
     if args.json:
         save_json(rows, args.json)

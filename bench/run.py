@@ -89,7 +89,7 @@ FAMILIES = {
 }
 OTHER = ("data", "loss")  # bench_data.py, bench_loss.py: no transformers twin, rows of their own
 
-COLUMNS = ["family", "config", "benchmark", "smolhub", "transformers", "loop", "ratio", "step ms", "HF step ms",
+COLUMNS = ["family", "config", "benchmark", "smolhub", "transformers", "loop", "plain", "ratio", "step ms", "HF step ms",
            "MFU %", "HF MFU %", "peak MB", "HF peak MB"]
 
 
