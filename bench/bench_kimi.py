@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import median_seconds, print_table, save_json, train_step_fn  # noqa: E402
+from harness import interleaved_seconds, print_table, save_json, train_step_fn  # noqa: E402
 
 from smolhub_hub.export.deepseek_v3 import to_hf  # noqa: E402
 from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
@@ -58,16 +57,6 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--json", default="", help="also write the rows here")
     return p.parse_args(argv)
-
-
-def interleaved_seconds(fns: dict, args) -> dict[str, float]:
-    times = {name: [] for name in fns}
-    for rnd in range(args.repeats + 1):
-        for name, fn in fns.items():
-            t = median_seconds(fn, args.device, warmup=0, repeats=1)
-            if rnd:
-                times[name].append(t)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def autocast(args):
@@ -113,7 +102,7 @@ def bench_train(ours, hfs, batch, args) -> dict:
         return run
 
     fns = {"ours": step(ours, ours_loss), **{impl: step(m, hf_loss) for impl, m in hfs.items()}}
-    t = interleaved_seconds(fns, args)
+    t = interleaved_seconds(fns, args.device, args.repeats)
     return {k: batch[:, :-1].numel() / v for k, v in t.items()}
 
 
@@ -134,7 +123,8 @@ def bench_generate(ours, hfs, prompt, args) -> tuple[dict, dict]:
             for impl, m in hfs.items():
                 assert torch.equal(mine, hf_generate(m, prompt, n)), f"greedy generations differ ({impl})"
         t = interleaved_seconds({"ours": lambda: generate(ours, prompt, sampling),
-                                 **{impl: (lambda m=m: hf_generate(m, prompt, n)) for impl, m in hfs.items()}}, args)
+                                 **{impl: (lambda m=m: hf_generate(m, prompt, n)) for impl, m in hfs.items()}},
+                                args.device, args.repeats)
         hf_cache = hf_generate(hfs["grouped_mm"], prompt, n, return_cache=True).past_key_values
     return {k: n / v for k, v in t.items()}, cache_bytes(ours, hf_cache, prompt.shape[1] + n - 1)
 
