@@ -89,8 +89,8 @@ FAMILIES = {
 }
 OTHER = ("data", "loss")  # bench_data.py, bench_loss.py: no transformers twin, rows of their own
 
-COLUMNS = ["family", "config", "benchmark", "smolhub", "transformers", "loop", "plain", "ratio", "step ms", "HF step ms",
-           "MFU %", "HF MFU %", "peak MB", "HF peak MB"]
+COLUMNS = ["family", "config", "benchmark", "smolhub", "transformers", "loop", "plain", "ratio", "step ms",
+           "HF step ms", "MFU %", "HF MFU %", "peak MB", "HF peak MB", "note"]
 
 
 def parse_args(argv=None):
@@ -147,7 +147,8 @@ def run_family(key: str, args, peak: float) -> list[dict]:
         if r["benchmark"].startswith("train tok/s"):
             tokens = margs.batch_size * margs.seq_len
             row.update({"step ms": 1e3 * tokens / r["smolhub"], "HF step ms": 1e3 * tokens / r["transformers"],
-                        "MFU %": 100 * mfu(r["smolhub"], fpt, peak), "HF MFU %": 100 * mfu(r["transformers"], fpt, peak),
+                        "MFU %": 100 * mfu(r["smolhub"], fpt, peak),
+                        "HF MFU %": 100 * mfu(r["transformers"], fpt, peak),
                         "flops/token": fpt, "matmul params": matmul_params(ours)})
         out.append(row)
     prompt = torch.randint(0, ours.config.vocab_size, (1, PROMPT), generator=torch.Generator().manual_seed(0))
@@ -200,7 +201,7 @@ def _step(model, loss_of, batch, dtype, fused: bool):
 
     def run():
         opt.zero_grad(set_to_none=True)
-        with autocast("cuda", dtype):
+        with autocast(batch.device.type, dtype):
             loss = loss_of(model, x, y)
         loss.backward()
         opt.step()
@@ -212,6 +213,7 @@ def peak_train_mb(model, loss_of, batch, dtype, checkpointing=False) -> float:
     model.train()
     if checkpointing:
         model.gradient_checkpointing = True
+    model.zero_grad(set_to_none=True)  # gradients left by an earlier step would hide in `before`
     gc.collect()
     torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated()
@@ -244,7 +246,8 @@ def cuda_rows(fam, mod, ours, hf, margs, dtype, fpt, peak, config) -> list[dict]
     ours_loss, hf_loss = _loss_fns(mod)
     g = torch.Generator().manual_seed(0)
     B, T = margs.batch_size, margs.seq_len
-    batch = torch.randint(0, ours.config.vocab_size, (B, T + 1), generator=g).to("cuda")
+    dev = margs.device
+    batch = torch.randint(0, ours.config.vocab_size, (B, T + 1), generator=g).to(dev)
     base = {"family": fam.name, "config": config}
     rows = []
 
@@ -255,7 +258,7 @@ def cuda_rows(fam, mod, ours, hf, margs, dtype, fpt, peak, config) -> list[dict]
             fns[name], _ = _step(torch.compile(model), loss_of, batch, dtype, fused=True)
         for fn in fns.values():  # compile outside the timed rounds
             fn(), fn()
-        t = interleaved_seconds(fns, "cuda", margs.repeats)
+        t = interleaved_seconds(fns, dev, margs.repeats)
         tok = {k: B * T / v for k, v in t.items()}
         return {"smolhub": tok["ours"], "transformers": tok["hf"], "ratio": tok["ours"] / tok["hf"],
                 "step ms": 1e3 * t["ours"], "HF step ms": 1e3 * t["hf"],
@@ -270,9 +273,11 @@ def cuda_rows(fam, mod, ours, hf, margs, dtype, fpt, peak, config) -> list[dict]
         return {"peak MB": peak_train_mb(ours, ours_loss, mb8, dtype),
                 "HF peak MB": peak_train_mb(hf, hf_loss, mb8, dtype)}
 
-    rows.append(_guard("peak memory", memory, {**base, "benchmark": f"peak train memory MB (micro-batch 8, T={T})"}))
+    rows.append(_guard("peak memory", memory, {**base, "benchmark": f"peak train memory MB, eager {dtype} + fused "
+                                                                    f"AdamW (micro-batch 8, T={T})"}))
     rows.append(_guard("peak memory ckpt", lambda: {"peak MB": peak_train_mb(ours, ours_loss, mb8, dtype, True)},
-                       {**base, "benchmark": f"peak train memory MB, activation checkpointing (micro-batch 8, T={T})"}))
+                       {**base, "benchmark": "peak train memory MB, same + activation checkpointing "
+                                             f"(micro-batch 8, T={T})"}))
 
     def compiled_decode(b):
         def fn():
@@ -286,11 +291,11 @@ def cuda_rows(fam, mod, ours, hf, margs, dtype, fpt, peak, config) -> list[dict]
                                    min_new_tokens=NEW, do_sample=False, eos_token_id=None, pad_token_id=0,
                                    cache_implementation="static")  # transformers compiles static-cache decoding
 
-            with torch.no_grad(), autocast("cuda", dtype):
+            with torch.no_grad(), autocast(dev, dtype):
                 fns = {"ours": lambda: generate(ours_c, prompt, sampling), "hf": hf_gen}
                 for f in fns.values():
                     f()
-                t = interleaved_seconds(fns, "cuda", margs.repeats)
+                t = interleaved_seconds(fns, dev, margs.repeats)
             tok = {k: b * NEW / v for k, v in t.items()}
             return {"smolhub": tok["ours"], "transformers": tok["hf"], "ratio": tok["ours"] / tok["hf"]}
         return fn
