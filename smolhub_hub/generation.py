@@ -13,6 +13,8 @@ import torch
 
 from smolhub_hub.errors import UserError
 
+MIN_TEMPERATURE = 1e-5
+
 
 @dataclass
 class SamplingConfig:
@@ -35,7 +37,8 @@ class SamplingConfig:
 
     @property
     def is_greedy(self) -> bool:
-        return self.greedy or self.temperature == 0
+        # Below 1e-5 the scaled logits overflow; the distribution is one-hot anyway.
+        return self.greedy or self.temperature < MIN_TEMPERATURE
 
 
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:

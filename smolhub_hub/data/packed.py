@@ -116,6 +116,9 @@ def _build(cfg: DataConfig, out: Path):
             "train_documents": counts["train"][0], "train_tokens": counts["train"][1],
             "val_documents": counts["val"][0], "val_tokens": counts["val"][1], "data": cfg.to_dict()}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    if (out / "meta.json").exists():  # another process finished the same cache first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)  # atomic: a half-built cache is never mistaken for a finished one
 
