@@ -42,7 +42,7 @@ def test_torchrun_restarts_a_killed_rank_and_resumes_in_sync(tmp_path, driver):
     script.write_text(CHECKSUMS + driver.read_text())
     run = tmp_path / "run"
     proc = start([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                  "--max-restarts=1", script, "StoryLlama", *run_args("StoryLlama", run, 12)],
+                  "--max-restarts=2", script, "StoryLlama", *run_args("StoryLlama", run, 12)],
                  SMOLHUB_TEST_KILL_RANK="1", SMOLHUB_TEST_KILL_STEP="5")
     code, out, err = finish(proc)
     assert code == 0, out[-3000:] + err[-6000:]
