@@ -54,8 +54,24 @@ def setup(requested_device: str) -> DistInfo:
     if world > 1 and not dist.is_initialized():
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend, **_restart_store(rank, world))
     return DistInfo(rank, local, world, device)
+
+
+def _restart_store(rank: int, world: int) -> dict:
+    """After a torchrun restart, keep this attempt's rendezvous keys apart from the failed attempt's.
+
+    Without a fresh prefix, a restarted gloo group can read the dead attempt's peer addresses and hang
+    in connectFullMesh; the first attempt uses torch's defaults unchanged.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if attempt == "0" or "MASTER_ADDR" not in os.environ:
+        return {}
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=not agent_store and rank == 0)
+    return {"store": dist.PrefixStore(f"smolhub/attempt{attempt}", store), "rank": rank, "world_size": world}
 
 
 def teardown():
