@@ -16,7 +16,6 @@ the same function (LM loss + the balance loss at the same effective weight).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import interleaved_seconds, print_table, save_json, train_step_fn  # noqa: E402
+from harness import add_run_args, autocast, interleaved_seconds, print_table, save_json, train_step_fn  # noqa: E402
 
 from smolhub_hub.export.mixtral import to_hf  # noqa: E402
 from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
@@ -44,25 +43,9 @@ def parse_args(argv=None):
     p.add_argument("--n-experts", type=int, default=8)
     p.add_argument("--top-k", type=int, default=2)
     p.add_argument("--expert-hidden", type=int, default=512)
-    p.add_argument("--vocab-size", type=int, default=8192)
-    p.add_argument("--seq-len", type=int, default=256, help="training sequence length")
-    p.add_argument("--batch-size", type=int, default=4, help="training batch")
     p.add_argument("--layer-tokens", type=int, default=4096, help="tokens through the lone MoE layer")
-    p.add_argument("--prompt-len", type=int, default=16)
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds (after one warm-up round)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="bfloat16 = autocast for both models (GPU)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    p.add_argument("--json", default="", help="also write the rows here")
+    add_run_args(p, vocab_size=8192, seq_len=256, batch_size=4, prompt_len=16, new_tokens=64, repeats=5)
     return p.parse_args(argv)
-
-
-def autocast(args):
-    if args.dtype == "bfloat16":
-        return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def bench_layer(args) -> list[dict]:

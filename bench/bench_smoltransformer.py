@@ -12,7 +12,6 @@ batch, same loss. Generation: greedy decoding with a KV cache, batch 1 (the inte
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import interleaved_seconds, print_table, save_json, train_step_fn  # noqa: E402
+from harness import add_run_args, autocast, interleaved_seconds, print_table, save_json, train_step_fn  # noqa: E402
 
 from smolhub_hub.export.gpt2 import to_hf  # noqa: E402
 from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
@@ -34,17 +33,7 @@ def parse_args(argv=None):
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--n-layers", type=int, default=4)
     p.add_argument("--n-heads", type=int, default=4)
-    p.add_argument("--vocab-size", type=int, default=2048)
-    p.add_argument("--seq-len", type=int, default=128, help="training sequence length")
-    p.add_argument("--batch-size", type=int, default=16, help="training batch")
-    p.add_argument("--prompt-len", type=int, default=16)
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="bfloat16 = autocast for both models (GPU)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("--json", default="", help="also write the rows here")
+    add_run_args(p, vocab_size=2048, seq_len=128, batch_size=16, prompt_len=16, new_tokens=64, repeats=7)
     return p.parse_args(argv)
 
 
@@ -62,12 +51,6 @@ def alternate_seconds(fns, device: str, repeats: int) -> list[float]:
     """Median seconds of each fn, timed in alternation so that a change in machine load hits all alike."""
     t = interleaved_seconds(dict(enumerate(fns)), device, repeats)
     return [t[i] for i in range(len(fns))]
-
-
-def autocast(args):
-    if args.dtype == "bfloat16":
-        return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def ours_loss(model, x, y):

@@ -13,7 +13,6 @@ loss; candidates are timed in interleaved rounds so load from other processes hi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import interleaved_seconds, print_table, save_json, train_step_fn  # noqa: E402
+from harness import add_run_args, autocast, interleaved_seconds, print_table, save_json, train_step_fn  # noqa: E402
 
 from smolhub_hub.export.llama import to_hf  # noqa: E402
 from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
@@ -31,16 +30,8 @@ from StoryLlama.config import FAMILY  # noqa: E402
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="bench-cpu", help="a StoryLlama preset, or bench-cpu (dim 256, 4 layers)")
-    p.add_argument("--vocab-size", type=int, default=8192)
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--prompt-len", type=int, default=16)
-    p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--gen-batches", default="1,8")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--json", default="")
+    add_run_args(p, vocab_size=8192, seq_len=256, batch_size=8, prompt_len=16, new_tokens=256, repeats=3)
     return p.parse_args(argv)
 
 
@@ -54,12 +45,6 @@ def build(args):
     ours = FAMILY.model_class()(cfg).to(args.device)
     theirs = to_hf(ours).to(args.device)
     return ours, theirs
-
-
-def autocast(args):
-    if args.dtype == "bfloat16":
-        return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def bench_train(ours, theirs, batch, args) -> dict:
@@ -102,6 +87,8 @@ def bench_generate(ours, theirs, prompt, args) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     ours, theirs = build(args)
     c = ours.config
     print(f"StoryLlama {ours.param_counts()['total'] / 1e6:.1f}M ({c.n_layers}x{c.dim}, {c.n_heads} heads / "

@@ -6,12 +6,38 @@ same process, and reports the ratio; numbers from different runs are never compa
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import statistics
 import time
 from typing import Callable
 
 import torch
+
+
+def add_run_args(p: argparse.ArgumentParser, *, vocab_size: int, seq_len: int, batch_size: int,
+                 prompt_len: int, new_tokens: int, repeats: int) -> argparse.ArgumentParser:
+    """The flags every model benchmark shares; each passes the sizes that suit it."""
+    p.add_argument("--vocab-size", type=int, default=vocab_size)
+    p.add_argument("--seq-len", type=int, default=seq_len, help="training sequence length")
+    p.add_argument("--batch-size", type=int, default=batch_size, help="training batch")
+    p.add_argument("--prompt-len", type=int, default=prompt_len)
+    p.add_argument("--new-tokens", type=int, default=new_tokens)
+    p.add_argument("--repeats", type=int, default=repeats, help="timed rounds (after one warm-up round)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="bfloat16 = autocast for both models (GPU)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--json", default="", help="also write the rows here")
+    return p
+
+
+def autocast(args):
+    """bf16 autocast for both models when asked (GPU); fp32 otherwise."""
+    if args.dtype == "bfloat16":
+        return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _sync(device: str):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from smolhub_hub.errors import UserError, exit_on_user_error
+from smolhub_hub.errors import exit_on_user_error
 
 
 def cmd_list(args):
