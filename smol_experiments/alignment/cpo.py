@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from smolhub_hub.errors import exit_on_user_error
 
-from smol_experiments.alignment.cli import settings_of, stage_parser, training_kwargs
-from smol_experiments.alignment.data import check_max_samples, load_model_and_tokenizer, load_preference_pairs
+from smol_experiments.alignment.cli import stage_parser, training_kwargs
+from smol_experiments.alignment.preference_stage import run_preference_stage
 from smol_experiments.alignment.prompt_format import encode_completion, encode_prompt
-from smol_experiments.alignment.run_dir import mark_done, prepare_output_dir, train_and_save
 
 STAGE = "cpo"
 
@@ -63,16 +62,7 @@ def build_cpo_trainer(model, tokenizer, pairs, args):
 
 
 def run(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
-    check_max_samples(args.max_samples)
-    pairs = load_preference_pairs(args.dataset, args.max_samples)
-    model, tokenizer = load_model_and_tokenizer(args.model)
-    resume = prepare_output_dir(args.output_dir, STAGE, settings_of(args))
-    trainer = build_cpo_trainer(model, tokenizer, pairs, args)
-    metrics = {**train_and_save(trainer, tokenizer, args.output_dir, resume), "pairs": len(pairs)}
-    mark_done(args.output_dir, metrics)
-    print(f"CPO done: {metrics} -> {args.output_dir}")
-    return metrics
+    return run_preference_stage(build_parser().parse_args(argv), STAGE, build_cpo_trainer)
 
 
 @exit_on_user_error

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from smolhub_hub.errors import exit_on_user_error
 
-from smol_experiments.alignment.cli import settings_of, stage_parser, training_kwargs
-from smol_experiments.alignment.data import check_max_samples, load_model_and_tokenizer, load_preference_pairs
-from smol_experiments.alignment.run_dir import mark_done, prepare_output_dir, train_and_save
+from smol_experiments.alignment.cli import stage_parser, training_kwargs
+from smol_experiments.alignment.preference_stage import run_preference_stage
 
 STAGE = "dpo"
 
@@ -37,16 +36,7 @@ def build_dpo_trainer(model, tokenizer, pairs, args, eval_pairs=None):
 
 
 def run(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
-    check_max_samples(args.max_samples)
-    pairs = load_preference_pairs(args.dataset, args.max_samples)
-    model, tokenizer = load_model_and_tokenizer(args.model)
-    resume = prepare_output_dir(args.output_dir, STAGE, settings_of(args))
-    trainer = build_dpo_trainer(model, tokenizer, pairs, args)
-    metrics = {**train_and_save(trainer, tokenizer, args.output_dir, resume), "pairs": len(pairs)}
-    mark_done(args.output_dir, metrics)
-    print(f"DPO done: {metrics} -> {args.output_dir}")
-    return metrics
+    return run_preference_stage(build_parser().parse_args(argv), STAGE, build_dpo_trainer)
 
 
 @exit_on_user_error
