@@ -114,6 +114,8 @@ def stream_text(model, prompt: str, max_length: int = 100, temperature: float = 
             break
         new.append(t)
         yield model.tokenizer.decode(ids[0].tolist() + new, skip_special_tokens=True)
+    if not new:  # the story ended at once (EOS first): still show the prompt
+        yield model.tokenizer.decode(ids[0].tolist(), skip_special_tokens=True)
 
 
 # --- CLI -------------------------------------------------------------------------------------------

@@ -39,6 +39,9 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, max_seq_len: int, base: float = 10000.0):
         super().__init__()
+        if head_dim < 2 or head_dim % 2:
+            raise ValueError(f"RoPE needs an even head dimension (got {head_dim}); choose --dim and --n-heads "
+                             "so that dim / n_heads is even")
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
         self.max_seq_len = max_seq_len
@@ -102,6 +105,8 @@ class GroupedQueryAttention(nn.Module):
         super().__init__()
         if n_heads % n_kv_heads:
             raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
+        if head_dim is None and dim % n_heads:
+            raise ValueError(f"dim ({dim}) must be a multiple of n_heads ({n_heads})")
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim = head_dim or dim // n_heads
         self.layer_idx, self.dropout, self.impl = layer_idx, dropout, impl

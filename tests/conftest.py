@@ -27,3 +27,14 @@ def _smolhub_cache(tmp_path_factory):
         os.environ.pop("SMOLHUB_CACHE", None)
     else:
         os.environ["SMOLHUB_CACHE"] = old
+
+
+# CI explores the same examples every run (a red CI must be reproducible); locally hypothesis explores.
+try:
+    from hypothesis import settings
+
+    settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+    if os.environ.get("CI"):
+        settings.load_profile("ci")
+except ImportError:
+    pass

@@ -50,3 +50,21 @@ def test_prompt_longer_than_context_is_a_clear_error():
     m = tiny_llama(max_seq_len=16)
     with pytest.raises(UserError, match="context"):
         generate(m, torch.zeros(1, 12, dtype=torch.long), SamplingConfig(max_new_tokens=8))
+
+
+def test_stream_shows_the_prompt_when_the_story_ends_at_once():
+    from smolhub_hub.inference import stream_text
+
+    class Tok:  # a tokenizer whose EOS is the model's greedy first token
+        eos_token_id = None
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [1, 2, 3]}
+
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(map(str, ids))
+
+    m = tiny_llama()
+    m.tokenizer = Tok()
+    Tok.eos_token_id = int(generate(m, torch.tensor([[1, 2, 3]]), SamplingConfig(max_new_tokens=1, greedy=True))[0, -1])
+    assert list(stream_text(m, "x", max_length=5, greedy=True)) == ["1 2 3"]

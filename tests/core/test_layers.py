@@ -110,3 +110,9 @@ def test_activation_checkpointing_same_gradients():
     m(x, x).loss.backward()
     for a, p in zip(g1, m.parameters()):
         assert torch.allclose(a, p.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("dim, heads", [(68, 4), (4, 4)])
+def test_odd_or_tiny_head_dim_is_refused_for_rope(dim, heads):
+    with pytest.raises(ValueError, match="even head dimension"):
+        tiny_llama(dim=dim, n_heads=heads, n_kv_heads=heads)
