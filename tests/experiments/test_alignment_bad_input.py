@@ -11,20 +11,10 @@ import pytest
 
 from smol_experiments.alignment import build_preference_pairs, cpo, dpo, evaluate, run_pipeline, sft
 from smol_experiments.alignment.data import load_gec_examples, load_model_and_tokenizer, load_preference_pairs
-from smol_experiments.alignment.fixtures import force_offline_hub, torch_threads, write_synthetic_gec
+from smol_experiments.alignment.fixtures import write_synthetic_gec
 from smol_experiments.alignment.run_dir import prepare_output_dir, write_marker
 from smolhub_hub.errors import UserError
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    force_offline_hub(monkeypatch)
+from tests.experiments.alignment_env import offline, one_torch_thread  # noqa: F401  (autouse)
 
 
 @pytest.fixture(scope="module")

@@ -9,24 +9,13 @@ import pytest
 
 from smol_experiments.alignment import build_preference_pairs, cpo, dpo, sft
 from smol_experiments.alignment.data import load_gec_examples, load_model_and_tokenizer, load_preference_pairs
-from smol_experiments.alignment.fixtures import (force_offline_hub, torch_threads, write_synthetic_gec,
-                                                write_tiny_model)
+from smol_experiments.alignment.fixtures import write_synthetic_gec, write_tiny_model
 from smol_experiments.alignment.prompt_format import make_completion, make_prompt, strip_instruction
 from smol_experiments.alignment.run_dir import read_marker
+from tests.experiments.alignment_env import offline, one_torch_thread  # noqa: F401  (autouse)
 from smolhub_hub.errors import UserError
 
 FAST = ["--batch-size", "16", "--logging-steps", "1", "--save-steps", "1000"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    force_offline_hub(monkeypatch)
 
 
 @pytest.fixture(scope="module")
