@@ -35,7 +35,12 @@ def make_norm(kind: str, dim: int, eps: float, bias: bool = True) -> nn.Module:
 
 
 class RotaryEmbedding(nn.Module):
-    """cos/sin tables indexed by *token position* (the reference StoryLlama indexed by dimension)."""
+    """cos/sin tables indexed by *token position* (the reference StoryLlama indexed by dimension).
+
+    `forward(start, length)` returns `(cos, sin_rot)` for those positions, where `sin_rot` is the sine
+    table with its first half negated: `apply_rope` then rotates with one `roll` instead of
+    rotate-half's split, negate and concatenate (the same numbers, fewer kernels per decoded token).
+    """
 
     def __init__(self, head_dim: int, max_seq_len: int, base: float = 10000.0):
         super().__init__()
@@ -50,25 +55,21 @@ class RotaryEmbedding(nn.Module):
     def _build(self, length: int):
         t = torch.arange(length, dtype=torch.float64, device=self.inv_freq.device)
         freqs = torch.outer(t, self.inv_freq.double())
-        emb = torch.cat([freqs, freqs], dim=-1)
-        self.register_buffer("cos", emb.cos().float(), persistent=False)
-        self.register_buffer("sin", emb.sin().float(), persistent=False)
+        self.register_buffer("cos", torch.cat([freqs, freqs], dim=-1).cos().float(), persistent=False)
+        self.register_buffer("sin_rot", torch.cat([-freqs, freqs], dim=-1).sin().float(), persistent=False)
 
     def forward(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         if start + length > self.cos.shape[0]:  # RoPE extrapolates: grow the table on demand
             self._build(2 * (start + length))
-        return self.cos[start:start + length], self.sin[start:start + length]
+        return self.cos[start:start + length], self.sin_rot[start:start + length]
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, H, T, D); cos/sin: (T, D). Computed in fp32, returned in x's dtype."""
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_rot: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE (transformers' layout): x * cos + rotate_half(x) * sin, for x (..., T, D) and the
+    (T, D) tables of `RotaryEmbedding`. rotate_half(x) * sin == roll(x, D/2) * sin_rot exactly, since
+    sin_rot is sin with its first half negated. Computed in fp32, returned in x's dtype."""
     xf = x.float()
-    return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
+    return torch.addcmul(xf * cos, xf.roll(x.shape[-1] // 2, -1), sin_rot).to(x.dtype)
 
 
 def causal_attention(q, k, v, dropout_p: float = 0.0, impl: str = "sdpa") -> torch.Tensor:
@@ -97,6 +98,10 @@ def causal_attention(q, k, v, dropout_p: float = 0.0, impl: str = "sdpa") -> tor
 class GroupedQueryAttention(nn.Module):
     """Multi-head attention with `n_kv_heads` key/value heads (1 = MQA, n_heads = MHA).
 
+    The query, key and value projections are one fused `wqkv` linear (rows: queries, then keys, then
+    values), so a decoded token costs one matmul instead of three, and RoPE rotates the queries and
+    keys together. Checkpoints with separate `wq` / `wk` / `wv` load unchanged (fused on load);
+    `unfused_state_dict` gives the separate layout that exporters map to other libraries.
     `rope` is None for models with learned absolute positions (SmolTransformer).
     """
 
@@ -110,24 +115,57 @@ class GroupedQueryAttention(nn.Module):
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim = head_dim or dim // n_heads
         self.layer_idx, self.dropout, self.impl = layer_idx, dropout, impl
-        self.wq = nn.Linear(dim, n_heads * self.head_dim, bias=bias)
-        self.wk = nn.Linear(dim, n_kv_heads * self.head_dim, bias=bias)
-        self.wv = nn.Linear(dim, n_kv_heads * self.head_dim, bias=bias)
+        self.wqkv = nn.Linear(dim, sum(self.qkv_sizes), bias=bias)
         self.wo = nn.Linear(n_heads * self.head_dim, dim, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
+        self.register_load_state_dict_pre_hook(_fuse_separate_qkv)
+
+    @property
+    def qkv_sizes(self) -> tuple[int, int, int]:
+        """Output rows of the query, key and value parts of `wqkv`."""
+        return self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim
 
     def forward(self, x, rope=None, cache=None):
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        H, Hkv = self.n_heads, self.n_kv_heads
+        qkv = self.wqkv(x).view(B, T, H + 2 * Hkv, self.head_dim).transpose(1, 2)
+        qk, v = qkv[:, :H + Hkv], qkv[:, H + Hkv:]
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            qk = apply_rope(qk, *rope)
+        q, k = qk[:, :H], qk[:, H:]
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
         # Dropout only while training: eval and generation are deterministic (a reference-project bug).
         y = causal_attention(q, k, v, self.dropout if self.training else 0.0, self.impl)
         return self.resid_dropout(self.wo(y.transpose(1, 2).reshape(B, T, -1)))
+
+
+QKV_NAMES = ("wq", "wk", "wv")
+
+
+def _fuse_separate_qkv(module, state_dict, prefix, *args):
+    """load_state_dict pre-hook: `wq`/`wk`/`wv` (older checkpoints, importers) -> the fused `wqkv`."""
+    for kind in ("weight", "bias"):
+        names = [f"{prefix}{w}.{kind}" for w in QKV_NAMES]
+        if all(n in state_dict for n in names):
+            state_dict[f"{prefix}wqkv.{kind}"] = torch.cat([state_dict.pop(n) for n in names])
+
+
+def unfused_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """`model.state_dict()` with every attention's fused `wqkv` split into `wq`, `wk`, `wv` (views).
+
+    The layout exporters map one to one onto transformers' q_proj / k_proj / v_proj; loading such a
+    dict back into the model fuses it again.
+    """
+    state = model.state_dict()
+    for name, m in model.named_modules():
+        if isinstance(m, GroupedQueryAttention):
+            for kind in ("weight", "bias"):
+                fused = state.pop(f"{name}.wqkv.{kind}", None)
+                if fused is not None:
+                    for w, part in zip(QKV_NAMES, fused.split(m.qkv_sizes)):
+                        state[f"{name}.{w}.{kind}"] = part
+    return state
 
 
 class SwiGLU(nn.Module):

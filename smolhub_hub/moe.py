@@ -11,7 +11,9 @@ and `MoEFeedForward` wires them with the Switch load-balancing loss, the optiona
 routing statistics, as a drop-in replacement for a dense feed-forward.
 
 Expert computation never loops over experts in Python: token copies are sorted by expert and each
-projection is one `grouped_mm` over contiguous per-expert row groups. Nothing in the training path
+projection is one `grouped_mm` over contiguous per-expert row groups. The one exception is a single
+token on a CPU (batch-1 decoding), where the k chosen experts' weight slices are used directly:
+sorting one token's k copies costs more kernels than the k expert matmuls themselves. Nothing in the training path
 reads a value back to the host, so a step never waits for the device; statistics stay as device
 tensors until `RoutingStats.summary()` is asked for them.
 """
@@ -74,7 +76,19 @@ class GroupedExperts(nn.Module):
         """x: (N, dim); expert_ids, weights: (N, k) -> sum_j weights[:, j] * expert_{ids[:, j]}(x), (N, dim)."""
         if self.impl == "loop":
             return self.forward_loop(x, expert_ids, weights)
+        if x.shape[0] == 1 and x.device.type == "cpu" and not torch.compiler.is_compiling():
+            return self.forward_one_token(x, expert_ids, weights)
         return self.forward_grouped(x, expert_ids, weights)
+
+    def forward_one_token(self, x, expert_ids, weights):
+        """One token (batch-1 decoding on a CPU, where reading its k expert ids costs nothing): the chosen
+        experts' weight slices directly, with no sort, no offsets and no empty groups."""
+        out = None
+        for j, e in enumerate(expert_ids[0].tolist()):
+            gate, up = (x @ self.w_gate_up[e]).chunk(2, dim=-1)
+            y = ((F.silu(gate) * up) @ self.w_down[e]) * weights[:, j:j + 1].to(x.dtype)
+            out = y if out is None else out + y
+        return out.to(x.dtype)
 
     def forward_grouped(self, x, expert_ids, weights):
         N, k = expert_ids.shape

@@ -1,8 +1,8 @@
 """SmolTransformer <-> transformers `GPT2LMHeadModel`.
 
-GPT-2 stores its linear layers as `Conv1D` with the weight transposed (in_features, out_features)
-and fuses the query, key and value projections into one `c_attn`; SmolTransformer keeps plain
-`nn.Linear`s, so export transposes and concatenates, import splits and transposes back.
+GPT-2 stores its linear layers as `Conv1D` with the weight transposed (in_features, out_features);
+SmolTransformer keeps plain `nn.Linear`s, so conversion transposes. Both fuse the query, key and value
+projections into one matrix (`c_attn` / `wqkv`, rows in the same q, k, v order).
 GPT-2 always has LayerNorm and biases: a bias-free SmolTransformer exports with zero biases (the
 same function); an RMSNorm one cannot be expressed as GPT-2 and is refused.
 """
@@ -16,8 +16,9 @@ from smolhub_hub.errors import UserError
 ACTIVATIONS = {"tanh": "gelu_new", "none": "gelu"}  # SmolTransformer gelu_approximate -> GPT-2 name
 TANH_GELUS = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}  # tanh approximations, equal to fp32 rounding
 
-# (SmolHub name, GPT-2 name, transpose?) inside one block; q/k/v are handled separately (fused in GPT-2)
+# (SmolHub name, GPT-2 name, transpose?) inside one block
 BLOCK_MAP = [
+    ("attn.wqkv.weight", "attn.c_attn.weight", True), ("attn.wqkv.bias", "attn.c_attn.bias", False),
     ("attn_norm.weight", "ln_1.weight", False), ("attn_norm.bias", "ln_1.bias", False),
     ("attn.wo.weight", "attn.c_proj.weight", True), ("attn.wo.bias", "attn.c_proj.bias", False),
     ("ffn_norm.weight", "ln_2.weight", False), ("ffn_norm.bias", "ln_2.bias", False),
@@ -26,7 +27,6 @@ BLOCK_MAP = [
 ]
 TOP_MAP = [("tok_emb.weight", "transformer.wte.weight", False), ("pos_emb.weight", "transformer.wpe.weight", False),
            ("norm.weight", "transformer.ln_f.weight", False), ("norm.bias", "transformer.ln_f.bias", False)]
-QKV = ("wq", "wk", "wv")
 
 
 def hf_config(c, **tokens):
@@ -64,12 +64,6 @@ def to_hf(model, **tokens):
             theirs[b].copy_(ours[a].t() if transpose else ours[a])
         else:  # a bias-free SmolTransformer: GPT-2's bias is zero
             theirs[b].zero_()
-    for i in range(c.n_layers):
-        attn = f"blocks.{i}.attn"
-        # nn.Linear weights are (out, in); Conv1D's are (in, out): concatenate outputs, then transpose.
-        theirs[f"transformer.h.{i}.attn.c_attn.weight"].copy_(torch.cat([ours[f"{attn}.{w}.weight"] for w in QKV]).t())
-        bias = theirs[f"transformer.h.{i}.attn.c_attn.bias"]
-        bias.copy_(torch.cat([ours[f"{attn}.{w}.bias"] for w in QKV]) if c.bias else torch.zeros_like(bias))
     theirs["lm_head.weight"].copy_(ours["lm_head.weight"])
     hf.load_state_dict(theirs)
     if c.tie_embeddings:
@@ -107,11 +101,6 @@ def from_hf(hf, **overrides):
     ours, theirs = model.state_dict(), {k: v.float() for k, v in hf.state_dict().items()}
     for a, b, transpose in name_pairs(cfg.n_layers):
         ours[a].copy_(theirs[b].t() if transpose else theirs[b])
-    for i in range(cfg.n_layers):
-        attn, hf_attn = f"blocks.{i}.attn", f"transformer.h.{i}.attn.c_attn"
-        for w, weight, bias in zip(QKV, theirs[f"{hf_attn}.weight"].t().chunk(3), theirs[f"{hf_attn}.bias"].chunk(3)):
-            ours[f"{attn}.{w}.weight"].copy_(weight)
-            ours[f"{attn}.{w}.bias"].copy_(bias)
     # Tied checkpoints may omit the head.
     ours["lm_head.weight"].copy_(theirs.get("lm_head.weight", theirs["transformer.wte.weight"]))
     model.load_state_dict(ours)

@@ -1,8 +1,11 @@
-"""StoryLlama <-> transformers `LlamaForCausalLM`. The layouts match one to one (same RoPE convention)."""
+"""StoryLlama <-> transformers `LlamaForCausalLM`. Same RoPE convention; the layouts match one to one once
+the fused `wqkv` is split into q/k/v (`unfused_state_dict`; loading the split form fuses it again)."""
 
 from __future__ import annotations
 
 import torch
+
+from smolhub_hub.layers import unfused_state_dict
 
 # (SmolHub name, transformers name) inside one block
 BLOCK_MAP = [
@@ -43,7 +46,7 @@ def to_hf(model, **tokens):
     from transformers import LlamaForCausalLM
 
     hf = LlamaForCausalLM(hf_config(model.config, **tokens)).float()
-    ours, theirs = model.state_dict(), hf.state_dict()
+    ours, theirs = unfused_state_dict(model), hf.state_dict()
     for a, b in name_pairs(model.config.n_layers):
         theirs[b].copy_(ours[a])
     hf.load_state_dict(theirs)
@@ -68,7 +71,7 @@ def from_hf(hf):
                            rope_base=float(rope), norm_eps=h.rms_norm_eps,
                            tie_embeddings=bool(h.tie_word_embeddings))
     model = StoryLlama(cfg)
-    ours, theirs = model.state_dict(), hf.state_dict()
+    ours, theirs = unfused_state_dict(model), hf.state_dict()
     for a, b in name_pairs(cfg.n_layers):
         if b == "lm_head.weight" and b not in theirs:  # tied checkpoints may omit the head
             b = "model.embed_tokens.weight"

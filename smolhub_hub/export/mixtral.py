@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from smolhub_hub.layers import unfused_state_dict
+
 BLOCK_MAP = [  # (SmolHub name, transformers name, transpose last two axes)
     ("attn_norm.weight", "input_layernorm.weight", False),
     ("attn.wq.weight", "self_attn.q_proj.weight", False),
@@ -51,7 +53,7 @@ def to_hf(model, **tokens):
     from transformers import MixtralForCausalLM
 
     hf = MixtralForCausalLM(hf_config(model.config, **tokens)).float()
-    ours, theirs = model.state_dict(), hf.state_dict()
+    ours, theirs = unfused_state_dict(model), hf.state_dict()
     for a, b, transpose in name_pairs(model.config.n_layers):
         src = ours[a].transpose(-1, -2) if transpose else ours[a]
         theirs[b].copy_(src)
@@ -86,7 +88,7 @@ def from_hf(hf, family: str | None = None):
         max_seq_len=h.max_position_embeddings, rope_base=float(rope), norm_eps=h.rms_norm_eps,
         tie_embeddings=bool(h.tie_word_embeddings))
     model = fam.model_class()(cfg)
-    ours, theirs = model.state_dict(), hf.state_dict()
+    ours, theirs = unfused_state_dict(model), hf.state_dict()
     for a, b, transpose in name_pairs(cfg.n_layers):
         if b == "lm_head.weight" and b not in theirs:  # tied checkpoints may omit the head
             b = "model.embed_tokens.weight"

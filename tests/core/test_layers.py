@@ -45,15 +45,42 @@ def test_gqa_matches_repeated_heads_reference(n_kv):
     attn = GroupedQueryAttention(dim=32, n_heads=4, n_kv_heads=n_kv, layer_idx=0).eval()
     x = torch.randn(2, 7, 32)
     hd = 8
-    q = attn.wq(x).view(2, 7, 4, hd).transpose(1, 2)
-    k = attn.wk(x).view(2, 7, n_kv, hd).transpose(1, 2).repeat_interleave(4 // n_kv, dim=1)
-    v = attn.wv(x).view(2, 7, n_kv, hd).transpose(1, 2).repeat_interleave(4 // n_kv, dim=1)
+    wq, wk, wv = attn.wqkv.weight.split(attn.qkv_sizes)  # rows: queries, keys, values
+    q = (x @ wq.T).view(2, 7, 4, hd).transpose(1, 2)
+    k = (x @ wk.T).view(2, 7, n_kv, hd).transpose(1, 2).repeat_interleave(4 // n_kv, dim=1)
+    v = (x @ wv.T).view(2, 7, n_kv, hd).transpose(1, 2).repeat_interleave(4 // n_kv, dim=1)
     mask = torch.ones(7, 7, dtype=torch.bool).tril()
     scores = (q @ k.transpose(-1, -2)) / hd ** 0.5
     ref = scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
     ref = attn.wo(ref.transpose(1, 2).reshape(2, 7, 32))
     assert torch.allclose(attn(x), ref, atol=1e-5)
-    assert attn.wk.weight.shape[0] == n_kv * hd
+    assert wk.shape[0] == n_kv * hd
+
+
+def test_rope_equals_the_rotate_half_formula():
+    """apply_rope's roll-and-signed-sine form is transformers' x * cos + rotate_half(x) * sin, exactly."""
+    rope = RotaryEmbedding(head_dim=16, max_seq_len=32)
+    cos, sin_rot = rope(3, 9)
+    t = torch.arange(3, 12, dtype=torch.float64)[:, None] * rope.inv_freq.double()
+    sin = torch.cat([t, t], -1).sin().float()
+    x = torch.randn(2, 4, 9, 16)
+    rotate_half = torch.cat([-x[..., 8:], x[..., :8]], -1)
+    assert torch.allclose(apply_rope(x, cos, sin_rot), x * cos + rotate_half * sin, atol=1e-6)
+
+
+def test_separate_qkv_weights_load_into_the_fused_projection():
+    """Checkpoints written before q/k/v were fused (and importers) give wq/wk/wv: they load unchanged."""
+    from smolhub_hub.layers import unfused_state_dict
+
+    a, b = tiny_llama(), tiny_llama()
+    with torch.no_grad():
+        for p in b.parameters():
+            p.normal_()
+    separate = unfused_state_dict(a)
+    assert "blocks.0.attn.wq.weight" in separate and "blocks.0.attn.wqkv.weight" not in separate
+    b.load_state_dict(separate)
+    x = torch.randint(0, 97, (1, 9))
+    assert torch.equal(a(x).logits, b(x).logits)
 
 
 def test_causal_future_tokens_do_not_change_the_past():

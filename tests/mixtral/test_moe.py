@@ -64,11 +64,21 @@ def test_grouped_equals_loop_values_and_gradients(routing):
         assert experts.w_down.grad[5:].abs().sum() == 0
 
 
-def test_single_token_decode_shape():
+def test_single_token_paths_agree_in_values_and_gradients():
+    """Batch-1 decoding on a CPU takes `forward_one_token`; it is the same function as the grouped path."""
     experts = GroupedExperts(E, DIM, HIDDEN)
     ids, w = torch.tensor([[6, 2]]), torch.tensor([[0.7, 0.3]])
-    x = torch.randn(1, DIM)
-    torch.testing.assert_close(experts.forward_grouped(x, ids, w), experts.forward_loop(x, ids, w))
+    x = torch.randn(1, DIM, requires_grad=True)
+    results = []
+    for path in (experts.forward, experts.forward_one_token, experts.forward_grouped, experts.forward_loop):
+        experts.zero_grad()
+        x.grad = None
+        y = path(x, ids, w)
+        y.square().sum().backward()
+        results.append((y.detach(), x.grad, experts.w_gate_up.grad.clone()))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_balance_loss_is_one_for_uniform_routing_and_e_for_collapse():

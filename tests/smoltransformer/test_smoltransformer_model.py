@@ -50,7 +50,7 @@ def test_norm_and_bias_choices():
     rms = tiny()
     assert type(rms.norm).__name__ == "RMSNorm" and not any(n.endswith("bias") for n, _ in rms.named_parameters())
     ln = tiny(norm="layernorm", bias=True)
-    assert isinstance(ln.norm, torch.nn.LayerNorm) and ln.blocks[0].attn.wq.bias is not None
+    assert isinstance(ln.norm, torch.nn.LayerNorm) and ln.blocks[0].attn.wqkv.bias is not None
     assert tiny(norm="layernorm").norm.bias is None  # nanoGPT's bias=False LayerNorm
     assert ln.blocks[0].attn.n_kv_heads == ln.blocks[0].attn.n_heads  # multi-head, not grouped
 
