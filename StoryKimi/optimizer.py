@@ -19,7 +19,7 @@ import torch
 from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, DEFAULT_NS_STEPS, EPS
 
 from smolhub_hub.errors import UserError
-from smolhub_hub.training.optim import adamw_param_groups
+from smolhub_hub.training.optim import adamw_param_groups, fused_adamw
 
 
 def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:
@@ -92,8 +92,7 @@ def build_optimizers(model, train_cfg) -> list[torch.optim.Optimizer]:
     """[Muon, ExpertMuon, AdamW] for --optimizer muon (empty ones left out), [AdamW] for adamw."""
     c = model.config
     named = list(model.named_parameters())  # a tied matrix appears once, so it sits in one group
-    fused = named[0][1].is_cuda
-    adamw = dict(lr=train_cfg.lr, betas=(train_cfg.beta1, train_cfg.beta2), fused=fused)
+    adamw = dict(lr=train_cfg.lr, betas=(train_cfg.beta1, train_cfg.beta2), fused=fused_adamw(named[0][1].device))
     if train_cfg.optimizer == "adamw":
         return [_with_initial_lr(torch.optim.AdamW(adamw_param_groups(named, train_cfg.weight_decay), **adamw))]
     if train_cfg.optimizer != "muon":

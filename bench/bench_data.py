@@ -26,6 +26,7 @@ from harness import interleaved_seconds, print_table, save_json  # noqa: E402
 from smolhub_hub.data.packed import TOKENIZE_BATCH, prepare_data, window_starts, windows_to_batch  # noqa: E402
 from smolhub_hub.data.sources import iter_documents  # noqa: E402
 from smolhub_hub.training.engine import round_vocab  # noqa: E402
+from smolhub_hub.training.optim import build_adamw  # noqa: E402
 from StoryLlama.config import FAMILY  # noqa: E402
 
 
@@ -72,7 +73,7 @@ def bench_loader_share(args, train, meta) -> list[dict]:
     b = tcfg.batch_size
     torch.manual_seed(0)
     model = FAMILY.model_class()(mcfg).to(args.device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    opt = build_adamw(model, tcfg, args.device)  # the trainer's optimizer
     step_no = iter(itertools.count())
 
     def loader():

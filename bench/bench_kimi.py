@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import add_run_args, autocast, interleaved_seconds, print_table, save_json, train_step_fn  # noqa: E402
+from harness import adamw, add_run_args, autocast, interleaved_seconds, print_table, save_json, train_step_fn  # noqa: E402
 
 from smolhub_hub.export.deepseek_v3 import to_hf  # noqa: E402
 from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
@@ -76,7 +76,7 @@ def hf_loss(model, x, y):
 def bench_train(ours, hfs, batch, args) -> dict:
     def step(model, loss_of):
         model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        opt = adamw(model, args.device)
         fn = train_step_fn(model, opt, batch, loss_of)
 
         def run():

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import add_run_args, autocast, interleaved_seconds, print_table, save_json, train_step_fn  # noqa: E402
+from harness import adamw, add_run_args, autocast, interleaved_seconds, print_table, save_json, train_step_fn  # noqa: E402
 
 from smolhub_hub.export.gpt2 import to_hf  # noqa: E402
 from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
@@ -66,7 +66,7 @@ def train_tokens_per_s(ours, theirs, batch, args) -> tuple[float, float]:
     steps = []
     for model, loss_of in [(ours, ours_loss), (theirs, hf_loss)]:
         model.train()
-        fn = train_step_fn(model, torch.optim.AdamW(model.parameters(), lr=1e-4), batch, loss_of)
+        fn = train_step_fn(model, adamw(model, args.device), batch, loss_of)
         steps.append(lambda fn=fn: _autocast_call(fn, args))
     return tuple(batch[:, :-1].numel() / sec for sec in alternate_seconds(steps, args.device, args.repeats))
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import add_run_args, autocast, interleaved_seconds, print_table, save_json, train_step_fn  # noqa: E402
+from harness import adamw, add_run_args, autocast, interleaved_seconds, print_table, save_json, train_step_fn  # noqa: E402
 
 from smolhub_hub.export.llama import to_hf  # noqa: E402
 from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
@@ -57,7 +57,7 @@ def bench_train(ours, theirs, batch, args) -> dict:
 
     def step(model, loss_of):
         model.train()
-        fn = train_step_fn(model, torch.optim.AdamW(model.parameters(), lr=1e-4), batch, loss_of)
+        fn = train_step_fn(model, adamw(model, args.device), batch, loss_of)
 
         def run():
             with autocast(args):

