@@ -94,7 +94,8 @@ class LatentAttention(nn.Module):
         q_nope, q_rope = q.view(B, T, self.n_heads, -1).transpose(1, 2).split([self.nope, self.rope_dim], -1)
         latent, k_rope = self.wkv_a(x).split([self.rank, self.rope_dim], -1)
         latent = self.kv_norm(latent)
-        q_rope, k_rope = apply_rope(q_rope, *rope), apply_rope(k_rope.unsqueeze(1), *rope)  # k: one head
+        # One rotation for the H query heads and the one shared key head together.
+        q_rope, k_rope = apply_rope(torch.cat([q_rope, k_rope.unsqueeze(1)], 1), *rope).split([self.n_heads, 1], 1)
         if cache is None:
             y = self._attend_expanded(q_nope, q_rope, latent, k_rope)
         else:
@@ -125,14 +126,14 @@ class LatentAttention(nn.Module):
         Every head then shares one key/value "head": multi-query attention over the latent.
         """
         w_uk, w_uv = self._up_projections()
-        q = torch.cat([torch.einsum("bhtd,hdr->bhtr", q_nope, w_uk), q_rope], -1)
+        q = torch.cat([torch.matmul(q_nope, w_uk), q_rope], -1)  # (B, H, T, rank + rope), per-head W_uk
         values = cached[..., :self.rank]
-        B, H, T, _ = q.shape
-        if T == 1:  # decoding: fold the heads into the query axis, one latent "head" serves them all
-            o = F.scaled_dot_product_attention(q.transpose(1, 2), cached, values, scale=self.scale).transpose(1, 2)
+        if q.shape[2] == 1:  # decoding: the heads become the query axis of one latent "head"
+            scores = torch.matmul(q.transpose(1, 2), cached.transpose(-1, -2)) * self.scale  # (B, 1, H, S)
+            o = torch.matmul(scores.softmax(-1, dtype=torch.float32).to(values.dtype), values).transpose(1, 2)
         else:  # a prompt: causal, offset by what is already cached; the shared causal mask wants the default scale
             o = causal_attention(q * (self.scale * math.sqrt(q.shape[-1])), cached, values)
-        return torch.einsum("bhtr,hvr->bhtv", o, w_uv)
+        return torch.matmul(o, w_uv.transpose(-1, -2))  # (B, H, T, v): per-head W_uv
 
     @torch.no_grad()
     def _record_max_logit(self, q, k):
@@ -175,7 +176,8 @@ class DeepSeekRouter(nn.Module):
         # DeepSeek's e_score_correction_bias: a persistent buffer, so checkpoints and resume carry it.
         self.register_buffer("expert_bias", torch.zeros(c.n_experts))
 
-    def forward(self, x: torch.Tensor) -> RouterOutput:
+    def forward(self, x: torch.Tensor, with_probs: bool = True) -> RouterOutput:
+        """`with_probs=False` (generation: no balance loss, no statistics) skips the normalised affinities."""
         logits = F.linear(x.float(), self.weight.float())  # fp32: bf16 rounding never flips a choice
         scores = logits.sigmoid()
         choice = scores.detach() + self.expert_bias
@@ -185,6 +187,8 @@ class DeepSeekRouter(nn.Module):
         weights = scores.gather(-1, expert_ids)  # the bias is not in here: selection only
         if self.normalize:
             weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+        if not with_probs:
+            return RouterOutput(logits, None, expert_ids, weights * self.scaling)
         affinity = scores / scores.sum(-1, keepdim=True)  # normalised s'_i of the balance loss and stats
         return RouterOutput(affinity.log(), affinity, expert_ids, weights * self.scaling)
 
@@ -226,12 +230,12 @@ class DeepSeekMoE(nn.Module):
     def forward(self, x: torch.Tensor, generating: bool = False):
         B, T, D = x.shape
         flat = x.reshape(-1, D)
-        r = self.router(flat)
+        r = self.router(flat, with_probs=not generating)
         y = self.experts(flat, r.expert_ids, r.weights).view_as(x)
         if self.shared is not None:
             y = y + self.shared(x)
         aux = None
-        if self.training and torch.is_grad_enabled():  # never eval, never generation
+        if self.training and torch.is_grad_enabled() and not generating:  # never eval, never generation
             # (activation checkpointing recounts every token once more: the balance sign is unchanged)
             load = expert_counts(r.expert_ids, self.router.n_experts)
             self.step_load = load if self.step_load is None else self.step_load + load

@@ -91,6 +91,40 @@ def train_step_fn(model, optimizer, batch: torch.Tensor, loss_of: Callable[[obje
     return step
 
 
+# The kernels whose arithmetic every implementation of the same model and loss has to run: the matmuls
+# (dense and per-expert), attention, and the cross-entropy's log-softmax, forward and backward.
+FLOOR_KERNELS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::_grouped_mm",
+                 "aten::_scaled_dot_product_flash_attention_for_cpu",
+                 "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+                 "aten::_log_softmax", "aten::_log_softmax_backward_data")
+
+
+def kernel_floor_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
+    """CPU: seconds per call of `fn` spent inside FLOOR_KERNELS (torch.profiler self time).
+
+    For a training step this is what remains if every other op (norms, activations, routing, indexing,
+    the optimizer) and all Python overhead cost nothing; a competitor's step time over it is the most
+    any implementation of the same arithmetic could gain on this machine.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            fn()
+    micros = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in FLOOR_KERNELS)
+    return micros / repeats / 1e6
+
+
+def train_floor_rows(ours_step: Callable[[], object], hf_step_seconds: dict[str, float]) -> list[dict]:
+    """Rows that bound the training ratios (CPU): each transformers variant's step time over our kernel floor."""
+    floor = kernel_floor_seconds(ours_step)
+    return [{"benchmark": f"train ratio ceiling vs HF {name}: HF step ms / our kernel floor ms "
+                          "(matmuls + attention + loss softmax only)",
+             "smolhub": floor * 1e3, "transformers": seconds * 1e3, "ratio": seconds / floor}
+            for name, seconds in hf_step_seconds.items()]
+
+
 def peak_memory_mb(device: str) -> float | None:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
