@@ -128,11 +128,12 @@ class GroupedQueryAttention(nn.Module):
     def forward(self, x, rope=None, cache=None):
         B, T, _ = x.shape
         H, Hkv = self.n_heads, self.n_kv_heads
-        qkv = self.wqkv(x).view(B, T, H + 2 * Hkv, self.head_dim).transpose(1, 2)
-        qk, v = qkv[:, :H + Hkv], qkv[:, H + Hkv:]
+        # split, not slicing: a split's backward is one concatenation, a slice's a zero-fill of the whole.
+        qk, v = self.wqkv(x).view(B, T, H + 2 * Hkv, self.head_dim).split([H + Hkv, Hkv], dim=2)
+        qk, v = qk.transpose(1, 2), v.transpose(1, 2)
         if rope is not None:
             qk = apply_rope(qk, *rope)
-        q, k = qk[:, :H], qk[:, H:]
+        q, k = qk.split([H, Hkv], dim=1)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
         # Dropout only while training: eval and generation are deterministic (a reference-project bug).
