@@ -190,7 +190,7 @@ class DeepSeekRouter(nn.Module):
         if not with_probs:
             return RouterOutput(logits, None, expert_ids, weights * self.scaling)
         affinity = scores / scores.sum(-1, keepdim=True)  # normalised s'_i of the balance loss and stats
-        return RouterOutput(affinity.log(), affinity, expert_ids, weights * self.scaling)
+        return RouterOutput(logits, affinity, expert_ids, weights * self.scaling)
 
     def _keep_top_groups(self, choice):
         """Group-limited routing: a group scores the sum of its two best experts; keep the best groups."""

@@ -153,6 +153,18 @@ def test_routing_stats_aggregate_then_reset():
     assert moe_routing_stats(moes) == {}  # reset after reading
 
 
+def test_routing_entropy_is_the_mean_entropy_of_the_router_distribution():
+    moe = MoEFeedForward(DIM, HIDDEN, E, K)
+    xs = [torch.randn(2, 8, DIM) * 30, torch.randn(1, 5, DIM)]  # one sharp batch, one near-uniform
+    entropies = []
+    for x in xs:
+        moe(x)
+        logp = moe.last_routing.logits.log_softmax(-1)
+        entropies.append(-(logp.exp() * logp).sum(-1))
+    expected = torch.cat(entropies).mean().item()
+    assert moe_routing_stats([moe])["moe/layer0/entropy"] == pytest.approx(expected, rel=1e-5)
+
+
 def test_bf16_autocast_routes_in_fp32():
     moe = MoEFeedForward(DIM, HIDDEN, E, K)
     x = torch.randn(2, 8, DIM)
