@@ -109,7 +109,7 @@ def bench_generate(ours, hfs, prompt, args) -> tuple[dict, dict]:
         t = interleaved_seconds({"ours": lambda: generate(ours, prompt, sampling),
                                  **{impl: (lambda m=m: hf_generate(m, prompt, n)) for impl, m in hfs.items()}},
                                 args.device, args.repeats)
-        hf_cache = hf_generate(hfs["grouped_mm"], prompt, n, return_cache=True).past_key_values
+        hf_cache = hf_generate(hfs["grouped_mm"], prompt, n, return_cache=True).cache
     return {k: n / v for k, v in t.items()}, cache_bytes(ours, hf_cache, prompt.shape[1] + n - 1)
 
 
