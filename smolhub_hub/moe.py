@@ -33,7 +33,9 @@ def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch
     """Rows `offsets[e-1]:offsets[e]` of x (S, K) times w[e] (K, N) -> (S, N). offsets: int32 cumsum.
 
     Under autocast both operands are cast to the autocast dtype (grouped_mm itself is not
-    autocast-aware, and the CUDA kernel wants bf16).
+    autocast-aware, and the CUDA kernel wants bf16). Under torch.compile, a dtype other than bf16 goes
+    through `smolhub::grouped_mm` (below): torch's compile-time shape rule for grouped_mm accepts bf16
+    only, although its CPU kernel and its CUDA fallback compute any float dtype.
     """
     if _grouped_mm_op is None:
         raise RuntimeError("this PyTorch has no grouped_mm; upgrade to torch >= 2.9 or use moe_impl='loop'")
@@ -41,7 +43,38 @@ def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch
     if torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
         x, w = x.to(dtype), w.to(dtype)
+    if x.dtype != torch.bfloat16 and torch.compiler.is_compiling():
+        return _grouped_mm_any_dtype(x, w, offsets)
     return _grouped_mm_op(x, w, offs=offsets)
+
+
+@torch.library.custom_op("smolhub::grouped_mm", mutates_args=())
+def _grouped_mm_any_dtype(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """torch's grouped_mm as an opaque op, for torch.compile in fp32 / fp16. Two forms, as torch's own:
+    x (S, K) @ w (E, K, N) -> (S, N), and x (K, S) @ w (S, N) -> (E, K, N) (the weight gradient)."""
+    return _grouped_mm_op(x, w, offs=offsets)
+
+
+@_grouped_mm_any_dtype.register_fake
+def _(x, w, offsets):
+    if w.dim() == 3:
+        return x.new_empty(x.shape[0], w.shape[-1])
+    return x.new_empty(offsets.shape[0], x.shape[0], w.shape[-1])
+
+
+def _grouped_mm_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _grouped_mm_backward(ctx, grad):
+    x, w, offsets = ctx.saved_tensors
+    grad = grad.contiguous()  # an expanded gradient (e.g. of a .sum()) has zero strides, which grouped_mm refuses
+    grad_x = _grouped_mm_any_dtype(grad, w.transpose(-1, -2), offsets) if ctx.needs_input_grad[0] else None
+    grad_w = _grouped_mm_any_dtype(x.transpose(0, 1), grad, offsets) if ctx.needs_input_grad[1] else None
+    return grad_x, grad_w, None
+
+
+_grouped_mm_any_dtype.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup)
 
 
 def expert_counts(expert_ids: torch.Tensor, n_experts: int) -> torch.Tensor:

@@ -173,3 +173,37 @@ def test_bf16_autocast_routes_in_fp32():
     assert moe.last_routing.logits.dtype == torch.float32 and aux.dtype == torch.float32
     ref, _ = moe(x)
     torch.testing.assert_close(y, ref, rtol=0.05, atol=0.02)
+
+
+def test_grouped_mm_compiles_in_fp32_with_the_same_values_and_gradients():
+    """torch's compile-time rule for grouped_mm takes bf16 only; fp32 / fp16 compile through smolhub::grouped_mm.
+    (aot_eager runs the same fake-tensor tracing and autograd as inductor, without a C++ compiler.)"""
+    torch._dynamo.reset()
+    moe = MoEFeedForward(DIM, HIDDEN, E, K)
+    x = torch.randn(2, 16, DIM, requires_grad=True)
+
+    def loss_and_grads(module):
+        moe.zero_grad()
+        x.grad = None
+        y, aux = module(x)
+        loss = y.square().mean() + aux
+        loss.backward()
+        return loss.detach(), x.grad.clone(), moe.experts.w_gate_up.grad.clone(), moe.experts.w_down.grad.clone()
+
+    eager = loss_and_grads(moe)
+    compiled = loss_and_grads(torch.compile(moe, backend="aot_eager"))
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(a, b)
+
+
+def test_the_any_dtype_grouped_mm_op_is_registered_consistently():
+    from smolhub_hub.moe import _grouped_mm_any_dtype
+
+    x = torch.randn(12, DIM, requires_grad=True)
+    w = torch.randn(E, DIM, HIDDEN, requires_grad=True)
+    offsets = torch.tensor([2, 2, 5, 6, 9, 9, 12, 12], dtype=torch.int32)  # empty groups included
+    torch.library.opcheck(_grouped_mm_any_dtype, (x, w, offsets))
+    grad = torch.randn(12, HIDDEN)
+    weight_grad = _grouped_mm_any_dtype(x.detach().t(), grad, offsets)  # the (K, S) x (S, N) form
+    reference = torch.stack([x.detach()[a:b].t() @ grad[a:b] for a, b in zip([0, *offsets[:-1].tolist()], offsets.tolist())])
+    torch.testing.assert_close(weight_grad, reference)
