@@ -81,7 +81,7 @@ def expert_counts(expert_ids: torch.Tensor, n_experts: int) -> torch.Tensor:
     """Token copies routed to each expert, (E,) int64, computed on device: bincount on a CPU (one kernel),
     a scatter-add elsewhere (bincount reads the maximum back to the host, which would stall a GPU)."""
     flat = expert_ids.reshape(-1)
-    if flat.device.type == "cpu":
+    if flat.device.type == "cpu" and not torch.compiler.is_compiling():  # its output size is data-dependent
         return torch.bincount(flat, minlength=n_experts)
     return torch.zeros(n_experts, dtype=torch.long, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
 
