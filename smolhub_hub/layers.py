@@ -39,7 +39,7 @@ class RotaryEmbedding(nn.Module):
 
     `forward(start, length)` returns `(cos, sin_rot)` for those positions, where `sin_rot` is the sine
     table with its first half negated: `apply_rope` then rotates with one `roll` instead of
-    rotate-half's split, negate and concatenate (the same numbers, fewer kernels per decoded token).
+    rotate-half's split, negate and concatenate (the same values up to rounding, fewer kernels per token).
     """
 
     def __init__(self, head_dim: int, max_seq_len: int, base: float = 10000.0):
