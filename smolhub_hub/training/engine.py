@@ -46,6 +46,11 @@ def round_vocab(n: int, multiple: int = 64) -> int:
     return multiple * math.ceil(n / multiple)
 
 
+# Model settings that do not change the function a checkpoint computes: with --init-from they come
+# from the command line, not from the imported checkpoint.
+TRAINING_ONLY_FIELDS = ("dropout", "attn_impl", "moe_impl")
+
+
 class Trainer:
     def __init__(self, family: ModelFamily, mcfg, tcfg: TrainConfig, dcfg: DataConfig, preset: str = "default"):
         self.family, self.tcfg, self.dcfg = family, tcfg, dcfg
@@ -96,7 +101,8 @@ class Trainer:
                                 f"resume it with {saved['family']}/trainer.py")
             return ckpt_io.model_config(resume_from, saved, self.family.model_config)
         if self.tcfg.init_from:
-            return None  # taken from the Hugging Face checkpoint in _build_model
+            self._requested_mcfg = mcfg  # its training-only settings still apply (_init_from_hf)
+            return None  # the architecture comes from the Hugging Face checkpoint, in _build_model
         return mcfg.replace(vocab_size=round_vocab(self.data.meta["vocab_size"]))
 
     def _check_seq_len(self) -> int:
@@ -135,7 +141,15 @@ class Trainer:
         except OSError as e:
             raise UserError(f"--init-from {self.tcfg.init_from}: cannot load it ({str(e)[:160]}); "
                             "pass a local Hugging Face model folder or check the network") from None
-        return converter_for(self.family.name).from_hf(hf).train()
+        model = converter_for(self.family.name).from_hf(hf)
+        # Settings that do not change the function (dropout, kernel choices) come from this run's flags.
+        changes = {f: getattr(self._requested_mcfg, f) for f in TRAINING_ONLY_FIELDS
+                   if hasattr(model.config, f) and getattr(model.config, f) != getattr(self._requested_mcfg, f)}
+        if changes:
+            rebuilt = self.family.model_class()(model.config.replace(**changes))
+            rebuilt.load_state_dict(model.state_dict())
+            model = rebuilt
+        return model.train()
 
     def _grad_accum_steps(self) -> int:
         per_micro = self.tcfg.batch_size * self.seq_len * self.dist.world_size

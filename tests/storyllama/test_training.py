@@ -96,9 +96,10 @@ def test_init_from_a_transformers_llama(tmp_path):
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(tmp_path / "hf")
     out = tmp_path / "run"
-    proc = run_cli("StoryLlama/trainer.py", *tiny_run_args(out, steps=2, extra=["--init-from", tmp_path / "hf"]),
-                   check=True)
+    proc = run_cli("StoryLlama/trainer.py", *tiny_run_args(out, steps=2, extra=["--init-from", tmp_path / "hf",
+                                                                             "--dropout", "0.1"]), check=True)
     assert "0.10M parameters" in proc.stdout or "parameters" in proc.stdout
     import json
     saved = json.loads((out / (out / LATEST).read_text().strip() / "config.json").read_text())["model"]
     assert (saved["dim"], saved["n_layers"], saved["n_kv_heads"], saved["vocab_size"]) == (64, 2, 2, 512)
+    assert saved["dropout"] == 0.1  # a training setting: from the command line, not the imported checkpoint
