@@ -41,8 +41,17 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The complete rows of a metrics.csv; a row cut short by a kill in the middle of a write is dropped."""
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        return [r for r in csv.DictReader(f) if _complete(r)]
+
+
+def _complete(row: dict) -> bool:
+    try:
+        int(row["step"]), int(row["tokens"]), float(row["value"])
+    except (TypeError, ValueError):
+        return False
+    return bool(row["name"]) and None not in row  # None key: more fields than the header
 
 
 def series(path: Path) -> dict[str, tuple[list[int], list[float]]]:
