@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import adamw, add_run_args, autocast, interleaved_seconds, print_table, save_json, train_floor_rows, train_step_fn  # noqa: E402
+from harness import add_run_args, autocast, interleaved_seconds, moe_train_tok_s, print_table, save_json  # noqa: E402
 
 from smolhub_hub.export.deepseek_v3 import to_hf  # noqa: E402
 from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
@@ -73,23 +73,6 @@ def hf_loss(model, x, y):
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
 
 
-def bench_train(ours, hfs, batch, args) -> dict:
-    def step(model, loss_of):
-        model.train()
-        opt = adamw(model, args.device)
-        fn = train_step_fn(model, opt, batch, loss_of)
-
-        def run():
-            with autocast(args):
-                fn()
-        return run
-
-    fns = {"ours": step(ours, ours_loss), **{impl: step(m, hf_loss) for impl, m in hfs.items()}}
-    t = interleaved_seconds(fns, args.device, args.repeats)
-    floor = train_floor_rows(fns["ours"], {k: t[k] for k in hfs}) if args.device == "cpu" else []
-    return {k: batch[:, :-1].numel() / v for k, v in t.items()}, floor
-
-
 def hf_generate(model, prompt, n, return_cache=False):
     out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, min_new_tokens=n,
                          do_sample=False, eos_token_id=None, pad_token_id=0, return_dict_in_generate=return_cache)
@@ -134,7 +117,7 @@ def main(argv=None):
     g = torch.Generator().manual_seed(0)
     batch = torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len + 1), generator=g).to(args.device)
     gen, cache = bench_generate(ours, hfs, batch[:1, :args.prompt_len], args)
-    train, floor = bench_train(ours, hfs, batch, args)
+    train, floor = moe_train_tok_s(ours, hfs, batch, args, ours_loss, hf_loss)
     rows = []
     for name, r, shape in [("train tok/s", train, f"B={args.batch_size}, T={args.seq_len}"),
                            ("greedy generate tok/s", gen, f"B=1, prompt {args.prompt_len}, {args.new_tokens} new")]:

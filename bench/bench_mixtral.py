@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import adamw, add_run_args, autocast, interleaved_seconds, print_table, save_json, train_floor_rows, train_step_fn  # noqa: E402
+from harness import add_run_args, autocast, interleaved_seconds, moe_train_tok_s, print_table, save_json  # noqa: E402
 
 from smolhub_hub.export.mixtral import to_hf  # noqa: E402
 from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
@@ -90,24 +90,6 @@ def hf_loss(model, x, y):  # the same loss as ours: LM cross-entropy + transform
     return lm + model.router_aux_loss_coef * out.aux_loss
 
 
-def bench_train(ours, hfs, batch, args) -> dict:
-    def step(model, loss_of):
-        model.train()
-        opt = adamw(model, args.device)
-        fn = train_step_fn(model, opt, batch, loss_of)
-
-        def run():
-            with autocast(args):
-                fn()
-        return run
-
-    fns = {"ours": step(ours, ours_loss), **{impl: step(m, hf_loss) for impl, m in hfs.items()}}
-    t = interleaved_seconds(fns, args.device, args.repeats)
-    tokens = batch[:, :-1].numel()
-    floor = train_floor_rows(fns["ours"], {k: t[k] for k in hfs}) if args.device == "cpu" else []
-    return {k: tokens / v for k, v in t.items()}, floor
-
-
 def bench_generate(ours, hfs, prompt, args) -> dict:
     n = args.new_tokens
     sampling = SamplingConfig(max_new_tokens=n, greedy=True)
@@ -142,7 +124,7 @@ def main(argv=None):
     batch = torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len + 1), generator=g).to(args.device)
     rows = bench_layer(args)
     gen = bench_generate(ours, hfs, batch[:1, :args.prompt_len], args)
-    train, floor = bench_train(ours, hfs, batch, args)
+    train, floor = moe_train_tok_s(ours, hfs, batch, args, ours_loss, hf_loss)
     for name, r, shape in [("train tok/s", train, f"B={args.batch_size}, T={args.seq_len}"),
                            ("greedy generate tok/s", gen, f"B=1, prompt {args.prompt_len}, {args.new_tokens} new")]:
         for impl in HF_IMPLS:

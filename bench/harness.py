@@ -125,6 +125,24 @@ def train_floor_rows(ours_step: Callable[[], object], hf_step_seconds: dict[str,
             for name, seconds in hf_step_seconds.items()]
 
 
+def moe_train_tok_s(ours, hfs: dict, batch: torch.Tensor, args, ours_loss, hf_loss) -> tuple[dict, list[dict]]:
+    """Training tokens/s of `ours` and of each transformers variant in `hfs` (timed interleaved, the same
+    fused AdamW for all), and on a CPU the ratio-ceiling rows of `train_floor_rows`."""
+    def step(model, loss_of):
+        model.train()
+        fn = train_step_fn(model, adamw(model, args.device), batch, loss_of)
+
+        def run():
+            with autocast(args):
+                fn()
+        return run
+
+    fns = {"ours": step(ours, ours_loss), **{impl: step(m, hf_loss) for impl, m in hfs.items()}}
+    t = interleaved_seconds(fns, args.device, args.repeats)
+    floor = train_floor_rows(fns["ours"], {k: t[k] for k in hfs}) if args.device == "cpu" else []
+    return {k: batch[:, :-1].numel() / v for k, v in t.items()}, floor
+
+
 def peak_memory_mb(device: str) -> float | None:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
