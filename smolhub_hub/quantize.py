@@ -155,7 +155,8 @@ def load_quantized(path: str | Path, kernel: str = "auto"):
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(prefixes) and not ckpt_io._is_tied_alias(model, k)]
     if missing or unexpected:
-        raise UserError(f"{path / WEIGHTS} does not fit its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise UserError(f"{path / WEIGHTS} does not fit its config (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+                        "it may come from an older SmolHub: quantize the checkpoint again with `smolhub quantize`")
     for name in quant["modules"]:
         _set_module(model, name, Int8Linear(int8[f"{name}.q"], int8[f"{name}.scale"], int8.get(f"{name}.bias"), kernel))
     model.eval()

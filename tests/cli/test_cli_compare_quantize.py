@@ -103,3 +103,27 @@ def test_quantize_and_stage_every_family(family, runs, tmp_path):
         return
     hf = AutoModelForCausalLM.from_pretrained(repo).eval()
     assert (hf(x).logits - ref(x).logits).abs().max() < 1e-3
+
+
+def test_a_quantized_folder_of_the_older_layout_is_refused_with_the_fix(runs, tmp_path):
+    """Folders quantized before q/k/v were fused hold wq/wk/wv: one clear line, never random weights."""
+    from safetensors.torch import load_file, save_file
+
+    from smolhub_hub.errors import UserError
+
+    out = tmp_path / "int8"
+    quantize_checkpoint(str(runs[0]), out, evaluate=False, bench_tokens=4)
+    state = load_file(out / WEIGHTS)
+    cfg = json.loads((out / "config.json").read_text())
+    n_heads, n_kv, dim = cfg["model"]["n_heads"], cfg["model"]["n_kv_heads"], cfg["model"]["dim"]
+    sizes = [dim, dim * n_kv // n_heads, dim * n_kv // n_heads]
+    for key in [k for k in state if ".attn.wqkv." in k]:
+        for w, part in zip(("wq", "wk", "wv"), state.pop(key).split(sizes)):
+            state[key.replace("wqkv", w)] = part.contiguous()
+    save_file(state, out / WEIGHTS)
+    quant = cfg["quantization"]
+    quant["modules"] = [m for n in quant["modules"] for m in
+                        ([n.replace("wqkv", w) for w in ("wq", "wk", "wv")] if n.endswith("wqkv") else [n])]
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match=r"missing \['blocks\.0\.attn\.wqkv\.weight.*quantize the checkpoint again"):
+        load_quantized(out)
