@@ -38,6 +38,26 @@ def test_roundtrip_weights_and_optimizer_state(tmp_path):
     assert st["step"] == 7 and torch.equal(st["rng"], rng)
 
 
+def test_a_checkpoint_with_separate_qkv_weights_still_loads(tmp_path):
+    """Checkpoints saved before q/k/v were fused into `wqkv` hold wq/wk/wv: load_weights fuses them."""
+    from safetensors.torch import load_file, save_file
+
+    from smolhub_hub.layers import unfused_state_dict
+
+    m = tiny_llama()
+    path = ck.save_checkpoint(tmp_path, 1, m, {"family": "StoryLlama", "model": m.config.to_dict()})
+    weights = next(path.glob("*.safetensors"))
+    saved = load_file(weights)
+    older = {k: v.contiguous() for k, v in unfused_state_dict(m).items() if k in saved or ".attn.w" in k}
+    assert "blocks.0.attn.wq.weight" in older and not any(".wqkv." in k for k in older)
+    save_file(older, weights)
+    m2 = tiny_llama()
+    torch.nn.init.zeros_(m2.blocks[0].attn.wqkv.weight)
+    ck.load_weights(path, m2)
+    x = torch.randint(0, 97, (1, 9))
+    assert torch.equal(m(x).logits, m2(x).logits)
+
+
 def test_kill_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     m = tiny_llama()
     cfg = {"family": "StoryLlama", "model": m.config.to_dict()}
