@@ -13,9 +13,9 @@ routing statistics, as a drop-in replacement for a dense feed-forward.
 Expert computation never loops over experts in Python: token copies are sorted by expert and each
 projection is one `grouped_mm` over contiguous per-expert row groups. The one exception is a single
 token on a CPU (batch-1 decoding), where the k chosen experts' weight slices are used directly:
-sorting one token's k copies costs more kernels than the k expert matmuls themselves. Nothing in the training path
-reads a value back to the host, so a step never waits for the device; statistics stay as device
-tensors until `RoutingStats.summary()` is asked for them.
+sorting one token's k copies costs more kernels than the k expert matmuls themselves. Nothing in the
+training path reads a value back to the host, so a step never waits for the device; statistics stay
+as device tensors until `RoutingStats.summary()` is asked for them.
 """
 
 from __future__ import annotations

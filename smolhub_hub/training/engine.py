@@ -64,6 +64,7 @@ class Trainer:
         resume_from = self._check_run_dir()
         self.data: PackedData = prepare_data(dcfg, self.dist.rank, self.dist.barrier)
         self.tokenizer = self.data.tokenizer
+        self.requested_mcfg = mcfg  # with --init-from, its training-only settings still apply (_init_from_hf)
         self.mcfg = self._model_config(mcfg, resume_from)
         self.seq_len = self._check_seq_len()
         torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
@@ -101,7 +102,6 @@ class Trainer:
                                 f"resume it with {saved['family']}/trainer.py")
             return ckpt_io.model_config(resume_from, saved, self.family.model_config)
         if self.tcfg.init_from:
-            self._requested_mcfg = mcfg  # its training-only settings still apply (_init_from_hf)
             return None  # the architecture comes from the Hugging Face checkpoint, in _build_model
         return mcfg.replace(vocab_size=round_vocab(self.data.meta["vocab_size"]))
 
@@ -143,8 +143,8 @@ class Trainer:
                             "pass a local Hugging Face model folder or check the network") from None
         model = converter_for(self.family.name).from_hf(hf)
         # Settings that do not change the function (dropout, kernel choices) come from this run's flags.
-        changes = {f: getattr(self._requested_mcfg, f) for f in TRAINING_ONLY_FIELDS
-                   if hasattr(model.config, f) and getattr(model.config, f) != getattr(self._requested_mcfg, f)}
+        changes = {f: getattr(self.requested_mcfg, f) for f in TRAINING_ONLY_FIELDS
+                   if hasattr(model.config, f) and getattr(model.config, f) != getattr(self.requested_mcfg, f)}
         if changes:
             rebuilt = self.family.model_class()(model.config.replace(**changes))
             rebuilt.load_state_dict(model.state_dict())
