@@ -23,18 +23,21 @@ class MixtralConfig(ConfigMixin):
     n_experts: int = opt(8, "experts per MoE layer")
     top_k: int = opt(2, "experts each token is routed to")
     expert_hidden: int = opt(1024, "SwiGLU hidden width of one expert")
-    noisy_topk: bool = opt(True, "add learned, softplus-scaled Gaussian noise to router logits (training only)")
-    balance_coef: float = opt(0.01, "weight of the Switch load-balancing loss E * sum_e f_e * P_e (0 = off)")
-    z_loss_coef: float = opt(0.0, "weight of the router z-loss (ST-MoE; 1e-3 is typical, 0 = off)")
+    noisy_topk: bool = opt(True, "add learned, softplus-scaled Gaussian noise to router logits (training only)",
+                           training=True)
+    balance_coef: float = opt(0.01, "weight of the Switch load-balancing loss E * sum_e f_e * P_e (0 = off)",
+                             training=True)
+    z_loss_coef: float = opt(0.0, "weight of the router z-loss (ST-MoE; 1e-3 is typical, 0 = off)", training=True)
     moe_impl: str = opt("grouped", "expert computation: grouped (grouped_mm over tokens sorted by expert) "
-                                   "or loop (a Python loop over experts, the reference)", choices=["grouped", "loop"])
+                                   "or loop (a Python loop over experts, the reference)", choices=["grouped", "loop"],
+                        training=True)
     max_seq_len: int = opt(1024, "context length")
     rope_base: float = opt(10000.0, "RoPE base frequency")
     norm_eps: float = opt(1e-5, "RMSNorm epsilon")
-    dropout: float = opt(0.0, "dropout (training only)")
+    dropout: float = opt(0.0, "dropout (training only)", training=True)
     tie_embeddings: bool = opt(True, "share the token embedding with the output head")
     attn_impl: str = opt("sdpa", "attention kernel: sdpa (FlashAttention on GPU) or flash_attn (the package)",
-                         choices=["sdpa", "flash_attn"])
+                         choices=["sdpa", "flash_attn"], training=True)
 
     @property
     def head_dim(self) -> int:

@@ -22,10 +22,11 @@ class SmolTransformerConfig(ConfigMixin):
     bias: bool = opt(False, "biases in linear layers and LayerNorm (GPT-2 has them)")
     gelu_approximate: str = opt("tanh", "GELU form: tanh (GPT-2's gelu_new) or none (exact erf)",
                                 choices=["tanh", "none"])
-    dropout: float = opt(0.0, "dropout on embeddings, attention and residual branches (training only)")
+    dropout: float = opt(0.0, "dropout on embeddings, attention and residual branches (training only)",
+                         training=True)
     tie_embeddings: bool = opt(True, "share the token embedding with the output head")
     attn_impl: str = opt("sdpa", "attention kernel: sdpa (FlashAttention on GPU) or flash_attn (the package)",
-                         choices=["sdpa", "flash_attn"])
+                         choices=["sdpa", "flash_attn"], training=True)
 
     def __post_init__(self):
         if self.dim % self.n_heads:

@@ -36,25 +36,22 @@ class StoryKimiConfig(ConfigMixin):
     topk_group: int = opt(1, "groups a token may route into")
     routed_scaling_factor: float = opt(1.0, "scale on the routed experts' mixing weights (DeepSeek-V3: 2.5)")
     norm_topk_prob: bool = opt(True, "normalise the top-k sigmoid scores to sum to 1")
-    bias_update_rate: float = opt(1e-3, "aux-loss-free balancing: bias step gamma per optimizer step (0 = off)")
-    seq_aux_loss_coef: float = opt(1e-4, "sequence-wise balance loss coefficient alpha (0 = off)")
+    bias_update_rate: float = opt(1e-3, "aux-loss-free balancing: bias step gamma per optimizer step (0 = off)",
+                                 training=True)
+    seq_aux_loss_coef: float = opt(1e-4, "sequence-wise balance loss coefficient alpha (0 = off)",
+                                  training=True)
     moe_impl: str = opt("grouped", "expert computation: grouped (grouped_mm) or loop (reference)",
-                        choices=["grouped", "loop"])
+                        choices=["grouped", "loop"], training=True)
     # --- the rest of the transformer ---
     max_seq_len: int = opt(512, "context length (RoPE: longer prompts still work)")
     rope_base: float = opt(10000.0, "RoPE base frequency")
     norm_eps: float = opt(1e-6, "RMSNorm epsilon")
-    dropout: float = opt(0.0, "dropout (training only)")
+    dropout: float = opt(0.0, "dropout (training only)", training=True)
     tie_embeddings: bool = opt(False, "share the token embedding with the output head (DeepSeek does not)")
-    # --- optimizer (TrainConfig's lr / weight_decay / betas are AdamW's) ---
-    muon_lr: float = opt(0.02, "Muon learning rate for the hidden matrices (--optimizer muon)")
-    muon_momentum: float = opt(0.95, "Muon momentum (Nesterov)")
-    muon_weight_decay: float = opt(0.0, "Muon decoupled weight decay")
-    muon_adjust_lr: str = opt("original", "Muon per-shape lr scaling: original (Keller Jordan: sqrt(max(1, out/in))) "
-                              "or match_rms_adamw (Moonshot: 0.2 sqrt(max(out, in)), reuses AdamW's lr)",
-                              choices=["original", "match_rms_adamw"])
+    # --- Kimi K2's MuonClip (Muon's own settings are TrainConfig's: every family can use Muon) ---
     qk_clip_tau: float = opt(0.0, "QK-clip (Kimi K2 MuonClip): rescale a head's query/key weights when its "
-                                  "max attention logit exceeds tau after a step (0 = off; K2 uses 100)")
+                                  "max attention logit exceeds tau after a step (0 = off; K2 uses 100)",
+                              training=True)
 
     def __post_init__(self):
         problems = []
@@ -84,9 +81,9 @@ PRESETS = {
     "quick": {
         "model": {"dim": 128, "n_layers": 4, "n_heads": 4, "kv_lora_rank": 32, "qk_nope_head_dim": 32,
                   "qk_rope_head_dim": 16, "v_head_dim": 32, "n_experts": 8, "top_k": 2, "moe_hidden": 128,
-                  "dense_hidden": 384, "max_seq_len": 128, "tie_embeddings": True, "muon_lr": 0.05},
+                  "dense_hidden": 384, "max_seq_len": 128, "tie_embeddings": True},
         "train": {"max_steps": 300, "batch_size": 16, "total_batch_tokens": 0, "lr": 6e-3, "min_lr": 6e-4, "warmup_steps": 30,
-                  "weight_decay": 0.01, "optimizer": "muon", "eval_interval": 100, "eval_batches": 10,
+                  "weight_decay": 0.01, "optimizer": "muon", "muon_lr": 0.05, "eval_interval": 100, "eval_batches": 10,
                   "sample_interval": 150, "save_interval": 150, "log_interval": 10},
         "data": {"dataset": "builtin", "tokenizer": "bpe", "vocab_size": 2048, "builtin_stories": 6000},
     },

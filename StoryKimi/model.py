@@ -330,8 +330,3 @@ class StoryKimi(CausalLM):
             out["attn/qk_clip_heads"] = float(self._qk_clipped)  # clipped (layer, head)s since last asked
             del self._qk_clipped
         return out
-
-    def configure_optimizers(self, train_cfg):
-        from StoryKimi.optimizer import build_optimizers
-
-        return build_optimizers(self, train_cfg)

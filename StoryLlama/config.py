@@ -20,10 +20,10 @@ class StoryLlamaConfig(ConfigMixin):
     max_seq_len: int = opt(512, "context length")
     rope_base: float = opt(10000.0, "RoPE base frequency")
     norm_eps: float = opt(1e-5, "RMSNorm epsilon")
-    dropout: float = opt(0.0, "dropout (training only)")
+    dropout: float = opt(0.0, "dropout (training only)", training=True)
     tie_embeddings: bool = opt(True, "share the token embedding with the output head")
     attn_impl: str = opt("sdpa", "attention kernel: sdpa (FlashAttention on GPU) or flash_attn (the package)",
-                         choices=["sdpa", "flash_attn"])
+                         choices=["sdpa", "flash_attn"], training=True)
 
     @property
     def ffn_width(self) -> int:

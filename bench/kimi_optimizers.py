@@ -25,7 +25,7 @@ RUNS = [("adamw", 3e-3, None), ("adamw", 6e-3, None), ("adamw", 1e-2, None),
 def one_run(opt: str, lr: float, muon_lr: float | None, steps: int, out_dir: str) -> dict:
     mcfg, tcfg, dcfg = FAMILY.resolve("quick")
     if muon_lr is not None:
-        mcfg = mcfg.replace(muon_lr=muon_lr)
+        tcfg = tcfg.replace(muon_lr=muon_lr)
     tcfg = tcfg.replace(optimizer=opt, lr=lr, min_lr=lr / 10, max_steps=steps, warmup_steps=steps // 10,
                         eval_interval=max(steps // 5, 1), sample_interval=0, save_interval=steps,
                         out_dir=out_dir, overwrite=True)

@@ -165,6 +165,18 @@ def read_config(ckpt: Path) -> dict:
         raise UserError(f"{ckpt} was not written by SmolHub (unknown config format)")
     if not isinstance(cfg.get("model"), dict):
         raise UserError(f"{ckpt / 'config.json'} is corrupt (no model section); use an earlier checkpoint")
+    return _moved_to_train(cfg)
+
+
+def _moved_to_train(cfg: dict) -> dict:
+    """Settings that moved from a family's model config to `TrainConfig` (StoryKimi's muon_* until 4d6f37b)
+    are read from the old "model" section into the "train" one, so older checkpoints load and resume."""
+    from smolhub_hub.config import TrainConfig
+
+    moved = {f.name for f in dataclasses.fields(TrainConfig)} & set(cfg["model"])
+    if moved and isinstance(cfg.get("train"), dict):
+        cfg["train"] = {**{k: cfg["model"][k] for k in moved}, **cfg["train"]}
+    cfg["model"] = {k: v for k, v in cfg["model"].items() if k not in moved}
     return cfg
 
 

@@ -3,6 +3,11 @@
 Every trainer takes the same flags: one per field of its model config, of `TrainConfig` and of
 `DataConfig` (`--n-layers`, `--lr`, `--dataset` ...), applied on top of a named preset. There is no
 hand-kept list of flags to drift out of date.
+
+A model-config field is either *architecture* (what the network computes: saved with the checkpoint,
+must match on --resume, taken from the source on --init-from) or a *training setting* declared with
+`opt(..., training=True)` (dropout, kernel choices, auxiliary-loss coefficients: free to change on
+--resume and taken from this run's flags on --init-from), as are all `TrainConfig` fields.
 """
 
 from __future__ import annotations
@@ -10,13 +15,39 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from smolhub_hub.modeling import ConfigMixin
 
 
-def opt(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
+def opt(default, help: str, *, training: bool = False, **kw):
+    """A config field with its --help text; `training=True` marks a model field as a training setting."""
+    return field(default=default, metadata={"help": help, "training": training, **kw})
+
+
+def training_settings(cls) -> list[str]:
+    """The model-config fields declared `training=True`: how the model is trained, not what it computes."""
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("training")]
+
+
+def architecture_fields(cls) -> list[str]:
+    """Every other model-config field: what the network computes."""
+    return [f.name for f in dataclasses.fields(cls) if not f.metadata.get("training")]
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def differences(old, new, names) -> dict[str, tuple]:
+    """{field: (old value, new value)} for the `names` whose values differ between two configs."""
+    return {n: (getattr(old, n), getattr(new, n)) for n in names if getattr(old, n) != getattr(new, n)}
+
+
+def describe(diffs: dict[str, tuple], old: str, new: str) -> str:
+    """'--dim 64 (checkpoint) vs 128 (given), ...' for a UserError."""
+    return ", ".join(f"{flag(n)} {a!r} ({old}) vs {b!r} ({new})" for n, (a, b) in diffs.items())
 
 
 @dataclass
@@ -36,7 +67,16 @@ class TrainConfig(ConfigMixin):
     beta2: float = opt(0.95, "AdamW beta2")
     grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
     seq_len_warmup: int = opt(0, "grow the sequence length from 64 to seq_len over this many steps (0 = off)")
-    optimizer: str = opt("adamw", "optimizer", choices=["adamw", "muon"])
+    optimizer: str = opt("adamw", "adamw, or muon: Muon for the 2-D matrices inside the blocks (and stacked "
+                                  "experts), AdamW at --lr for embeddings, head, norms, biases and routers",
+                         choices=["adamw", "muon"])
+    muon_lr: float = opt(0.02, "Muon learning rate with --muon-adjust-lr original")
+    muon_momentum: float = opt(0.95, "Muon momentum (Nesterov)")
+    muon_weight_decay: float = opt(0.0, "Muon decoupled weight decay")
+    muon_adjust_lr: str = opt("original", "Muon per-matrix step (torch.optim.Muon's adjust_lr_fn), for an (A, B) "
+                              "matrix: original (Keller Jordan) = --muon-lr * sqrt(max(1, A/B)); match_rms_adamw "
+                              "(Moonshot) = --lr * 0.2 * sqrt(max(A, B)), an update of AdamW's RMS at AdamW's "
+                              "--lr (--muon-lr is not used)", choices=["original", "match_rms_adamw"])
     eval_interval: int = opt(250, "evaluate every N steps")
     eval_batches: int = opt(20, "held-out batches per evaluation")
     sample_interval: int = opt(500, "print a generated sample every N steps (0 = off)")
@@ -51,12 +91,17 @@ class TrainConfig(ConfigMixin):
     compile: str = opt("auto", "torch.compile: auto (on for CUDA), on, off", choices=["auto", "on", "off"])
     grad_checkpointing: bool = opt(False, "activation checkpointing (less memory, ~30% more compute)")
     max_bad_steps: int = opt(5, "stop after this many non-finite losses in a row (each is skipped)")
-    resume: bool = opt(False, "continue the latest checkpoint in --out-dir exactly where it stopped")
+    resume: bool = opt(False, "continue the latest checkpoint in --out-dir exactly where it stopped; "
+                              "architecture and data flags must match it, training settings may change")
+    allow_data_change: bool = opt(False, "with --resume: continue although the dataset changed since the run "
+                                         "started (its fingerprint differs)")
     overwrite: bool = opt(False, "allow starting fresh in an --out-dir that already holds checkpoints")
-    init_from: str = opt("", "start from Hugging Face weights of the same architecture (path or Hub id)")
-    wandb: bool = opt(False, "log to Weights & Biases")
+    init_from: str = opt("", "start from Hugging Face weights (path or Hub id): the architecture comes from "
+                             "them, training settings from this run's flags")
+    wandb: bool = opt(False, "log to Weights & Biases (--resume continues the same wandb run)")
     wandb_project: str = opt("smolhub", "wandb project")
-    wandb_mode: str = opt("online", "wandb mode", choices=["online", "offline", "disabled"])
+    wandb_mode: str = opt("env", "wandb mode: env (wandb's own WANDB_MODE, else online), online, offline, "
+                                 "disabled", choices=["env", "online", "offline", "disabled"])
 
 
 @dataclass
@@ -71,6 +116,45 @@ class DataConfig(ConfigMixin):
     tokenizer: str = opt("bpe", "'bpe' (train a byte-level BPE on the corpus) or a tokenizer id / folder")
     vocab_size: int = opt(8192, "vocabulary size when training a BPE")
     cache_dir: str = opt("", "where packed token files are cached (default ~/.cache/smolhub)")
+
+
+# TrainConfig fields that belong to one invocation, not to the run: --resume never takes them from the checkpoint.
+INVOCATION_FIELDS = ("out_dir", "resume", "overwrite", "allow_data_change")
+
+MUON_FIELDS = ("muon_lr", "muon_momentum", "muon_weight_decay", "muon_adjust_lr")
+
+
+def check_flags_act(tcfg: TrainConfig, dcfg: DataConfig, explicit: dict[str, dict[str, Any]]):
+    """A flag given explicitly that nothing would read in this configuration is refused, never ignored."""
+    from smolhub_hub.errors import UserError
+
+    given = {**explicit.get("train", {}), **explicit.get("data", {})}
+    local = Path(dcfg.dataset).expanduser()
+    dataset_kind = "builtin" if dcfg.dataset == "builtin" else "local" if local.exists() else "hub"
+    needs = {  # flag: (what it needs, whether this run has it)
+        **{n: ("--optimizer muon", tcfg.optimizer == "muon") for n in MUON_FIELDS},
+        "wandb_project": ("--wandb", tcfg.wandb), "wandb_mode": ("--wandb", tcfg.wandb),
+        "allow_data_change": ("--resume", tcfg.resume),
+        "vocab_size": ("--tokenizer bpe (a tokenizer trained here)", dcfg.tokenizer == "bpe"),
+        "builtin_stories": ("--dataset builtin", dataset_kind == "builtin"),
+        "dataset_config": ("a Hugging Face dataset id as --dataset", dataset_kind == "hub"),
+        "text_field": ("--dataset with .jsonl/.parquet files or a Hugging Face dataset id",
+                       dataset_kind == "hub" or (dataset_kind == "local" and _has_records(local))),
+    }
+    for name, (need, present) in needs.items():
+        if name in given and not present:
+            raise UserError(f"{flag(name)} only acts with {need}; drop it or add that")
+    if "muon_lr" in given and tcfg.muon_adjust_lr == "match_rms_adamw":
+        raise UserError("--muon-lr is not used with --muon-adjust-lr match_rms_adamw (Muon's base rate is then "
+                        "AdamW's --lr); drop one of them")
+    for a, b in (("resume", "init_from"), ("resume", "overwrite")):
+        if tcfg.resume and b in given and getattr(tcfg, b):
+            raise UserError(f"{flag(a)} continues the run in --out-dir; {flag(b)} starts a new one: give one of them")
+
+
+def _has_records(path: Path) -> bool:
+    suffixes = {".jsonl", ".json", ".parquet"}
+    return path.suffix in suffixes or (path.is_dir() and any(p.suffix in suffixes for p in path.rglob("*")))
 
 
 @dataclass
@@ -109,17 +193,19 @@ class ModelFamily:
 
 
 # --- a CLI from dataclasses -------------------------------------------------------------------------
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 # Derived, never a flag: the model's vocabulary comes from the tokenizer (`--vocab-size` sizes a BPE).
 DERIVED_MODEL_FIELDS = {"vocab_size"}
 
 
-def _add_fields(group, cls, defaults, skip=frozenset()):
+RULE = ("--resume continues a run: architecture and data flags must equal the checkpoint's (a flag that "
+        "differs is refused), training settings given now replace the saved ones. --init-from SOURCE takes "
+        "the architecture from SOURCE (a differing architecture flag is refused) and every training setting "
+        "from this run's flags.")
+
+
+def _add_fields(group, cls, defaults, only=None):
     for f in dataclasses.fields(cls):
-        if f.name in skip:
+        if only is not None and f.name not in only:
             continue
         meta, default = dict(f.metadata), getattr(defaults, f.name)
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
@@ -127,20 +213,24 @@ def _add_fields(group, cls, defaults, skip=frozenset()):
         if "choices" in meta:
             kw["choices"] = meta["choices"]
         if f.type in ("bool", bool):
-            group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+            group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
         else:
             py_type = {"int": int, "float": float, "str": str}.get(f.type, type(default))
-            group.add_argument(_flag(f.name), type=py_type, metavar=f.name.upper(), **kw)
+            group.add_argument(flag(f.name), type=py_type, metavar=f.name.upper(), **kw)
 
 
 def build_parser(family: ModelFamily, prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=f"Train {family.name}. {family.description}",
+    p = argparse.ArgumentParser(prog=prog, description=f"Train {family.name}. {family.description}", epilog=RULE,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default="default", choices=family.preset_names,
                    help="named configuration; flags below override it")
-    _add_fields(p.add_argument_group("model"), family.model_config, family.model_config(), DERIVED_MODEL_FIELDS)
-    _add_fields(p.add_argument_group("training"), TrainConfig, family.train)
-    _add_fields(p.add_argument_group("data"), DataConfig, family.data)
+    cls, defaults = family.model_config, family.model_config()
+    _add_fields(p.add_argument_group("model architecture (must match on --resume; from SOURCE on --init-from)"),
+                cls, defaults, set(architecture_fields(cls)) - DERIVED_MODEL_FIELDS)
+    _add_fields(p.add_argument_group("model training settings (may change on --resume)"), cls, defaults,
+                training_settings(cls))
+    _add_fields(p.add_argument_group("training (may change on --resume)"), TrainConfig, family.train)
+    _add_fields(p.add_argument_group("data (must match on --resume)"), DataConfig, family.data)
     return p
 
 
@@ -148,7 +238,7 @@ def parse_cli(family: ModelFamily, argv=None, prog=None):
     """Parse flags into (model cfg, train cfg, data cfg, preset name, explicit overrides)."""
     ns = vars(build_parser(family, prog).parse_args(argv))
     preset = ns.pop("preset")
-    fields = {k: {f.name for f in dataclasses.fields(c)}
-              for k, c in [("model", family.model_config), ("train", TrainConfig), ("data", DataConfig)]}
+    fields = {k: {f.name for f in dataclasses.fields(c)} - skip for k, c, skip in
+              [("model", family.model_config, DERIVED_MODEL_FIELDS), ("train", TrainConfig, set()), ("data", DataConfig, set())]}
     overrides = {k: {n: v for n, v in ns.items() if n in names} for k, names in fields.items()}
     return (*family.resolve(preset, overrides), preset, overrides)

@@ -1,6 +1,7 @@
 """Packed token files: documents tokenized once, in batches, joined by EOS, memory-mapped.
 
 The cache key is (dataset spec, tokenizer spec), so a second run with the same data starts at once.
+Its `meta.json` records a fingerprint of the packed tokens, so a resumed run can tell that its data changed.
 Every `k`-th document goes to the held-out split, so no document is in both. Training windows are
 drawn from a seed and the step number alone: resuming needs no data-loader state, and each process
 takes its own slice of the global batch, so ranks read disjoint windows.
@@ -42,9 +43,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SMOLHUB_CACHE", Path.home() / ".cache" / "smolhub")) / "data"
 
 
-def cache_key(cfg: DataConfig) -> str:
+def cache_key(cfg: DataConfig, tokenizer_dir: Path | None = None) -> str:
     spec = {k: v for k, v in cfg.to_dict().items() if k != "cache_dir"}
-    if cfg.tokenizer != "bpe":
+    if tokenizer_dir is not None:  # a given tokenizer (a resumed run's own), known by its files' contents
+        spec["tokenizer"] = _tokenizer_files_hash(tokenizer_dir)
+    if cfg.tokenizer != "bpe" or tokenizer_dir is not None:
         spec.pop("vocab_size")
     if cfg.dataset != "builtin":
         spec.pop("builtin_stories")
@@ -56,17 +59,35 @@ def cache_key(cfg: DataConfig) -> str:
     return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare_data(cfg: DataConfig, rank: int = 0, barrier=None) -> PackedData:
-    """Build (on rank 0) or reuse the packed files for `cfg`; every rank then maps them."""
+def _tokenizer_files_hash(folder: Path) -> str:
+    h = hashlib.sha1()
+    for f in sorted(p for pattern in ("tokenizer*", "vocab*", "merges*", "*.model") for p in Path(folder).glob(pattern)):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_path(cfg: DataConfig, tokenizer_dir: Path | None = None) -> Path:
+    root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    return root / f"{_slug(cfg.dataset)}-{cache_key(cfg, tokenizer_dir)}"
+
+
+def prepare_data(cfg: DataConfig, rank: int = 0, barrier=None, tokenizer_dir: Path | None = None) -> PackedData:
+    """Build (on rank 0) or reuse the packed files for `cfg`; every rank then maps them. `tokenizer_dir`: a
+    folder with the tokenizer to use instead of `cfg.tokenizer` (a resumed run keeps its own)."""
     if not 0.0 < cfg.val_fraction < 0.5:
         raise UserError(f"--val-fraction must be in (0, 0.5) (got {cfg.val_fraction})")
-    root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
-    out = root / f"{_slug(cfg.dataset)}-{cache_key(cfg)}"
+    out = cache_path(cfg, tokenizer_dir)
     if rank == 0 and not (out / "meta.json").exists():
-        _build(cfg, out)
+        _build(cfg, out, tokenizer_dir)
     if barrier is not None:
         barrier()
     return load_packed(out)
+
+
+def cached_data(cfg: DataConfig) -> PackedData | None:
+    """The packed files for `cfg` if they are already built, else None (nothing is built)."""
+    out = cache_path(cfg)
+    return load_packed(out) if (out / "meta.json").exists() else None
 
 
 def load_packed(out: Path) -> PackedData:
@@ -81,10 +102,12 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in Path(name).name or name)[:40]
 
 
-def _build(cfg: DataConfig, out: Path):
+def _build(cfg: DataConfig, out: Path, tokenizer_dir: Path | None = None):
     docs = iter_documents(cfg)
     docs = itertools.chain([next(docs)], docs)  # check the source before loading a tokenizer
-    if cfg.tokenizer == "bpe":
+    if tokenizer_dir is not None:
+        tok = load_tokenizer(str(tokenizer_dir))
+    elif cfg.tokenizer == "bpe":
         head = list(itertools.islice(docs, BPE_TRAIN_DOCS))
         tok = train_bpe(head, vocab_size=cfg.vocab_size)
         docs = itertools.chain(head, docs)
@@ -97,16 +120,18 @@ def _build(cfg: DataConfig, out: Path):
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     counts = {"train": [0, 0], "val": [0, 0]}  # documents, tokens
+    hashes = {"train": hashlib.sha1(), "val": hashlib.sha1()}
     with open(tmp / "train.bin", "wb") as ftrain, open(tmp / "val.bin", "wb") as fval:
         index = 0
         while batch := list(itertools.islice(docs, TOKENIZE_BATCH)):
             ids = tok(batch, add_special_tokens=False)["input_ids"]
             for doc_ids in ids:
                 split = "val" if index % every == every - 1 else "train"
-                arr = np.asarray(doc_ids + [tok.eos_token_id], dtype=dtype)
-                (fval if split == "val" else ftrain).write(arr.tobytes())
+                raw = np.asarray(doc_ids + [tok.eos_token_id], dtype=dtype).tobytes()
+                (fval if split == "val" else ftrain).write(raw)
+                hashes[split].update(raw)
                 counts[split][0] += 1
-                counts[split][1] += len(arr)
+                counts[split][1] += len(doc_ids) + 1
                 index += 1
     if counts["val"][0] == 0:
         raise UserError(f"only {counts['train'][0]} document(s): too few to hold any out for evaluation; "
@@ -114,7 +139,8 @@ def _build(cfg: DataConfig, out: Path):
     tok.save_pretrained(tmp / "tokenizer")
     meta = {"dtype": np.dtype(dtype).name, "vocab_size": vocab, "eos_id": tok.eos_token_id,
             "train_documents": counts["train"][0], "train_tokens": counts["train"][1],
-            "val_documents": counts["val"][0], "val_tokens": counts["val"][1], "data": cfg.to_dict()}
+            "val_documents": counts["val"][0], "val_tokens": counts["val"][1], "data": cfg.to_dict(),
+            "fingerprint": hashlib.sha1(hashes["train"].digest() + hashes["val"].digest()).hexdigest()[:16]}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     if (out / "meta.json").exists():  # another process finished the same cache first: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)

@@ -20,13 +20,15 @@ from pathlib import Path
 import torch
 
 from smolhub_hub import checkpoint as ckpt_io
-from smolhub_hub.config import DataConfig, ModelFamily, TrainConfig
-from smolhub_hub.data.packed import PackedData, prepare_data, window_starts, windows_to_batch
+from smolhub_hub.config import (DERIVED_MODEL_FIELDS, INVOCATION_FIELDS, DataConfig, ModelFamily, TrainConfig,
+                                architecture_fields, check_flags_act, describe, differences, flag, training_settings)
+from smolhub_hub.data.packed import PackedData, cached_data, prepare_data, window_starts, windows_to_batch
+from smolhub_hub.data.tokenizer import load_tokenizer
 from smolhub_hub.errors import UserError
 from smolhub_hub.training import distributed
 from smolhub_hub.training.metrics import MetricsLog, plot_run
 from smolhub_hub.training.optim import build_optimizers
-from smolhub_hub.training.schedule import lr_factor, seq_len_at
+from smolhub_hub.training.schedule import SEQ_LEN_WARMUP_START, lr_factor, seq_len_at
 
 EVAL_SEED = 987_654_321
 
@@ -46,25 +48,28 @@ def round_vocab(n: int, multiple: int = 64) -> int:
     return multiple * math.ceil(n / multiple)
 
 
-# Model settings that do not change the function a checkpoint computes: with --init-from they come
-# from the command line, not from the imported checkpoint.
-TRAINING_ONLY_FIELDS = ("dropout", "attn_impl", "moe_impl")
-
-
 class Trainer:
-    def __init__(self, family: ModelFamily, mcfg, tcfg: TrainConfig, dcfg: DataConfig, preset: str = "default"):
+    """`explicit` holds the flags given on the command line ({"model": {...}, "train": ..., "data": ...}):
+    a flag that would do nothing, or an architecture flag that contradicts --init-from's source, is refused."""
+
+    def __init__(self, family: ModelFamily, mcfg, tcfg: TrainConfig, dcfg: DataConfig, preset: str = "default",
+                 explicit: dict | None = None):
         self.family, self.tcfg, self.dcfg = family, tcfg, dcfg
+        self.explicit = {"model": {}, "train": {}, "data": {}, **(explicit or {})}
         _check_train_config(tcfg)
+        check_flags_act(tcfg, dcfg, self.explicit)
         self.dist = distributed.setup(tcfg.device)
         self.device = self.dist.device
         self.run_dir = Path(tcfg.out_dir or f"runs/{family.name}-{preset}")
         self.state = RunState()
         self._stop_signal = None
         self._saved_step = -1
-        resume_from = self._check_run_dir()
-        self.data: PackedData = prepare_data(dcfg, self.dist.rank, self.dist.barrier)
+        self.resume_from = resume_from = self._check_run_dir()
+        self.saved = self._check_resume(mcfg) if resume_from else None  # the checkpoint's config.json
+        self.wandb_id = self.saved.get("wandb_run_id") if self.saved else None
+        self.data: PackedData = self._prepare_data()
         self.tokenizer = self.data.tokenizer
-        self.requested_mcfg = mcfg  # with --init-from, its training-only settings still apply (_init_from_hf)
+        self.requested_mcfg = mcfg  # with --init-from, its training settings still apply (_init_from_hf)
         self.mcfg = self._model_config(mcfg, resume_from)
         self.seq_len = self._check_seq_len()
         torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
@@ -94,13 +99,50 @@ class Trainer:
                             "--out-dir to start elsewhere, or --overwrite to replace it")
         return None
 
+    def _check_resume(self, mcfg) -> dict:
+        """What the network computes and the data it learns from must be the checkpoint's: a flag that
+        differs is refused, naming each one. Training settings may change (reported in `_load`)."""
+        saved = ckpt_io.read_config(self.resume_from)
+        if saved["family"] != self.family.name:
+            raise UserError(f"{self.resume_from} is a {saved['family']} checkpoint, not {self.family.name}; "
+                            f"resume it with {saved['family']}/trainer.py")
+        arch = [n for n in architecture_fields(self.family.model_config) if n not in DERIVED_MODEL_FIELDS]
+        diffs = differences(self._saved_model_config(saved), mcfg, arch)
+        diffs |= differences(DataConfig.from_dict(saved["data"]), self.dcfg,
+                             [n for n in DataConfig.__dataclass_fields__ if n != "cache_dir"])
+        if diffs:
+            raise UserError(f"--resume: {describe(diffs, 'checkpoint', 'given')}. The architecture and data of a run "
+                            "cannot change: drop these flags, or start a new run in another --out-dir")
+        return saved
+
+    def _saved_model_config(self, saved: dict):
+        return ckpt_io.model_config(self.resume_from, saved, self.family.model_config)
+
+    def _prepare_data(self) -> PackedData:
+        """On --resume: the run's own tokenizer, and the data it started with (checked by fingerprint)."""
+        rank, barrier = self.dist.rank, self.dist.barrier
+        if self.saved is None:
+            return prepare_data(self.dcfg, rank, barrier)
+        want = self.saved.get("data_fingerprint")
+        data = cached_data(self.dcfg)  # the cache the run started with, if it is still there
+        if data is None or (want and data.meta.get("fingerprint") != want):
+            data = prepare_data(self.dcfg, rank, barrier, tokenizer_dir=self.resume_from)
+        now = data.meta.get("fingerprint")
+        if want and now != want:
+            if not self.tcfg.allow_data_change:
+                raise UserError(f"--resume: the dataset changed since this run started (fingerprint {want} -> {now}, "
+                                f"now {data.meta['train_documents']:,} training documents); resume on the data "
+                                "it started with, or pass --allow-data-change to continue on the new data")
+            if self.dist.is_main:
+                print(f"note: the dataset changed since this run started (fingerprint {want} -> {now}); "
+                      "continuing on the new data (--allow-data-change)")
+        data.tokenizer = load_tokenizer(str(self.resume_from))
+        return data
+
     def _model_config(self, mcfg, resume_from: Path | None):
-        if resume_from is not None:
-            saved = ckpt_io.read_config(resume_from)
-            if saved["family"] != self.family.name:
-                raise UserError(f"{resume_from} is a {saved['family']} checkpoint, not {self.family.name}; "
-                                f"resume it with {saved['family']}/trainer.py")
-            return ckpt_io.model_config(resume_from, saved, self.family.model_config)
+        if resume_from is not None:  # the checkpoint's architecture, this run's training settings
+            training = {n: getattr(mcfg, n) for n in training_settings(self.family.model_config)}
+            return self._saved_model_config(self.saved).replace(**training)
         if self.tcfg.init_from:
             return None  # the architecture comes from the Hugging Face checkpoint, in _build_model
         return mcfg.replace(vocab_size=round_vocab(self.data.meta["vocab_size"]))
@@ -113,10 +155,13 @@ class Trainer:
         if seq > limit:
             raise UserError(f"--seq-len {seq} is longer than the model's context (--max-seq-len {limit}); "
                             f"lower --seq-len or raise --max-seq-len")
+        if self.tcfg.seq_len_warmup and seq <= SEQ_LEN_WARMUP_START:
+            raise UserError(f"--seq-len-warmup grows the sequence length from {SEQ_LEN_WARMUP_START}, and this run's "
+                            f"is already {seq}; drop --seq-len-warmup or train longer sequences")
         return seq
 
     def _build_model(self):
-        if self.tcfg.init_from:
+        if self.tcfg.init_from and self.resume_from is None:
             model = self._init_from_hf()
             self.mcfg = model.config
             self.seq_len = self._check_seq_len()
@@ -142,12 +187,19 @@ class Trainer:
             raise UserError(f"--init-from {self.tcfg.init_from}: cannot load it ({str(e)[:160]}); "
                             "pass a local Hugging Face model folder or check the network") from None
         model = converter_for(self.family.name).from_hf(hf)
-        # Settings that do not change the function (dropout, kernel choices) come from this run's flags.
-        changes = {f: getattr(self.requested_mcfg, f) for f in TRAINING_ONLY_FIELDS
-                   if hasattr(model.config, f) and getattr(model.config, f) != getattr(self.requested_mcfg, f)}
-        if changes:
-            rebuilt = self.family.model_class()(model.config.replace(**changes))
-            rebuilt.load_state_dict(model.state_dict())
+        cls, source = self.family.model_config, model.config
+        given = {n: v for n, v in self.explicit["model"].items() if n in architecture_fields(cls)}
+        clash = {n: (getattr(source, n), v) for n, v in given.items() if getattr(source, n) != v}
+        if clash:
+            raise UserError(f"--init-from {self.tcfg.init_from}: {describe(clash, 'source', 'given')}. The architecture "
+                            "comes from the source: drop these flags")
+        # Training settings (dropout, kernels, loss coefficients, ...) come from this run's flags and defaults.
+        wanted = source.replace(**{n: getattr(self.requested_mcfg, n) for n in training_settings(cls)})
+        if wanted != source:
+            rebuilt = self.family.model_class()(wanted)
+            # strict=False: a parameter that only training uses (Mixtral's router noise) comes and goes with
+            # its setting, starting from the model's own initialisation.
+            rebuilt.load_state_dict(model.state_dict(), strict=False)
             model = rebuilt
         return model.train()
 
@@ -188,25 +240,37 @@ class Trainer:
             import wandb
         except ImportError:
             raise UserError("--wandb needs the wandb package: pip install wandb") from None
-        return wandb.init(project=self.tcfg.wandb_project, mode=self.tcfg.wandb_mode, dir=str(self.run_dir),
-                          name=self.run_dir.name, config=self._config_dict(), resume="allow")
+        kw = dict(project=self.tcfg.wandb_project, name=self.run_dir.name, config=self._config_dict(),
+                  id=self.wandb_id, resume="allow")  # --resume continues the same wandb run
+        if self.tcfg.wandb_mode != "env":  # else wandb's own WANDB_MODE (or its default) decides
+            kw["mode"] = self.tcfg.wandb_mode
+        if "WANDB_DIR" not in os.environ:
+            kw["dir"] = str(self.run_dir)
+        try:
+            run = wandb.init(**kw)
+        except Exception as e:  # wandb raises its own types for a missing login or network
+            raise UserError(f"wandb could not start ({type(e).__name__}: {str(e)[:160]}); log in with `wandb login`, "
+                            "or run offline with WANDB_MODE=offline or --wandb-mode offline") from None
+        self.wandb_id = run.id
+        return run
 
     # --- checkpoints ---------------------------------------------------------------------------------
     def _config_dict(self) -> dict:
         return {"family": self.family.name, "model": self.mcfg.to_dict(), "train": self.tcfg.to_dict(),
-                "data": self.dcfg.to_dict(), "step": self.state.step, "tokens_seen": self.state.tokens,
+                "data": self.dcfg.to_dict(), "data_fingerprint": self.data.meta.get("fingerprint"),
+                "wandb_run_id": self.wandb_id, "step": self.state.step, "tokens_seen": self.state.tokens,
                 "val_loss": self.state.last_val_loss, "param_counts": self.raw_model.param_counts()}
 
     def save(self):
         if self.state.step == self._saved_step:
             return  # already on disk; rewriting it would replace the folder LATEST points at
+        rng = self._rng_states()  # every rank takes part
         if self.dist.is_main:
             training_state = {
                 "step": self.state.step, "tokens": self.state.tokens, "skipped_steps": self.state.skipped_steps,
                 "optimizers": [o.state_dict() for o in self.optimizers],
                 "scaler": self.scaler.state_dict() if self.scaler else None,
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state() if self.device.startswith("cuda") else None,
+                "rng": rng,
             }
             try:
                 ckpt_io.save_checkpoint(self.run_dir, self.state.step, self.raw_model, self._config_dict(),
@@ -217,7 +281,19 @@ class Trainer:
         self._saved_step = self.state.step
         self.dist.barrier()
 
+    def _rng_states(self) -> list[dict]:
+        """Every rank's CPU and CUDA generator states (dropout, router noise), indexed by rank."""
+        mine = {"cpu": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state() if self.device.startswith("cuda") else None}
+        if not self.dist.enabled:
+            return [mine]
+        states = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(states, mine)
+        return states
+
     def _load(self, path: Path):
+        changed = self._changed_training_settings()
+        self._check_same_parameters(changed)
         ckpt_io.load_weights(path, self.raw_model)
         try:
             self._load_training_state(path)
@@ -226,6 +302,27 @@ class Trainer:
                             f"{str(e)[:120]}); resume from an earlier checkpoint") from None
         if self.dist.is_main:
             print(f"resumed {path} at step {self.state.step}")
+            for name, (old, new) in changed.items():
+                print(f"resume: {flag(name)} {old!r} -> {new!r}")
+
+    def _changed_training_settings(self) -> dict[str, tuple]:
+        saved_train = TrainConfig.from_dict(self.saved["train"])
+        changed = differences(saved_train, self.tcfg, [n for n in TrainConfig.__dataclass_fields__
+                                                       if n not in INVOCATION_FIELDS])
+        return changed | differences(self._saved_model_config(self.saved), self.mcfg,
+                                     training_settings(self.family.model_config))
+
+    def _check_same_parameters(self, changed: dict):
+        """A training setting that adds or removes parameters (Mixtral's router noise) cannot change on resume:
+        the checkpoint has no weights or optimizer state for them."""
+        model_changes = [n for n in changed if n in training_settings(self.family.model_config)]
+        if not model_changes:
+            return
+        with torch.device("meta"):
+            saved_names = {n for n, _ in self.family.model_class()(self._saved_model_config(self.saved)).named_parameters()}
+        if saved_names != {n for n, _ in self.raw_model.named_parameters()}:
+            raise UserError(f"--resume: {', '.join(flag(n) for n in model_changes)} would add or remove parameters "
+                            "the checkpoint trained; resume with the checkpoint's value, or start a new run")
 
     def _load_training_state(self, path: Path):
         st = ckpt_io.load_training_state(path)
@@ -233,18 +330,26 @@ class Trainer:
             raise UserError(f"{path} was trained with {len(st['optimizers'])} optimizer(s), this run builds "
                             f"{len(self.optimizers)}; resume with the same --optimizer")
         for opt, sd in zip(self.optimizers, st["optimizers"]):
+            settings = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
             opt.load_state_dict(sd)
+            for group, mine in zip(opt.param_groups, settings):
+                group.update(mine)  # this run's lr, weight decay, betas...: only the state comes from the checkpoint
         if self.scaler and st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])
         self.state.step, self.state.tokens = st["step"], st["tokens"]
         self.state.skipped_steps = st.get("skipped_steps", 0)
         self._saved_step = self.state.step
-        if self.dist.is_main:
-            torch.set_rng_state(st["rng_cpu"])
-            if st.get("rng_cuda") is not None and self.device.startswith("cuda"):
-                torch.cuda.set_rng_state(st["rng_cuda"])
-        else:
-            torch.manual_seed(self.tcfg.seed + self.dist.rank + 7919 * self.state.step)
+        self._restore_rng(st)
+
+    def _restore_rng(self, st: dict):
+        states = st.get("rng") or [{"cpu": st["rng_cpu"], "cuda": st.get("rng_cuda")}]  # before: rank 0's only
+        rank = self.dist.rank
+        if rank >= len(states):  # more processes than the run had: a fresh stream for the new ranks
+            torch.manual_seed(self.tcfg.seed + rank + 7919 * self.state.step)
+            return
+        torch.set_rng_state(states[rank]["cpu"])
+        if states[rank].get("cuda") is not None and self.device.startswith("cuda"):
+            torch.cuda.set_rng_state(states[rank]["cuda"])
 
     # --- the loop ------------------------------------------------------------------------------------
     def _set_lr(self, step: int) -> float:
@@ -468,8 +573,9 @@ def _progress(total: int, initial: int, disable: bool):
     return tqdm(total=total, initial=initial, disable=disable, desc="train", unit="step", dynamic_ncols=True)
 
 
-def train(family: ModelFamily, mcfg, tcfg: TrainConfig, dcfg: DataConfig, preset: str = "default") -> dict:
-    trainer = Trainer(family, mcfg, tcfg, dcfg, preset)
+def train(family: ModelFamily, mcfg, tcfg: TrainConfig, dcfg: DataConfig, preset: str = "default",
+          explicit: dict | None = None) -> dict:
+    trainer = Trainer(family, mcfg, tcfg, dcfg, preset, explicit)
     try:
         return trainer.fit()
     finally:

@@ -16,7 +16,10 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float, restarts: in
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def seq_len_at(step: int, full: int, warmup_steps: int, start: int = 64, multiple: int = 8) -> int:
+SEQ_LEN_WARMUP_START = 64
+
+
+def seq_len_at(step: int, full: int, warmup_steps: int, start: int = SEQ_LEN_WARMUP_START, multiple: int = 8) -> int:
     """Progressive sequence length: `start` tokens at step 0 growing linearly to `full`."""
     if warmup_steps <= 0 or step >= warmup_steps or full <= start:
         return full

@@ -4,22 +4,22 @@ import pytest
 import torch
 
 from smolhub_hub.config import TrainConfig
+from smolhub_hub.training.optim import ExpertMuon, build_optimizers, orthogonalize
 from StoryKimi.model import StoryKimi
-from StoryKimi.optimizer import ExpertMuon, orthogonalize
 
 from .conftest import tiny_config
 
 
 def _groups(model, **train):
-    opts = model.configure_optimizers(TrainConfig(**{"optimizer": "muon", "lr": 1e-3, **train}))
+    opts = build_optimizers(model, TrainConfig(**{"optimizer": "muon", "lr": 1e-3, **train}), "cpu")
     by_name = {id(p): n for n, p in model.named_parameters()}
     return opts, {type(o).__name__: [by_name[id(p)] for g in o.param_groups for p in g["params"]] for o in opts}
 
 
 def test_muon_only_on_hidden_matrices_and_each_param_once():
     torch.manual_seed(0)
-    model = StoryKimi(tiny_config(q_lora_rank=24, tie_embeddings=True, muon_lr=0.05))
-    opts, names = _groups(model)
+    model = StoryKimi(tiny_config(q_lora_rank=24, tie_embeddings=True))
+    opts, names = _groups(model, muon_lr=0.05)
     assert list(names) == ["Muon", "ExpertMuon", "AdamW"]
     everything = [n for ns in names.values() for n in ns]
     assert sorted(everything) == sorted(n for n, _ in model.named_parameters())  # each exactly once
@@ -40,8 +40,8 @@ def test_schedule_scales_each_optimizer_from_its_own_base():
     """Reference bug: the schedule overwrote Muon's learning rate with AdamW's."""
     from smolhub_hub.training.schedule import lr_factor
 
-    model = StoryKimi(tiny_config(muon_lr=0.02))
-    opts, _ = _groups(model)
+    model = StoryKimi(tiny_config())
+    opts, _ = _groups(model, muon_lr=0.02)
     f = lr_factor(50, 10, 100, 0.1)
     for o in opts:  # what the trainer does each step
         for g in o.param_groups:
