@@ -13,11 +13,16 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_DATA = ["--dataset", "builtin", "--builtin-stories", "1500", "--tokenizer", "bpe", "--vocab-size", "512"]
 
 
+def tiny_data(extra=()) -> list[str]:
+    """TINY_DATA, without the built-in corpus's size when `extra` names another --dataset (it would be refused)."""
+    return TINY_DATA[4:] if "--dataset" in map(str, extra) else TINY_DATA
+
+
 def tiny_run_args(out_dir, steps=20, extra=()):
     return ["--preset", "quick", "--out-dir", str(out_dir), "--max-steps", str(steps), "--batch-size", "8",
             "--eval-interval", str(max(steps // 2, 1)), "--eval-batches", "2", "--sample-interval", "0",
             "--log-interval", "5", "--save-interval", str(max(steps // 2, 1)), "--warmup-steps", "5",
-            *TINY_DATA, *extra]
+            *tiny_data(extra), *extra]
 
 
 def run_cli(script: str, *args, timeout=600, env=None, check=False, cwd=None):

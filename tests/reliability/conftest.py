@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from smolhub_hub.checkpoint import LATEST
 from smolhub_hub.training.metrics import series
-from tests.helpers import REPO, TINY_DATA
+from tests.helpers import REPO, tiny_data
 
 # Tiny enough for ~15 steps/s on one thread; every step logged and a checkpoint every 3 steps.
 SMALL_MODEL = {"StoryLlama": ["--dim", "64", "--n-layers", "2"],
@@ -61,7 +61,7 @@ def run_args(family: str, out_dir, steps: int = 30, extra=()) -> list[str]:
     return ["--preset", "quick", "--out-dir", str(out_dir), "--max-steps", str(steps), "--batch-size", "8",
             "--seq-len", "64", "--eval-interval", str(steps), "--eval-batches", "2", "--sample-interval", "0",
             "--log-interval", "1", "--save-interval", "3", "--keep-last", "2", "--warmup-steps", "5",
-            *TINY_DATA, *SMALL_MODEL[family], *extra]
+            *tiny_data(extra), *SMALL_MODEL[family], *extra]
 
 
 def child_env(**extra) -> dict:

@@ -142,7 +142,7 @@ BAD_FILES = {
 def test_bad_dataset_files(tmp_path, name):
     path = tmp_path / name
     path.write_bytes(BAD_FILES[name])
-    argv = [*run_args("StoryLlama", tmp_path / "run", 2), "--dataset", str(path)]
+    argv = run_args("StoryLlama", tmp_path / "run", 2, ["--dataset", str(path)])
     code, err = run_cli(lambda a: train_main(FAMILY, a), argv)
     assert code == 2 and "Traceback" not in err, err
     assert str(path) in err or name.split(".")[0] in err or "document" in err
@@ -154,4 +154,4 @@ def test_random_bytes_as_a_dataset(data):
     root = Path(tempfile.mkdtemp())
     (root / "data.txt").write_bytes(data)
     assert_clean(*run_cli(lambda a: train_main(FAMILY, a),
-                          [*run_args("StoryLlama", root / "run", 2), "--dataset", str(root / "data.txt")]))
+                          run_args("StoryLlama", root / "run", 2, ["--dataset", str(root / "data.txt")])))
