@@ -56,11 +56,12 @@ def test_adamw_option_is_one_adamw():
     assert list(names) == ["AdamW"] and len(names["AdamW"]) == len(list(model.parameters()))
 
 
-def test_expert_muon_is_torch_muon_per_expert():
+@pytest.mark.parametrize("adjust_lr_fn", ["original", "match_rms_adamw"])
+def test_expert_muon_is_torch_muon_per_expert(adjust_lr_fn):
     torch.manual_seed(0)
     stack = torch.nn.Parameter(torch.randn(3, 16, 40))  # (E, in, out)
     singles = [torch.nn.Parameter(stack[e].detach().T.clone()) for e in range(3)]  # (out, in), as nn.Linear
-    kw = dict(lr=0.02, weight_decay=0.1, momentum=0.95, adjust_lr_fn="original")
+    kw = dict(lr=0.02, weight_decay=0.1, momentum=0.95, adjust_lr_fn=adjust_lr_fn)
     ours, ref = ExpertMuon([stack], **kw), torch.optim.Muon(singles, **kw)
     for _ in range(3):
         g = torch.randn(3, 16, 40)

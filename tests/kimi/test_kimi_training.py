@@ -1,6 +1,7 @@
 """StoryKimi through the real trainer CLI: it learns, resumes both optimizers and the routing biases exactly,
 and two torchrun processes train the same model as one."""
 
+import json
 import os
 import shutil
 import socket
@@ -84,3 +85,30 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
             assert torch.allclose(a[k], b[k], atol=1e-3), k  # Muon's bf16 Newton-Schulz rounds differently
     la, lb = series(one / "metrics.csv")["train/loss"][1], series(two / "metrics.csv")["train/loss"][1]
     assert la == pytest.approx(lb, abs=1e-3)
+
+
+def test_a_checkpoint_written_before_muon_moved_to_train_resumes_and_loads(kimi_run, tmp_path):
+    """4d6f37b kept muon_* in config.json's "model" section and only rank 0's RNG state: such a run resumes."""
+    from safetensors.torch import save_file
+
+    from smolhub_hub.checkpoint import flatten_state
+    from smolhub_hub.config import MUON_FIELDS
+    from smolhub_hub.inference import load_model
+
+    run = tmp_path / "run"
+    shutil.copytree(kimi_run, run)
+    ckpt = _latest(run)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["model"].update({k: cfg["train"].pop(k) for k in MUON_FIELDS})
+    for key in ("data_fingerprint", "wandb_run_id"):
+        cfg.pop(key)
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    state = load_training_state(ckpt)
+    rng = state.pop("rng")[0]
+    state.update(rng_cpu=rng["cpu"], rng_cuda=None)
+    tensors = {}
+    (ckpt / "training_state.json").write_text(json.dumps(flatten_state(state, tensors)))
+    save_file(tensors, ckpt / "training_state.safetensors")
+    proc = run_cli("StoryKimi/trainer.py", "--resume", "--out-dir", run, "--max-steps", "8", check=True)
+    assert "resumed" in proc.stdout and "after 8 steps" in proc.stdout
+    assert load_model(str(ckpt)).config.dim == 64

@@ -82,3 +82,31 @@ def test_python_api_and_export(story_run):
     idx = torch.tensor([[5, 9, 13, 2, 7]])
     with torch.no_grad():
         torch.testing.assert_close(to_hf(model)(idx).logits, model(idx).logits, rtol=0, atol=1e-4)
+
+
+def test_init_from_keeps_this_runs_training_settings_and_refuses_another_architecture(tmp_path):
+    """Before, the noise, balance and z-loss settings were replaced by the imported checkpoint's without a word,
+    and an architecture flag that contradicts the source was dropped."""
+    import json
+
+    from transformers import MixtralConfig as HFMixtralConfig
+    from transformers import MixtralForCausalLM
+
+    hf = tmp_path / "hf"
+    MixtralForCausalLM(HFMixtralConfig(vocab_size=512, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                                       num_experts_per_tok=2, max_position_embeddings=128, tie_word_embeddings=True,
+                                       router_aux_loss_coef=0.02)).save_pretrained(hf)
+    training = ["--balance-coef", "0.05", "--z-loss-coef", "0.001", "--noisy-topk", "--moe-impl", "loop"]
+    out = tmp_path / "run"
+    run_cli("SmolMixtral/trainer.py", *tiny_run_args(out, steps=2, extra=["--init-from", hf, "--seq-len", "64",
+                                                                          *training]), check=True)
+    saved = json.loads((out / (out / LATEST).read_text().strip() / "config.json").read_text())["model"]
+    assert (saved["dim"], saved["n_experts"], saved["vocab_size"]) == (64, 4, 512)  # the source's architecture
+    assert (saved["balance_coef"], saved["z_loss_coef"], saved["noisy_topk"], saved["moe_impl"]) == (0.05, 0.001,
+                                                                                                    True, "loop")
+    assert "blocks.0.moe.router.w_noise" in _weights(out)  # the noise this run asked for, learned from zero
+    proc = run_cli("SmolMixtral/trainer.py", *tiny_run_args(tmp_path / "other", steps=2, extra=[
+        "--init-from", hf, "--n-experts", "8", "--dim", "64"]))
+    assert proc.returncode == 2 and "--n-experts 4 (source) vs 8 (given)" in proc.stderr
+    assert "--dim" not in proc.stderr  # equal to the source's: nothing to refuse
