@@ -238,7 +238,8 @@ def parse_cli(family: ModelFamily, argv=None, prog=None):
     """Parse flags into (model cfg, train cfg, data cfg, preset name, explicit overrides)."""
     ns = vars(build_parser(family, prog).parse_args(argv))
     preset = ns.pop("preset")
-    fields = {k: {f.name for f in dataclasses.fields(c)} - skip for k, c, skip in
-              [("model", family.model_config, DERIVED_MODEL_FIELDS), ("train", TrainConfig, set()), ("data", DataConfig, set())]}
+    sections = [("model", family.model_config, DERIVED_MODEL_FIELDS), ("train", TrainConfig, set()),
+                ("data", DataConfig, set())]
+    fields = {k: {f.name for f in dataclasses.fields(c)} - skip for k, c, skip in sections}
     overrides = {k: {n: v for n, v in ns.items() if n in names} for k, names in fields.items()}
     return (*family.resolve(preset, overrides), preset, overrides)

@@ -61,7 +61,8 @@ def cache_key(cfg: DataConfig, tokenizer_dir: Path | None = None) -> str:
 
 def _tokenizer_files_hash(folder: Path) -> str:
     h = hashlib.sha1()
-    for f in sorted(p for pattern in ("tokenizer*", "vocab*", "merges*", "*.model") for p in Path(folder).glob(pattern)):
+    files = (p for pattern in ("tokenizer*", "vocab*", "merges*", "*.model") for p in Path(folder).glob(pattern))
+    for f in sorted(files):
         h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:16]
 

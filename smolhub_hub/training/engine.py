@@ -191,8 +191,8 @@ class Trainer:
         given = {n: v for n, v in self.explicit["model"].items() if n in architecture_fields(cls)}
         clash = {n: (getattr(source, n), v) for n, v in given.items() if getattr(source, n) != v}
         if clash:
-            raise UserError(f"--init-from {self.tcfg.init_from}: {describe(clash, 'source', 'given')}. The architecture "
-                            "comes from the source: drop these flags")
+            raise UserError(f"--init-from {self.tcfg.init_from}: {describe(clash, 'source', 'given')}. The "
+                            "architecture comes from the source: drop these flags")
         # Training settings (dropout, kernels, loss coefficients, ...) come from this run's flags and defaults.
         wanted = source.replace(**{n: getattr(self.requested_mcfg, n) for n in training_settings(cls)})
         if wanted != source:
@@ -319,8 +319,8 @@ class Trainer:
         if not model_changes:
             return
         with torch.device("meta"):
-            saved_names = {n for n, _ in self.family.model_class()(self._saved_model_config(self.saved)).named_parameters()}
-        if saved_names != {n for n, _ in self.raw_model.named_parameters()}:
+            saved_model = self.family.model_class()(self._saved_model_config(self.saved))
+        if {n for n, _ in saved_model.named_parameters()} != {n for n, _ in self.raw_model.named_parameters()}:
             raise UserError(f"--resume: {', '.join(flag(n) for n in model_changes)} would add or remove parameters "
                             "the checkpoint trained; resume with the checkpoint's value, or start a new run")
 
