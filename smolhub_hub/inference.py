@@ -29,7 +29,7 @@ def resolve_source(path_or_hub_id: str) -> Path:
 
 def load_model(path_or_hub_id: str, family: str | None = None, device: str = "auto"):
     """A model in eval mode with `.tokenizer` attached. `family` refuses checkpoints of other models."""
-    from smolhub_hub.data.tokenizer import load_tokenizer
+    from smolhub_hub.data.tokenizer import check_fingerprint, load_tokenizer
     from smolhub_hub.registry import get_family
 
     from smolhub_hub.quantize import is_quantized, load_quantized
@@ -45,10 +45,12 @@ def load_model(path_or_hub_id: str, family: str | None = None, device: str = "au
         raise UserError(f"{ckpt} is a {cfg['family']} checkpoint, not {family}; "
                         f"load it with {cfg['family']}/inference.py (or `smolhub generate`)")
     fam = get_family(cfg["family"])
-    model = fam.model_class()(ckpt_io.model_config(ckpt, cfg, fam.model_config))
+    model = ckpt_io.build_model(ckpt, fam.model_class(), ckpt_io.model_config(ckpt, cfg, fam.model_config))
     ckpt_io.load_weights(ckpt, model)
     model = model.to(_pick_device(device)).eval()
-    model.tokenizer = load_tokenizer(str(ckpt))
+    model.tokenizer = load_tokenizer(str(ckpt), fix="use an earlier checkpoint")
+    check_fingerprint(model.tokenizer, cfg.get(ckpt_io.TOKENIZER_KEY), str(ckpt),
+                      "copy in the tokenizer files of the run that trained these weights, or use another checkpoint")
     model.checkpoint_path = ckpt
     model.checkpoint_config = cfg
     if len(model.tokenizer) > model.config.vocab_size:

@@ -19,7 +19,7 @@ def _resume_configs(family, preset, overrides, tcfg):
         raise UserError(f"--resume: no checkpoint in {run_dir}; drop --resume to start a new run, "
                         "or point --out-dir at the run to continue")
     ckpt = ckpt_io.resolve_checkpoint(run_dir)
-    saved = ckpt_io.read_config(ckpt)
+    saved = ckpt_io.read_config(ckpt, sections=("model", "train", "data"))
     if saved["family"] != family.name:
         raise UserError(f"{run_dir} holds a {saved['family']} run; resume it with {saved['family']}/trainer.py")
     model = ckpt_io.model_config(ckpt, saved, family.model_config).replace(**overrides["model"])

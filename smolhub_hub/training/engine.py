@@ -23,7 +23,7 @@ from smolhub_hub import checkpoint as ckpt_io
 from smolhub_hub.config import (DERIVED_MODEL_FIELDS, INVOCATION_FIELDS, DataConfig, ModelFamily, TrainConfig,
                                 architecture_fields, check_flags_act, describe, differences, flag, training_settings)
 from smolhub_hub.data.packed import PackedData, cached_data, prepare_data, window_starts, windows_to_batch
-from smolhub_hub.data.tokenizer import load_tokenizer
+from smolhub_hub.data.tokenizer import check_fingerprint, folder_fingerprint, load_tokenizer
 from smolhub_hub.errors import UserError
 from smolhub_hub.training import distributed
 from smolhub_hub.training.metrics import MetricsLog, plot_run
@@ -123,10 +123,10 @@ class Trainer:
         rank, barrier = self.dist.rank, self.dist.barrier
         if self.saved is None:
             return prepare_data(self.dcfg, rank, barrier)
-        want = self.saved.get("data_fingerprint")
+        want, tokenizer = self.saved.get("data_fingerprint"), load_tokenizer(str(self.resume_from))
         data = cached_data(self.dcfg)  # the cache the run started with, if it is still there
         if data is None or (want and data.meta.get("fingerprint") != want):
-            data = prepare_data(self.dcfg, rank, barrier, tokenizer_dir=self.resume_from)
+            data = prepare_data(self.dcfg, rank, barrier, tokenizer=tokenizer)
         now = data.meta.get("fingerprint")
         if want and now != want:
             if not self.tcfg.allow_data_change:
@@ -136,7 +136,7 @@ class Trainer:
             if self.dist.is_main:
                 print(f"note: the dataset changed since this run started (fingerprint {want} -> {now}); "
                       "continuing on the new data (--allow-data-change)")
-        data.tokenizer = load_tokenizer(str(self.resume_from))
+        data.tokenizer = tokenizer
         return data
 
     def _model_config(self, mcfg, resume_from: Path | None):
@@ -186,6 +186,8 @@ class Trainer:
         except OSError as e:
             raise UserError(f"--init-from {self.tcfg.init_from}: cannot load it ({str(e)[:160]}); "
                             "pass a local Hugging Face model folder or check the network") from None
+        check_fingerprint(self.tokenizer, folder_fingerprint(self.tcfg.init_from), f"--init-from {self.tcfg.init_from}",
+                          f"train with its tokenizer: --tokenizer {self.tcfg.init_from}")
         model = converter_for(self.family.name).from_hf(hf)
         cls, source = self.family.model_config, model.config
         given = {n: v for n, v in self.explicit["model"].items() if n in architecture_fields(cls)}
@@ -272,12 +274,9 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "rng": rng,
             }
-            try:
-                ckpt_io.save_checkpoint(self.run_dir, self.state.step, self.raw_model, self._config_dict(),
-                                        self.tokenizer, training_state, self.tcfg.keep_last)
-            except OSError as e:
-                raise UserError(f"could not write a checkpoint to {self.run_dir} ({e.strerror or e}); "
-                                "free disk space or fix permissions. The previous checkpoint is intact.") from None
+            # A failed write (full disk, no permission) is already one UserError line, its folder removed.
+            ckpt_io.save_checkpoint(self.run_dir, self.state.step, self.raw_model, self._config_dict(),
+                                    self.tokenizer, training_state, self.tcfg.keep_last)
         self._saved_step = self.state.step
         self.dist.barrier()
 
@@ -295,6 +294,8 @@ class Trainer:
         changed = self._changed_training_settings()
         self._check_same_parameters(changed)
         ckpt_io.load_weights(path, self.raw_model)
+        check_fingerprint(self.tokenizer, ckpt_io.read_config(path).get(ckpt_io.TOKENIZER_KEY), str(path),
+                          "resume with the dataset and --tokenizer the run started with")
         try:
             self._load_training_state(path)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:  # parsed, but not this run's state

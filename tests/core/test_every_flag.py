@@ -9,7 +9,7 @@ few steps of a tiny model instead, with two non-finite steps injected so that --
 Three situations, each set up so that its permission flags matter:
   new     a new run over an old one (--overwrite);
   resume  --resume after the dataset grew (--allow-data-change);
-  init    --init-from a transformers export of the old run, over it (--overwrite).
+  init    --init-from a transformers export of the old run (and its tokenizer), over it (--overwrite).
 On --resume and --init-from a loop-only flag must reach the config the loop reads; every other flag
 must change what the run does there too, which is how "--resume --lr" once reached only the log.
 """
@@ -136,7 +136,8 @@ def situation_args(w, family, situation: str, out: Path) -> list[str]:
     if situation == "resume":
         return ["--resume", "--out-dir", str(out), "--allow-data-change"]
     if situation == "init":
-        return [*COMMON, *data, "--init-from", str(w.hf[family.name]), "--overwrite"]
+        hf = str(w.hf[family.name])
+        return [*COMMON, *data, "--init-from", hf, "--tokenizer", hf, "--overwrite"]  # the source's own tokenizer
     return [*COMMON, *ARCH[family.name], *data, "--overwrite"]
 
 
