@@ -102,7 +102,7 @@ class Trainer:
     def _check_resume(self, mcfg) -> dict:
         """What the network computes and the data it learns from must be the checkpoint's: a flag that
         differs is refused, naming each one. Training settings may change (reported in `_load`)."""
-        saved = ckpt_io.read_config(self.resume_from)
+        saved = ckpt_io.read_config(self.resume_from, sections=("model", "train", "data"))
         if saved["family"] != self.family.name:
             raise UserError(f"{self.resume_from} is a {saved['family']} checkpoint, not {self.family.name}; "
                             f"resume it with {saved['family']}/trainer.py")
