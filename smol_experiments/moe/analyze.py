@@ -23,7 +23,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from smolhub_hub.errors import UserError, exit_on_user_error  # noqa: E402
+from smol_experiments.flags import Parser, path, positive_int  # noqa: E402
+from smol_experiments.stages import stage_main  # noqa: E402
+from smolhub_hub.errors import UserError  # noqa: E402
 
 EXPERT_COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#76b7b2", "#edc948", "#ff9da7"]
 
@@ -251,15 +253,14 @@ def build_report(cpt_dir: Path | None, spec_dir: Path | None, output: Path, laye
     return path
 
 
-@exit_on_user_error
-def main(argv=None) -> Path:
-    p = argparse.ArgumentParser(prog="python -m smol_experiments.moe.analyze", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cpt", help="continued-pretraining output folder")
-    p.add_argument("--specialize", help="specialization output folder")
-    p.add_argument("--output", default="runs/moe/report", help="folder for report.html and token pictures")
+def run(argv=None) -> Path:
+    p = Parser(prog="python -m smol_experiments.moe.analyze", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cpt", type=path, help="continued-pretraining output folder")
+    p.add_argument("--specialize", type=path, help="specialization output folder")
+    p.add_argument("--output", default="runs/moe/report", type=path, help="folder for report.html and token pictures")
     p.add_argument("--layer", type=int, default=None, help="layer for token-level routing (default: middle)")
-    p.add_argument("--max-tokens", type=int, default=120, help="tokens shown per domain sample")
+    p.add_argument("--max-tokens", type=positive_int, default=120, help="tokens shown per domain sample")
     args = p.parse_args(argv)
     if not args.cpt and not args.specialize:
         raise UserError("give --cpt DIR and/or --specialize DIR (folders written by the training scripts).")
@@ -267,10 +268,14 @@ def main(argv=None) -> Path:
     for d, needed in zip(dirs, ("metrics.csv", "routing_after.json")):
         if d is not None and not (d / needed).exists():
             raise UserError(f"{d} has no {needed}; is it the output folder of the matching script?")
-    path = build_report(*dirs, Path(args.output), args.layer, args.max_tokens)
-    print(f"report: {path}")
-    return path
+    if Path(args.output).is_file():
+        raise UserError(f"--output {args.output} is a file; give a folder.")
+    report = build_report(*dirs, Path(args.output), args.layer, args.max_tokens)
+    print(f"report: {report}")
+    return report
 
+
+main = stage_main(run)
 
 if __name__ == "__main__":
     main()
