@@ -61,11 +61,6 @@ def reused(out: str | Path, stage: str) -> dict:
     return read_marker(out)["summary"]
 
 
-def is_done(out: str | Path, stage: str) -> bool:
-    marker = read_marker(out)
-    return bool(marker and marker.get("stage") == stage and marker.get("done"))
-
-
 def fingerprint(source: str, patterns: tuple[str, ...]) -> str:
     """sha256 of a local file, or of a folder's files matching `patterns` (glob, `**/` for subfolders);
     a Hub id or a built-in name ('synthetic') stands for itself."""
@@ -101,8 +96,9 @@ def write_folder_once(folder: Path, write) -> Path:
 
 
 def _shown(value) -> str:
-    text = json.dumps(value)
-    return text[:13] + '…"' if len(text) > 40 else text  # fingerprints: their start is enough
+    if isinstance(value, str) and len(value) == 64 and set(value) <= set("0123456789abcdef"):
+        return value[:12] + "…"  # a fingerprint: its start is enough
+    return json.dumps(value)
 
 
 def describe_changes(saved: dict, requested: dict, limit: int = 6) -> str:
@@ -127,7 +123,7 @@ def claim(out: Path, stage: str, settings: dict, *, overwrite: bool, flag: str) 
                         "Use another folder.")
     elif marker.get("settings") == settings:
         return REUSE if marker.get("done") else RESUME
-    elif [p.name for p in out.iterdir()] == [MARKER]:
+    elif not marker.get("done") and [p.name for p in out.iterdir()] == [MARKER]:
         pass  # a run that stopped before doing any work (e.g. on a bad input): start it again, nothing is lost
     elif not overwrite:
         state = "a finished" if marker.get("done") else "an unfinished"

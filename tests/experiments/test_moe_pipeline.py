@@ -74,7 +74,8 @@ def test_quick_pipeline_stops_on_sigterm_and_the_same_command_continues(tmp_path
     assert (tmp_path / "report" / "report.html").stat().st_size > 50_000
     from transformers import AutoModelForCausalLM
 
-    assert type(AutoModelForCausalLM.from_pretrained(tmp_path / "specialize" / "model")).__name__ == "MixtralForCausalLM"
+    specialized_model = AutoModelForCausalLM.from_pretrained(tmp_path / "specialize" / "model")
+    assert type(specialized_model).__name__ == "MixtralForCausalLM"
 
     # Changed settings: refused, naming what differs; --overwrite redoes that stage and the one after it only.
     changed = argv[:4] + [CPT + " --lr 1e-3"] + argv[5:]
