@@ -21,8 +21,8 @@ from smol_experiments.moe import analyze, continued_pretraining, run_pipeline, s
 REPO = Path(__file__).resolve().parents[2]
 
 
-CPT = "--steps 60 --eval-every 15 --log-every 5 --max-documents 450 --seq-len 64"
-SPEC = "--stage-a-steps 10 --stage-b-steps 10 --eval-every 5 --train-docs 60 --heldout-docs 10 --max-len 64"
+CPT = "--steps 40 --eval-every 10 --log-every 5 --max-documents 450 --seq-len 64"
+SPEC = "--stage-a-steps 6 --stage-b-steps 6 --eval-every 3 --train-docs 40 --heldout-docs 8 --max-len 64"
 
 
 def _sigterm_after_first_checkpoint(cmd: list[str], output: Path) -> subprocess.CompletedProcess:
@@ -48,7 +48,7 @@ def test_quick_pipeline_stops_on_sigterm_and_the_same_command_continues(tmp_path
                                               tmp_path)
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
     last_line = stopped.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("stopped by SIGTERM at step") and "of 60 (checkpoint saved)" in last_line
+    assert last_line.startswith("stopped by SIGTERM at step") and "of 40 (checkpoint saved)" in last_line
     assert last_line.endswith(f"rerun: python -m smol_experiments.moe.run_pipeline --quick --output {tmp_path} "
                               f"--cpt-args '{CPT}' --specialize-args '{SPEC}'")
     assert not (tmp_path / "specialize").exists()  # the pipeline stopped with its interrupted stage
@@ -65,8 +65,8 @@ def test_quick_pipeline_stops_on_sigterm_and_the_same_command_continues(tmp_path
     assert cpt["val_loss_after"] < cpt["val_loss_before"]
     with (tmp_path / "cpt" / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["step"]) for r in rows if r["val_loss"]] == [0, 15, 30, 45, 60]
-    assert [int(r["step"]) for r in rows if r["train_loss"]] == list(range(5, 61, 5))  # none lost or repeated
+    assert [int(r["step"]) for r in rows if r["val_loss"]] == [0, 10, 20, 30, 40]
+    assert [int(r["step"]) for r in rows if r["train_loss"]] == list(range(5, 41, 5))  # none lost or repeated
     evals = [r for r in rows if r["val_loss"]]
     assert all(0 < float(r["active_share"]) <= 1 and 0 < float(r["router_entropy"]) <= 1 for r in evals)
     loads = (tmp_path / "cpt" / "expert_load.csv").read_text().splitlines()
