@@ -11,6 +11,9 @@ Running a stage on its folder again:
 - other settings:            refused, naming what differs, unless --overwrite (then the folder is cleared)
                              or the run stopped before writing anything but its record.
 
+Nothing is written before the stage has loaded its inputs (`claim` decides, `begin` writes), so a bad input
+leaves no folder behind.
+
 A stop signal (SIGTERM from a scheduler, Ctrl-C, SIGHUP) never marks a stage finished: a training loop
 saves a checkpoint after its current step, anything else stops at once (its outputs are written atomically
 or redone), and the command ends with one line saying how to continue, exit code 128 + the signal number.
@@ -109,33 +112,45 @@ def describe_changes(saved: dict, requested: dict, limit: int = 6) -> str:
     return ", ".join(parts) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
+def check_output_folder(out: Path, flag: str) -> None:
+    """A folder that is, or can be made, writable: not a file, not under a file, not read-only."""
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{flag} {out}: {existing} is a file; give a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {out}: {existing} is not writable; give a folder you can write to.")
+
+
 def claim(out: Path, stage: str, settings: dict, *, overwrite: bool, flag: str) -> str:
-    """Make `out` this stage's folder; FRESH (start), RESUME (unfinished, same settings) or REUSE (finished, same)."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{flag} {out} is a file; give a folder.")
-    settings = json.loads(json.dumps(settings))  # compared as stored (tuples become lists)
+    """What to do with `out` for this stage: FRESH (start: call `begin` once the inputs are loaded), RESUME
+    (unfinished, same settings) or REUSE (finished, same settings). Writes nothing; refusals raise UserError."""
+    check_output_folder(out, flag)
     marker = read_marker(out)
     if marker is None:
         if out.exists() and any(out.iterdir()):
             raise UserError(f"{flag} {out} is not empty and was not made by {stage}; use a new folder.")
-    elif marker.get("stage") != stage:
+        return FRESH
+    if marker.get("stage") != stage:
         raise UserError(f"{flag} {out} holds a '{marker.get('stage')}' run; {stage} will not write there. "
                         "Use another folder.")
-    elif marker.get("settings") == settings:
+    if marker.get("settings") == json.loads(json.dumps(settings)):  # compared as stored (tuples become lists)
         return REUSE if marker.get("done") else RESUME
-    elif not marker.get("done") and [p.name for p in out.iterdir()] == [MARKER]:
-        pass  # a run that stopped before doing any work (e.g. on a bad input): start it again, nothing is lost
-    elif not overwrite:
+    if not overwrite and (marker.get("done") or [p.name for p in out.iterdir()] != [MARKER]):
         state = "a finished" if marker.get("done") else "an unfinished"
         raise UserError(f"{flag} {out} holds {state} {stage} run made with other settings "
                         f"({describe_changes(marker.get('settings') or {}, settings)}); add --overwrite to redo "
                         f"this stage, or use another {flag}.")
-    else:
-        print(f"--overwrite: clearing {out} ({describe_changes(marker.get('settings') or {}, settings)})", flush=True)
+    return FRESH  # --overwrite, or a run that stopped before doing any work: nothing of value is lost
+
+
+def begin(out: Path, stage: str, settings: dict) -> None:
+    """Start a FRESH run in `out`: an older run of this stage there (see `claim`) is cleared first."""
+    marker = read_marker(out)
+    if marker is not None:
+        print(f"clearing {out} ({describe_changes(marker.get('settings') or {}, settings)})", flush=True)
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     write_marker(out, {"stage": stage, "done": False, "settings": settings})
-    return FRESH
 
 
 # --- stopping on a signal --------------------------------------------------------------------------------

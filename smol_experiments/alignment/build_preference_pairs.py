@@ -24,7 +24,8 @@ from smol_experiments.alignment.generation import generate_corrections
 from smol_experiments.alignment.prompt_format import PROMPT_TEMPLATE, make_completion, make_prompt
 from smol_experiments.alignment.run_dir import data_fingerprint
 from smol_experiments.flags import Parser, non_negative_int, path, positive_float, positive_int
-from smol_experiments.stages import REUSE, claim, mark_done, model_fingerprint, reused, stage_main, write_atomic
+from smol_experiments.stages import (FRESH, REUSE, begin, claim, mark_done, model_fingerprint, reused, stage_main,
+                                     write_atomic)
 
 STAGE = "pairs"
 CHUNK_DIR = "samples"
@@ -95,10 +96,13 @@ def run(argv=None) -> dict:
         raise UserError("--temperatures needs at least two values (one sample each).")
     out = Path(args.output_dir)
     metadata = metadata_of(args)
-    if claim(out, STAGE, metadata, overwrite=args.overwrite, flag="--output-dir") == REUSE:
+    status = claim(out, STAGE, metadata, overwrite=args.overwrite, flag="--output-dir")
+    if status == REUSE:
         return reused(out, STAGE)
     rows = load_gec_examples(args.dataset, "train", args.max_samples, args.task)
     model, tokenizer = load_model_and_tokenizer(args.model)
+    if status == FRESH:
+        begin(out, STAGE, metadata)
     (out / CHUNK_DIR).mkdir(exist_ok=True)
     sampled = []
     for index, start in enumerate(range(0, len(rows), args.chunk_size)):

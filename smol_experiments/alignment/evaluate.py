@@ -28,7 +28,8 @@ from smol_experiments.alignment.prompt_format import make_prompt, strip_instruct
 from smol_experiments.alignment.run_dir import data_fingerprint
 from smol_experiments.bootstrap import LEVEL, RESAMPLES, paired_bootstrap, ratio, verdict
 from smol_experiments.flags import Parser, non_negative_int, path, positive_int
-from smol_experiments.stages import model_fingerprint, read_marker, stage_main, write_atomic, write_marker
+from smol_experiments.stages import (check_output_folder, model_fingerprint, read_marker, stage_main, write_atomic,
+                                     write_marker)
 
 STAGE = "eval"
 COPY_BASELINE = "copy-input"
@@ -194,8 +195,9 @@ def run(argv=None) -> dict:
     compare_to = args.compare_to or ("sft" if "sft" in models else next(iter(models)))
     if compare_to not in [COPY_BASELINE, *models]:
         raise UserError(f"--compare-to {compare_to}: not one of the systems ({', '.join([COPY_BASELINE, *models])}).")
-    rows = load_gec_examples(args.dataset, args.split, args.max_samples, args.task)
     out = Path(args.output_dir)
+    check_output_folder(out, "--output-dir")
+    rows = load_gec_examples(args.dataset, args.split, args.max_samples, args.task)
     claim_eval_dir(out)
     predictions = {COPY_BASELINE: [strip_instruction(s) for s in rows["src"]]}
     predictions.update({name: predict(name, where, rows, args, out) for name, where in models.items()})

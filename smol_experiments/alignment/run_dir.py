@@ -5,16 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smol_experiments.stages import REUSE, StopRequests, claim, fingerprint
+from smol_experiments.stages import RESUME, StopRequests, claim, fingerprint
 
 
 def prepare_output_dir(output_dir: str | Path, stage: str, settings: dict,
                        overwrite: bool = False) -> tuple[str, str | None]:
-    """Claim `output_dir` for `stage`: (FRESH / RESUME / REUSE, the checkpoint to resume from or None)."""
+    """Claim `output_dir` for `stage`: (FRESH / RESUME / REUSE, the checkpoint to resume from or None).
+    A FRESH run calls `stages.begin` once its inputs are loaded."""
     from transformers.trainer_utils import get_last_checkpoint
 
     status = claim(Path(output_dir), stage, settings, overwrite=overwrite, flag="--output-dir")
-    return status, get_last_checkpoint(str(output_dir)) if status != REUSE else None
+    return status, get_last_checkpoint(str(output_dir)) if status == RESUME else None
 
 
 def data_fingerprint(dataset: str) -> str:

@@ -22,7 +22,7 @@ import torch
 from smol_experiments.alignment import build_preference_pairs, cpo, dpo, evaluate, sft
 from smol_experiments.alignment.cli import BASE_MODEL, DATASET
 from smol_experiments.flags import Parser, path, positive_int, split_stage_args
-from smol_experiments.stages import stage_main, write_folder_once
+from smol_experiments.stages import check_output_folder, stage_main, write_folder_once
 
 # The small model learns nothing at the 135M model's learning rates in a few hundred steps. With DPO's
 # documented 5e-7 (or 2e-5) its loss stays at ln 2; at 1e-4 and beta 0.5 over two epochs it falls to ~0.5 with
@@ -83,6 +83,7 @@ def run(argv=None) -> dict:
     # split before any stage runs, so that a bad quote is reported at once
     args.extra = {stage: split_stage_args(f"--{stage}-args", getattr(args, f"{stage}_args")) for stage in QUICK}
     root = Path(args.output_dir)
+    check_output_folder(root, "--output-dir")
     model, dataset = args.model or BASE_MODEL, args.dataset or DATASET
     train_rows, eval_rows = args.max_samples, args.eval_samples
     if args.quick:

@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from smol_experiments.alignment.cli import BASE_MODEL, make_config, recorded_settings, stage_parser, training_kwargs
 from smol_experiments.alignment.data import load_gec_examples, load_model_and_tokenizer, to_prompt_completion
 from smol_experiments.alignment.run_dir import data_fingerprint, prepare_output_dir, train_and_save
 from smol_experiments.flags import non_negative_int
-from smol_experiments.stages import REUSE, mark_done, model_fingerprint, reused, stage_main
+from smol_experiments.stages import FRESH, REUSE, begin, mark_done, model_fingerprint, reused, stage_main
 
 STAGE = "sft"
 
@@ -43,6 +45,8 @@ def run(argv=None) -> dict:
     eval_rows = load_gec_examples(args.dataset, "validation", args.eval_samples, args.task) \
         if args.eval_samples > 0 else None
     model, tokenizer = load_model_and_tokenizer(args.model)
+    if status == FRESH:
+        begin(Path(args.output_dir), STAGE, settings)
     trainer = build_sft_trainer(model, tokenizer, train_rows, args, eval_rows)
     metrics = {**train_and_save(trainer, tokenizer, args.output_dir, resume), "train_rows": len(train_rows)}
     if eval_rows is not None:

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from smol_experiments.flags import Parser, path, positive_int  # noqa: E402
-from smol_experiments.stages import stage_main  # noqa: E402
+from smol_experiments.stages import check_output_folder, stage_main  # noqa: E402
 from smolhub_hub.errors import UserError  # noqa: E402
 
 EXPERT_COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#76b7b2", "#edc948", "#ff9da7"]
@@ -268,8 +268,7 @@ def run(argv=None) -> Path:
     for d, needed in zip(dirs, ("metrics.csv", "routing_after.json")):
         if d is not None and not (d / needed).exists():
             raise UserError(f"{d} has no {needed}; is it the output folder of the matching script?")
-    if Path(args.output).is_file():
-        raise UserError(f"--output {args.output} is a file; give a folder.")
+    check_output_folder(Path(args.output), "--output")
     report = build_report(*dirs, Path(args.output), args.layer, args.max_tokens)
     print(f"report: {report}")
     return report

@@ -23,7 +23,8 @@ import torch
 from smol_experiments.moe import data, engine, outputs
 from smol_experiments.moe.cli import field, parse_config, recorded_settings
 from smol_experiments.moe.routing import RoutingStats, balance_loss
-from smol_experiments.stages import REUSE, StopRequests, claim, mark_done, model_fingerprint, reused, stage_main
+from smol_experiments.stages import (FRESH, RESUME, REUSE, StopRequests, begin, claim, mark_done, model_fingerprint,
+                                     reused, stage_main)
 from smolhub_hub.errors import UserError
 
 
@@ -123,12 +124,15 @@ def train(cfg: PretrainConfig) -> dict:
     ctx = engine.autocast(device, cfg.precision)
     settings = recorded_settings(cfg, model_sha256=model_fingerprint(cfg.model),
                                  data_sha256=outputs.data_fingerprint(cfg.data))
-    if claim(out, STAGE, settings, overwrite=cfg.overwrite, flag="--output") == REUSE:
+    status = claim(out, STAGE, settings, overwrite=cfg.overwrite, flag="--output")
+    if status == REUSE:
         return reused(out, STAGE)
-    resume = outputs.has_checkpoint(out)
+    resume = status == RESUME and outputs.has_checkpoint(out)
     torch.manual_seed(cfg.seed)
     model, tokenizer = engine.load_moe(str(out / outputs.CHECKPOINT) if resume else cfg.model, device)
     train_windows, val_windows = _windows(cfg, tokenizer)
+    if status == FRESH:
+        begin(out, STAGE, settings)
     val_set = _val_set_id(val_windows[: cfg.eval_batches * cfg.batch_size])
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     params = list(model.parameters())
@@ -139,7 +143,8 @@ def train(cfg: PretrainConfig) -> dict:
         state = outputs.load_state(out)
         if state["val_set"] != val_set:
             raise UserError(f"--data {cfg.data} now gives other validation text than when the run in {out} started, "
-                            "so its val loss before and after would not compare; add --overwrite to start again.")
+                            "so its val loss before and after would not compare; delete that folder or use another "
+                            "--output to start again.")
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         start, val_loss_before = state["step"], state["val_loss_before"]

@@ -21,7 +21,7 @@ import torch
 from smol_experiments.flags import Parser, non_negative_int, path, split_stage_args
 from smol_experiments.moe import analyze, continued_pretraining, specialize, upcycle
 from smol_experiments.moe.fixtures import save_tiny_dense
-from smol_experiments.stages import stage_main, write_folder_once
+from smol_experiments.stages import check_output_folder, stage_main, write_folder_once
 
 
 def run_stages(output: Path, quick: bool, seed: int, overwrite: bool, extra_cpt: list[str],
@@ -65,6 +65,7 @@ def run(argv=None) -> dict:
         # took ~10x longer with 2 threads than with 1.
         torch.set_num_threads(1)
     output = Path(args.output or ("runs/moe/quick" if args.quick else "runs/moe/full"))
+    check_output_folder(output, "--output")
     result = run_stages(output, args.quick, args.seed, args.overwrite, extra_cpt, extra_spec)
     print(f"pipeline done: {output}/pipeline_summary.json, report {result['report']}")
     return result

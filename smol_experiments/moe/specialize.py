@@ -29,8 +29,8 @@ from smol_experiments.moe.cli import field, parse_config, recorded_settings
 from smol_experiments.moe.domains import domain_splits
 from smol_experiments.moe.routing import (RoutingStats, balance_loss, domain_hits_per_row, guidance_loss,
                                           router_parameters)
-from smol_experiments.stages import (REUSE, StopRequests, claim, mark_done, model_fingerprint, reused, stage_main,
-                                     write_atomic)
+from smol_experiments.stages import (FRESH, RESUME, REUSE, StopRequests, begin, claim, mark_done, model_fingerprint,
+                                     reused, stage_main, write_atomic)
 from smolhub_hub.errors import UserError
 
 
@@ -140,8 +140,11 @@ class Specializer:
         self.samples = {d: splits[d][1][0] for d in self.domains}  # for the token-level routing picture
         self.pad_id = self.tokenizer.pad_token_id
         self.step = state["step"] if state else 0
-        eval_cols = [f"acc_{d}" for d in self.domains] + [f"heldout_loss_{d}" for d in self.domains]
         self.load_csv = self.out / "expert_load.csv"
+
+    def open_logs(self):
+        """metrics.csv and expert_load.csv: new, or cut back to the checkpoint's step when resuming."""
+        state = self.state
         if state:
             torch.set_rng_state(state["rng"])
             for csv_file in (self.out / "metrics.csv", self.load_csv):
@@ -149,10 +152,11 @@ class Specializer:
             print(f"resuming from the checkpoint at step {self.step} (stage {state['stage']})", flush=True)
         else:
             self.load_csv.write_text("step,layer,expert,load\n")
+        eval_cols = [f"acc_{d}" for d in self.domains] + [f"heldout_loss_{d}" for d in self.domains]
         self.log = engine.MetricsLog(
             self.out / "metrics.csv",
             ["step", "stage", "lr", "loss", "lm_loss", "guide_loss", "balance_loss", "grad_norm", *eval_cols,
-             "eval_balance_loss", "active_share", "router_entropy"], cfg.wandb_project, asdict(cfg),
+             "eval_balance_loss", "active_share", "router_entropy"], self.cfg.wandb_project, asdict(self.cfg),
             append=state is not None)
 
     def evaluate(self, stage: str) -> dict:
@@ -285,10 +289,14 @@ def specialize(cfg: SpecializeConfig) -> dict:
         raise UserError(f"--target-mass must be between 0 and 1 (exclusive), got {cfg.target_mass}.")
     out = Path(cfg.output)
     settings = recorded_settings(cfg, model_sha256=model_fingerprint(cfg.model))
-    if claim(out, STAGE, settings, overwrite=cfg.overwrite, flag="--output") == REUSE:
+    status = claim(out, STAGE, settings, overwrite=cfg.overwrite, flag="--output")
+    if status == REUSE:
         return reused(out, STAGE)
     torch.manual_seed(cfg.seed)
-    s = Specializer(cfg, outputs.load_state(out) if outputs.has_checkpoint(out) else None)
+    s = Specializer(cfg, outputs.load_state(out) if status == RESUME and outputs.has_checkpoint(out) else None)
+    if status == FRESH:
+        begin(out, STAGE, settings)
+    s.open_logs()
     print(f"domains → experts: {', '.join(f'{d}→{i}' for i, d in enumerate(s.domains))}; "
           f"{sum(map(len, s.heldout))} held-out documents", flush=True)
     with StopRequests() as stop:

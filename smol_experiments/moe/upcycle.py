@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from smol_experiments.flags import Parser, non_negative_float, non_negative_int, path, positive_int
-from smol_experiments.stages import REUSE, claim, mark_done, model_fingerprint, reused, stage_main, write_atomic
+from smol_experiments.stages import REUSE, begin, claim, mark_done, model_fingerprint, reused, stage_main, write_atomic
 from smolhub_hub.errors import UserError
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM-135M"
@@ -143,13 +143,17 @@ def main_args(argv=None) -> argparse.Namespace:
 
 def run(argv=None) -> dict:
     args = main_args(argv)
+    if not args.prompt.strip():
+        raise UserError("--prompt is empty; the parity check needs some text.")
     out = Path(args.output)
-    settings = {k: v for k, v in vars(args).items() if k not in ("output", "overwrite")}
-    if claim(out, "upcycle", {**settings, "model_sha256": model_fingerprint(args.model)},
-             overwrite=args.overwrite, flag="--output") == REUSE:
+    settings = {**{k: v for k, v in vars(args).items() if k not in ("output", "overwrite")},
+                "model_sha256": model_fingerprint(args.model)}
+    status = claim(out, "upcycle", settings, overwrite=args.overwrite, flag="--output")
+    if status == REUSE:
         reused(out, "upcycle")
         return json.loads((out / "upcycle_report.json").read_text())
     dense, tokenizer = load_dense(args.model)
+    begin(out, "upcycle", settings)  # an unfinished upcycle has nothing to resume: start again
     moe = upcycle(dense, args.num_experts, args.top_k, args.router_std, args.seed, args.aux_loss_coef)
     ids = tokenizer(args.prompt, return_tensors="pt").input_ids
     report = {"source": args.model, **parity_report(dense, moe, ids), **parameter_counts(moe),

@@ -134,3 +134,11 @@ def test_paths_expand_the_home_folder(tmp_path, monkeypatch):
     assert (args.output_dir, args.dataset, args.model) == tuple(str(tmp_path / p) for p in ("sft", "data", "model"))
     assert evaluate.parse_models(["sft=~/sft", "base=HuggingFaceTB/SmolLM-135M"]) == {
         "sft": str(tmp_path / "sft"), "base": "HuggingFaceTB/SmolLM-135M"}
+
+
+@pytest.mark.parametrize("main, argv", [(run_pipeline.main, []), (sft.main, []), (evaluate.main, ["--models", "a=b"])])
+def test_an_output_folder_under_a_file_is_one_line(main, argv, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv + ["--output-dir", str(tmp_path / "notes.txt" / "run")])
+    assert exit_info.value.code == 2 and "notes.txt is a file" in capsys.readouterr().err

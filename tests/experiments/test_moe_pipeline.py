@@ -113,14 +113,18 @@ def test_user_mistakes_give_one_line_and_exit_code_2(tmp_path, capsys):
         (analyze, ["--specialize", str(tmp_path)], "routing_after.json"),
         (run_pipeline, ["--quick", "--output", str(tmp_path / "p"), "--cpt-args", "--lr '1e-3"], "--cpt-args"),
         (run_pipeline, ["--seed", "-1"], "--seed"),
+        (run_pipeline, ["--output", str(tmp_path / "a-file" / "run")], "is a file"),
+        (upcycle, ["--output", str(tmp_path / "u"), "--prompt", " "], "--prompt"),
     ]
+    (tmp_path / "a-file").write_text("not a folder")
+
     for module, argv, needle in cases:
         with pytest.raises(SystemExit) as exit_info:
             module.main(argv)
         assert exit_info.value.code == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("error: ") and needle in err and err.count("\n") == 1, err
-    assert not (tmp_path / "p").exists()  # the bad quote is found before any stage runs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # refused before anything was written
 
 
 def test_paths_expand_the_home_folder(tmp_path, monkeypatch):

@@ -91,6 +91,7 @@ def test_stage_a_changes_only_router_weights(moe_dir, tmp_path):
                            heldout_docs=3, max_len=48, docs_per_domain=2, stage_a_lr=1e-2, warmup_steps=1,
                            weight_decay=0.1, log_every=1, eval_every=100, precision="fp32")
     s = Specializer(cfg, state=None)
+    s.open_logs()
     routers = {n for n, m in s.model.named_modules() if type(m).__name__ == "MixtralTopKRouter"}
     assert len(router_parameters(s.model)) == len(routers) == s.model.config.num_hidden_layers
     before = {k: v.clone() for k, v in s.model.state_dict().items()}
