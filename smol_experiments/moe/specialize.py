@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smol_experiments.bootstrap import paired_bootstrap, ratio
+from smol_experiments.bootstrap import LEVEL, RESAMPLES, paired_bootstrap, ratio
 from smol_experiments.moe import data, engine, outputs
 from smol_experiments.moe.cli import field, parse_config, recorded_settings
 from smol_experiments.moe.domains import domain_splits
@@ -96,14 +96,12 @@ def evaluate_domains(model, heldout: list[list[list[int]]], cfg: SpecializeConfi
                             ("routing_tokens", mask.sum(1) * c.num_hidden_layers)):
             docs[key] += values.tolist()
     model.train()
-    domain = np.array(docs["domain"])
-    loss = [float(np.sum(docs["loss_sum"], where=domain == d) / np.sum(docs["loss_tokens"], where=domain == d))
-            for d in range(len(heldout))]
+    loss_sum, tokens = (np.bincount(docs["domain"], weights=docs[key], minlength=len(heldout))
+                        for key in ("loss_sum", "loss_tokens"))
     acc = stats.routing_accuracy()
-    return {"heldout_loss": loss, "routing_accuracy": acc.tolist(), "routing_accuracy_mean": acc.mean(1).tolist(),
-            "domain_expert_share": stats.domain_expert_share().tolist(),
-            "tokens_per_domain": [float(np.sum(docs["loss_tokens"], where=domain == d)) for d in range(len(heldout))],
-            "documents": docs, **stats.summary(cfg.active_min_share)}
+    return {"heldout_loss": (loss_sum / tokens).tolist(), "routing_accuracy": acc.tolist(),
+            "routing_accuracy_mean": acc.mean(1).tolist(), "domain_expert_share": stats.domain_expert_share().tolist(),
+            "tokens_per_domain": tokens.tolist(), "documents": docs, **stats.summary(cfg.active_min_share)}
 
 
 def set_trainable(model, stage: str) -> list[torch.nn.Parameter]:
@@ -268,7 +266,8 @@ def summarize(domains: list[str], before: dict, after: dict) -> dict:
                         f"{key}_change": change["diff"], f"{key}_change_ci": change["ci"],
                         f"{key}_change_significant": change["significant"]})
         rows[d] = row
-    return {"domains": rows, "intervals": "95% paired bootstrap over held-out documents (1000 resamples)",
+    return {"domains": rows,
+            "intervals": f"{LEVEL:.0%} paired bootstrap over held-out documents, {RESAMPLES} resamples",
             "all_domains_at_least_90pct": all(r["routing_accuracy_after"] >= 0.9 for r in rows.values()),
             "no_domain_loss_worse": all(r["heldout_loss_after"] <= r["heldout_loss_before"] for r in rows.values())}
 
