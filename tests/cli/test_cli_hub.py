@@ -60,7 +60,7 @@ def test_model_card_reports_the_run(run, staged):
 
     card = (staged / "README.md").read_text()
     s = summarize_run(run)
-    assert card.startswith("---\nlibrary_name: \"transformers\"")
+    assert card.startswith('---\nlicense: "mit"\nlibrary_name: "transformers"')
     for text in ["LlamaForCausalLM", f"{s.params_total:,}", f"tokens seen: {s.tokens:,}", f"{s.train_loss:.4f}",
                  f"{s.val_loss:.4f}", "built-in offline story corpus", "![loss curve](loss_curve.png)",
                  'pipeline("text-generation", model="me/tiny-llama")', 'load_model("me/tiny-llama")']:
