@@ -138,7 +138,7 @@ def cmd_quantize(args):
 
     report = quantize_checkpoint(args.checkpoint, args.out_dir, evaluate=not args.no_eval,
                                  eval_batches=args.eval_batches, batch_size=args.batch_size,
-                                 bench_tokens=args.bench_tokens, kernel=args.kernel)
+                                 bench_tokens=args.bench_tokens, scheme=args.scheme)
     print(format_report(report, Path(args.out_dir)))
 
 
@@ -200,15 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["text", "markdown", "csv"], default="text", help="table format")
     s.set_defaults(fn=cmd_compare)
 
-    s = sub.add_parser("quantize", help="int8 weights for CPU inference; reports size, speed and loss change")
+    s = sub.add_parser("quantize", help="int8 weights with torchao; reports size, speed, loss and greedy-text change")
     s.add_argument("checkpoint", help="checkpoint folder, run folder, or Hub repo id")
     s.add_argument("out_dir", help="new or empty folder for the quantized model")
     s.add_argument("--no-eval", action="store_true", help="skip the held-out loss (needs the training data)")
     s.add_argument("--eval-batches", type=int, default=10, help="held-out batches for the loss comparison")
     s.add_argument("--batch-size", type=int, default=8, help="sequences per held-out batch")
     s.add_argument("--bench-tokens", type=int, default=64, help="new tokens per speed measurement")
-    s.add_argument("--kernel", choices=["auto", "dynamic", "weight-only"], default="auto",
-                   help="dynamic: x86 int8 kernel (activations rounded per batch); weight-only: dequantize in forward")
+    s.add_argument("--scheme", choices=["weight-only", "dynamic"], default="weight-only",
+                   help="weight-only: int8 weights, fp32 activations; dynamic: activations rounded to int8 per token too")
     s.set_defaults(fn=cmd_quantize)
     return p
 
