@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=8, help="sequences per held-out batch")
     s.add_argument("--bench-tokens", type=int, default=64, help="new tokens per speed measurement")
     s.add_argument("--scheme", choices=["weight-only", "dynamic"], default="weight-only",
-                   help="weight-only: int8 weights, fp32 activations; dynamic: activations rounded to int8 per token too")
+                   help="weight-only: int8 weights, fp32 activations; dynamic: activations to int8 per token too")
     s.set_defaults(fn=cmd_quantize)
     return p
 

@@ -97,7 +97,7 @@ def card_body(model, summary: RunSummary, has_loss_curve: bool, title: str, expo
         + (f", {counts['active']:,} active per token (mixture of experts)" if moe else ""),
         f"- Context length: {model.max_seq_len} tokens",
         f"- Tokenizer: {tokenizer}",
-        f"- License: {license_of(data)}" + (" (the tokenizer's)" if data.get("tokenizer") in TOKENIZER_LICENSES else ""),
+        f"- License: {license_of(data)}" + (" (its tokenizer's)" if data.get("tokenizer") in TOKENIZER_LICENSES else ""),
         "",
         "<details><summary>Full configuration</summary>",
         "",

@@ -7,8 +7,8 @@ for an int8 tensor with one scale per output row. Two schemes (`--scheme`):
   dynamic       `Int8DynamicActivationInt8WeightConfig`: activations are also rounded to int8, per token and
                 call, and multiplied as int8.
 
-Embeddings, norms, grouped MoE experts (3-D parameters, not `nn.Linear`) and StoryKimi's `wkv_b` stay fp32. The folder written
-is safetensors + JSON, loaded without pickle:
+Embeddings, norms, grouped MoE experts (3-D parameters, not `nn.Linear`) and StoryKimi's `wkv_b` stay fp32.
+The folder written is safetensors + JSON, loaded without pickle:
 
     OUT/config.json                 the source checkpoint's config plus a "quantization" block
     OUT/model.int8.safetensors      torchao's flattened int8 tensors (and its metadata) plus the fp32 rest
@@ -116,8 +116,8 @@ def load_quantized(path: str | Path):
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k.removesuffix(".weight") not in int8 and not ckpt_io._is_tied_alias(model, k)]
     if missing or unexpected or any(w is None for w in int8.values()):
-        raise UserError(f"{path / WEIGHTS} does not fit its config (missing {missing[:3]}, unexpected {unexpected[:3]}); "
-                        "quantize the checkpoint again with `smolhub quantize`")
+        raise UserError(f"{path / WEIGHTS} does not fit its config (missing {missing[:3]}, unexpected "
+                        f"{unexpected[:3]}); quantize the checkpoint again with `smolhub quantize`")
     for name, weight in int8.items():  # a head tied to the embedding is untied here, as when it was quantized
         model.get_submodule(name).weight = nn.Parameter(weight, requires_grad=False)
     model.eval()
@@ -133,8 +133,9 @@ def _save(model, cfg: dict, quant: dict, folder: Path):
     from smolhub_hub import checkpoint as ckpt_io
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    plain = ckpt_io._untie({k: v for k, v in state.items() if type(v) is torch.Tensor})
-    tensors, metadata = flatten_tensor_state_dict({k: v for k, v in state.items() if k in plain or type(v) is not torch.Tensor})
+    plain = ckpt_io._untie({k: v for k, v in state.items() if type(v) is torch.Tensor})  # a tied matrix once
+    int8 = {k: v for k, v in state.items() if type(v) is not torch.Tensor}
+    tensors, metadata = flatten_tensor_state_dict({**plain, **int8})
     save_file(tensors, folder / WEIGHTS, metadata=metadata)
     (folder / "config.json").write_text(json.dumps({**cfg, "quantization": quant}, indent=2))
     model.tokenizer.save_pretrained(folder)

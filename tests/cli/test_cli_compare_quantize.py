@@ -137,3 +137,16 @@ def test_a_folder_quantized_by_an_older_smolhub_is_refused_with_the_fix(runs, tm
     save_file({"lm_head.q": torch.zeros(4, 4, dtype=torch.int8)}, out / WEIGHTS)
     with pytest.raises(UserError, match="older SmolHub.*quantize the checkpoint again"):
         load_model(out)
+
+
+def test_the_documented_transformers_int8_route_from_an_export(runs, tmp_path):
+    """docs: `smolhub export`, then transformers quantizes it with torchao on load, saves and reloads it."""
+    from torchao.quantization import Int8WeightOnlyConfig
+    from transformers import AutoModelForCausalLM, TorchAoConfig
+
+    out = cli.export_to_hf(str(runs[0]), tmp_path / "hf")
+    q = AutoModelForCausalLM.from_pretrained(out, quantization_config=TorchAoConfig(Int8WeightOnlyConfig()))
+    q.save_pretrained(tmp_path / "hf-int8")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "hf-int8").eval()
+    assert type(reloaded.model.layers[0].self_attn.q_proj.weight).__name__ == "Int8Tensor"
+    assert _relative_error(reloaded, load_model(runs[0], device="cpu"), torch.randint(0, 500, (1, 16))) < 0.05

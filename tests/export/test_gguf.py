@@ -58,7 +58,8 @@ def test_gguf_reads_back_as_the_same_function(family, outtype, gguf_checkpoints,
         stored = _as_stored(ours, outtype)
         assert (theirs - stored(ids).logits).abs().max() < 1e-4  # the same function, weights as stored
     assert (theirs - exact).abs().max() < ROUNDING[outtype] * exact.abs().max()
-    greedy = hf.generate(ids, max_new_tokens=GREEDY, min_new_tokens=GREEDY, do_sample=False, pad_token_id=tok.pad_token_id)
+    greedy = hf.generate(ids, max_new_tokens=GREEDY, min_new_tokens=GREEDY, do_sample=False,
+                         pad_token_id=tok.pad_token_id)
     assert torch.equal(greedy, generate(stored, ids, SamplingConfig(max_new_tokens=GREEDY, greedy=True)))
 
 
