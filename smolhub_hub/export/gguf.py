@@ -45,12 +45,16 @@ def _gguf():
 
 
 def check_supported(family: str, config):
+    """A UserError naming the fix for a model the GGUF export cannot write (nothing is written before)."""
+    from smolhub_hub.export import converter_for
+
     if family not in ARCHITECTURES:
         raise UserError(f"no GGUF export for {family}: llama.cpp and transformers' GGUF loader both read only "
                         f"{' and '.join(ARCHITECTURES)} models; use --format hf")
     if family == "SmolTransformer" and config.gelu_approximate != "tanh":
         raise UserError("llama.cpp's GPT-2 uses the tanh GELU; this SmolTransformer was trained with the exact "
                         "one (--gelu-approximate none): use --format hf")
+    converter_for(family).hf_config(config)  # e.g. an RMSNorm SmolTransformer has no GPT-2 form
 
 
 def gguf_names(arch: str, n_layers: int, hf_names) -> dict[str, str]:

@@ -74,6 +74,9 @@ def test_quantize_reports_and_reloads_without_pickle(runs, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["quantize", str(runs[0]), str(out), "--no-eval"])
     assert e.value.code == 2 and "is not empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["export", str(out), str(tmp_path / "hf")])
+    assert e.value.code == 2 and "export the checkpoint it was made from" in capsys.readouterr().err
 
 
 def _random_checkpoint(family, runs, tmp_path):

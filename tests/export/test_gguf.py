@@ -106,6 +106,13 @@ def test_gguf_export_of_an_architecture_transformers_cannot_read_is_refused(fami
     assert not (tmp_path / "g").exists()
 
 
+def test_an_rmsnorm_smoltransformer_is_refused_before_anything_is_written(bpe_tokenizer, tmp_path, capsys):
+    ckpt = make_checkpoint(tmp_path / "run", "SmolTransformer", bpe_tokenizer, norm="rmsnorm")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["export", str(ckpt), str(tmp_path / "g"), "--format", "gguf"])
+    assert e.value.code == 2 and "--norm layernorm" in capsys.readouterr().err and not (tmp_path / "g").exists()
+
+
 def test_a_tokenizer_llama_cpp_would_split_differently_is_refused():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
