@@ -142,16 +142,17 @@ def cmd_quantize(args):
     print(format_report(report, Path(args.out_dir)))
 
 
-def _add_sampling_flags(s):
-    """The same sampling options as every model folder's inference.py."""
-    s.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for several)")
-    s.add_argument("--max-length", type=int, default=100, help="new tokens to generate")
-    s.add_argument("--temperature", type=float, default=0.7)
-    s.add_argument("--top-k", type=int, default=None)
-    s.add_argument("--top-p", type=float, default=None)
-    s.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (quantized folders run on CPU)")
+def add_sampling_flags(p):
+    """The sampling options of every model folder's inference.py and of `smolhub generate`."""
+    p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for several)")
+    p.add_argument("--max-length", type=int, default=100, help="new tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0 = greedy)")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens only")
+    p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set of tokens holding this "
+                                                             "probability (nucleus sampling)")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same text")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (quantized folders run on CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("generate", help="generate text from a checkpoint, a quantized folder or a Hub repo")
     s.add_argument("checkpoint", help="checkpoint folder, run folder, `smolhub quantize` output, or Hub repo id")
-    _add_sampling_flags(s)
+    add_sampling_flags(s)
     s.set_defaults(fn=cmd_generate)
 
     s = sub.add_parser("pull", help="download a pushed repo (transformers export + SmolHub checkpoint)")

@@ -122,16 +122,11 @@ def stream_text(model, prompt: str, max_length: int = 100, temperature: float = 
 
 # --- CLI -------------------------------------------------------------------------------------------
 def build_parser(family: str) -> argparse.ArgumentParser:
+    from smolhub_hub.cli import add_sampling_flags
+
     p = argparse.ArgumentParser(prog=f"{family}/inference.py", description=f"Generate text with a {family} checkpoint.")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, run folder, or Hub repo id")
-    p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for several)")
-    p.add_argument("--max-length", type=int, default=100, help="new tokens to generate")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="auto")
+    add_sampling_flags(p)
     return p
 
 

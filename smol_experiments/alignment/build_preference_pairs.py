@@ -44,14 +44,14 @@ def build_parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="the SFT model (local folder or Hub id)")
     p.add_argument("--dataset", default=DATASET, help="Hub id, local JSON/JSONL/parquet file, or folder of split files")
-    p.add_argument("--task", default="gec")
-    p.add_argument("--output-dir", required=True)
+    p.add_argument("--task", default="gec", help="CoEdIT task to keep (rows whose `task` differs are dropped)")
+    p.add_argument("--output-dir", required=True, help="folder for the pair chunks (a rerun resumes)")
     p.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.5], help="one sample per temperature")
     p.add_argument("--max-samples", type=int, default=None, help="use only the first N training prompts")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=64, help="prompts per generation batch")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="longest sampled correction")
     p.add_argument("--chunk-size", type=int, default=1024, help="prompts per saved chunk (the unit of resume)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="sampling seed")
     return p
 
 

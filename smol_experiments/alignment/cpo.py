@@ -18,7 +18,7 @@ STAGE = "cpo"
 def build_parser():
     p = stage_parser(__doc__.splitlines()[0], model=None, learning_rate=5e-7, batch_size=12, scheduler="cosine",
                      preference=True)
-    p.add_argument("--beta", type=float, default=0.05)
+    p.add_argument("--beta", type=float, default=0.05, help="inverse temperature of the preference loss")
     p.add_argument("--cpo-alpha", type=float, default=1.0, help="weight of the NLL (behaviour cloning) term on chosen")
     p.add_argument("--loss-type", default="sigmoid", help="sigmoid, hinge, ipo, simpo or alphapo")
     return p

@@ -56,12 +56,12 @@ def build_parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--models", nargs="+", required=True, metavar="NAME=PATH", help="models to compare, in order")
     p.add_argument("--dataset", default=DATASET, help="Hub id, local JSON/JSONL/parquet file, or folder of split files")
-    p.add_argument("--task", default="gec")
-    p.add_argument("--split", default="validation")
-    p.add_argument("--output-dir", required=True)
+    p.add_argument("--task", default="gec", help="CoEdIT task to keep (rows whose `task` differs are dropped)")
+    p.add_argument("--split", default="validation", help="dataset split to evaluate on")
+    p.add_argument("--output-dir", required=True, help="folder for results.md / results.json and the cached predictions")
     p.add_argument("--max-samples", type=int, default=None, help="evaluate on the first N rows only")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=32, help="prompts per generation batch")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="longest greedy correction")
     return p
 
 

@@ -45,7 +45,7 @@ def main(argv=None) -> dict:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny offline run on CPU (a few minutes at most)")
     p.add_argument("--output", default=None, help="folder for every stage (default runs/moe/quick or runs/moe/full)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of every stage (tiny model, routers, data order)")
     p.add_argument("--overwrite", action="store_true", help="redo stages that already finished in --output")
     p.add_argument("--cpt-args", default="", help="extra flags for continued_pretraining, e.g. '--steps 50'")
     p.add_argument("--specialize-args", default="", help="extra flags for specialize, e.g. '--stage-b-steps 20'")

@@ -130,7 +130,7 @@ def main_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=2, help="experts per token (>= 2 so the LM loss trains routers)")
     p.add_argument("--router-std", type=float, default=None, help="router init std (default: initializer_range)")
     p.add_argument("--aux-loss-coef", type=float, default=0.01, help="stored as config.router_aux_loss_coef")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the router initialisation")
     p.add_argument("--prompt", default="The capital of France is", help="prompt for the parity check")
     p.add_argument("--overwrite", action="store_true", help="replace a finished upcycle in --output")
     return p.parse_args(argv)
