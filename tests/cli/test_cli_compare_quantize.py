@@ -38,7 +38,7 @@ def test_compare_table_and_plot(runs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert png.stat().st_size > 10_000
     header, rule, *rows = out.splitlines()[:4]
-    assert header.split()[:3] == ["run", "family", "params"] and rows[0].startswith("fast")
+    assert header.split()[:4] == ["run", "family", "lr", "params"] and rows[0].startswith("fast")
     for run, s in zip(runs, compare(list(map(str, runs)))):
         cfg = ckpt_io.read_config(ckpt_io.resolve_checkpoint(run))
         assert s.train_loss == _last(run, "train/loss") and s.val_loss == _last(run, "val/loss")
