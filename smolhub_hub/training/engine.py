@@ -465,9 +465,10 @@ def _in_main_thread() -> bool:
 
 
 def _progress(total: int, initial: int, disable: bool):
-    from tqdm.auto import tqdm
+    """A bar on a terminal, plain periodic lines in a log file."""
+    from smolhub_hub.training.metrics import progress_bar
 
-    return tqdm(total=total, initial=initial, disable=disable, desc="train", unit="step", dynamic_ncols=True)
+    return progress_bar(total, initial, disable)
 
 
 def train(family: ModelFamily, mcfg, tcfg: TrainConfig, dcfg: DataConfig, preset: str = "default") -> dict:

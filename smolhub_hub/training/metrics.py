@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import csv
 import re
+import sys
 from collections import defaultdict
 from pathlib import Path
+
+from tqdm import tqdm
 
 from smolhub_hub.errors import UserError
 
@@ -42,15 +45,46 @@ class MetricsLog:
             self.wandb.log(metrics, step=step)
 
 
+LOG_LINE_EVERY_S = 30  # in a log file, a progress line at least this often (and at every logged step)
+
+
+def progress_bar(total: int, initial: int, disable: bool = False) -> tqdm:
+    """tqdm's bar on a terminal; where stderr is not a terminal (a log file, CI, a notebook), plain lines on
+    stdout instead of carriage-return redraws: one at every logged step and one every LOG_LINE_EVERY_S."""
+    if disable or sys.stderr.isatty():
+        return tqdm(total=total, initial=initial, disable=disable, desc="train", unit="step", dynamic_ncols=True)
+    return LogLines(total=total, initial=initial, desc="train", unit="step", file=sys.stdout, leave=False,
+                    mininterval=LOG_LINE_EVERY_S, bar_format="{desc}: step {n_fmt}/{total_fmt} ({percentage:.0f}%) "
+                                                             "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+
+
+class LogLines(tqdm):
+    """A progress bar for logs: every refresh prints one line (once per step count), nothing is ever redrawn."""
+
+    _printed_n = None
+
+    def display(self, msg=None, pos=None):
+        if msg is None and self.n != self._printed_n:  # msg="" asks to clear a bar; there is none
+            self.fp.write(self.__str__() + "\n")
+            self.fp.flush()
+            self._printed_n = self.n
+        return msg is None
+
+    def clear(self, nolock=False):
+        pass
+
+
 def read_metrics(path: Path) -> list[dict]:
     """The complete rows of a metrics.csv; a row cut short by a kill in the middle of a write is dropped.
 
     The one reader of metrics.csv: training (resume, plots), `smolhub compare` and `smolhub push` use it."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames is not None and reader.fieldnames != FIELDS:
-            raise UserError(f"{path} is not a SmolHub metrics file (columns {', '.join(reader.fieldnames)}; "
-                            f"expected {', '.join(FIELDS)})")
+        header = ",".join(reader.fieldnames or [])
+        if header != ",".join(FIELDS):
+            if ",".join(FIELDS).startswith(header):  # empty, or the header itself was cut short
+                return []
+            raise UserError(f"{path} is not a SmolHub metrics file (columns {header}; expected {','.join(FIELDS)})")
         return [r for r in reader if _complete(r)]
 
 
