@@ -20,6 +20,7 @@ import random
 from pathlib import Path
 
 from smolhub_hub.errors import UserError, exit_on_user_error
+from smolhub_hub.extras import require
 
 MAX_PROMPT_CHARS = 2000
 GENERATING = "Generating: "
@@ -163,10 +164,7 @@ def main(family: str, argv=None):
     from smolhub_hub.inference import load_model
 
     args = build_parser(family).parse_args(argv)
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise UserError("the demo needs gradio: pip install 'smolhub[demo]'") from None
+    require("gradio", "the demo")
     checkpoint = args.checkpoint or str(default_checkpoint(family))
     try:
         model = load_model(checkpoint, family=family, device=args.device)

@@ -30,7 +30,9 @@ CHUNK_DIR = "samples"
 
 def choose_pair(reference: str, candidates: list[str]) -> tuple[str, str] | None:
     """(closest, farthest) candidate by character edit distance to `reference`; None on a tie."""
-    from rapidfuzz.distance import Levenshtein
+    from smolhub_hub.extras import require
+
+    Levenshtein = require("rapidfuzz.distance", "building preference pairs (edit distance)").Levenshtein
 
     scored = sorted(candidates, key=lambda c: Levenshtein.distance(c.strip(), reference.strip()))
     best, worst = scored[0], scored[-1]

@@ -53,6 +53,9 @@ def cpo_trainer_class():
 
 
 def build_cpo_trainer(model, tokenizer, pairs, args):
+    from smolhub_hub.extras import require
+
+    require("trl", "the CPO stage")
     from trl.experimental.cpo import CPOConfig
 
     config = CPOConfig(**training_kwargs(args), beta=args.beta, cpo_alpha=args.cpo_alpha, loss_type=args.loss_type,

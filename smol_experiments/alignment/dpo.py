@@ -26,6 +26,9 @@ def build_parser():
 
 def build_dpo_trainer(model, tokenizer, pairs, args, eval_pairs=None):
     """A DPOTrainer whose reference is a frozen copy of the starting (SFT) model, or its precomputed log-probs."""
+    from smolhub_hub.extras import require
+
+    require("trl", "the DPO stage")
     from trl import DPOConfig, DPOTrainer
 
     config = DPOConfig(**training_kwargs(args), beta=args.beta, loss_type=[args.loss_type],

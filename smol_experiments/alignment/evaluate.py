@@ -28,7 +28,9 @@ METRICS = ("bleu", "chrf", "exact_match")
 
 
 def corpus_metrics(hypotheses: list[str], references: list[str]) -> dict:
-    import sacrebleu
+    from smolhub_hub.extras import require
+
+    sacrebleu = require("sacrebleu", "the evaluation (BLEU)")
 
     hyps = [h.strip() for h in hypotheses]
     refs = [r.strip() for r in references]

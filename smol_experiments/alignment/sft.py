@@ -24,6 +24,9 @@ def build_parser():
 
 def build_sft_trainer(model, tokenizer, train_rows, args, eval_rows=None):
     """An SFTTrainer on prompt/completion rows: TRL masks the prompt, so the loss covers ' {tgt}' + EOS only."""
+    from smolhub_hub.extras import require
+
+    require("trl", "the SFT stage")
     from trl import SFTConfig, SFTTrainer
 
     config = SFTConfig(**training_kwargs(args), max_length=args.max_length, completion_only_loss=True,

@@ -187,10 +187,9 @@ class Trainer:
     def _wandb(self):
         if not (self.tcfg.wandb and self.dist.is_main):
             return None
-        try:
-            import wandb
-        except ImportError:
-            raise UserError("--wandb needs the wandb package: pip install wandb") from None
+        from smolhub_hub.extras import require
+
+        wandb = require("wandb", "--wandb")
         return wandb.init(project=self.tcfg.wandb_project, mode=self.tcfg.wandb_mode, dir=str(self.run_dir),
                           name=self.run_dir.name, config=self._config_dict(), resume="allow")
 
