@@ -129,9 +129,10 @@ def build_demo(model, title: str, max_new_tokens: int = 256, max_queue: int = 64
                 status = gr.Markdown(elem_id="status")
         event = button.click(functools.partial(story_events, model, cap),
                              [prompt, max_tokens, temperature, top_k, top_p, seed], [output, status],
-                             api_name="run", concurrency_limit=2)
+                             api_name="run", concurrency_limit=2, show_progress_on=output)
         stop.click(None, cancels=[event])
-        event.then(stopped_status, status, status)  # also after a cancel: the status must not stay "Generating"
+        # Also after a cancel: the status must not stay "Generating".
+        event.then(stopped_status, status, status, show_progress="hidden", queue=False)
     demo.queue(max_size=max_queue)
     return demo
 

@@ -40,8 +40,10 @@ import torch
 import torch.nn as nn
 
 from smolhub_hub.errors import UserError
+from smolhub_hub.extras import require
 
 FORMAT = "smolhub-torchao-int8-1"
+SAFETENSORS_SUPPORT = "torchao.prototype.safetensors.safetensors_support"  # torchao tensors <-> safetensors
 WEIGHTS = "model.int8.safetensors"
 REPORT = "quantization_report.json"
 SCHEMES = {"weight-only": "Int8WeightOnlyConfig", "dynamic": "Int8DynamicActivationInt8WeightConfig"}
@@ -51,11 +53,7 @@ READ_AS_MATRIX = ("attn.wkv_b",)
 
 
 def _torchao():
-    try:
-        import torchao.quantization as quantization
-    except ModuleNotFoundError:
-        raise UserError("smolhub quantize needs torchao: pip install torchao") from None
-    return quantization
+    return require("torchao.quantization", "smolhub quantize")
 
 
 def torchao_config(scheme: str):
@@ -87,7 +85,8 @@ def _read_config(path: Path) -> dict:
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import safe_open
-    from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
+
+    unflatten_tensor_state_dict = require(SAFETENSORS_SUPPORT, "reading a quantized folder").unflatten_tensor_state_dict
 
     try:
         with safe_open(path / WEIGHTS, "pt") as f:
@@ -128,7 +127,8 @@ def load_quantized(path: str | Path):
 
 def _save(model, cfg: dict, quant: dict, folder: Path):
     from safetensors.torch import save_file
-    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+
+    flatten_tensor_state_dict = require(SAFETENSORS_SUPPORT, "smolhub quantize").flatten_tensor_state_dict
 
     from smolhub_hub import checkpoint as ckpt_io
 
@@ -189,7 +189,7 @@ def _measure(model, cfg: dict, weights: Path, prompt: str, evaluate: bool, eval_
 def quantize_checkpoint(checkpoint: str, out: str | Path, evaluate: bool = True, eval_batches: int = 10,
                         batch_size: int = 8, bench_tokens: int = 64, scheme: str = "weight-only") -> dict:
     """Write OUT (must be new or empty) and return the before/after report."""
-    import torchao
+    torchao = require("torchao", "smolhub quantize")
 
     from smolhub_hub.hf_folder import ensure_empty
     from smolhub_hub.inference import load_model

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from smolhub_hub.errors import UserError
+from smolhub_hub.extras import require
 
 ARCHITECTURES = {"StoryLlama": "llama", "SmolTransformer": "gpt2"}  # SmolHub family -> GGUF architecture
 OUTTYPES = ("f16", "q8_0")
@@ -37,11 +38,7 @@ Q8_BLOCK = 32  # q8_0 quantizes rows in blocks of 32 values; other rows stay f16
 
 
 def _gguf():
-    try:
-        import gguf
-    except ModuleNotFoundError:
-        raise UserError("--format gguf needs the gguf package: pip install gguf") from None
-    return gguf
+    return require("gguf", "--format gguf")
 
 
 def check_supported(family: str, config):

@@ -84,11 +84,16 @@ def test_a_missing_extra_is_named_in_one_line(tmp_path):
 from smolhub_hub.errors import UserError
 from smol_experiments.alignment.sft import build_sft_trainer
 from smol_experiments.alignment.evaluate import corpus_metrics
-for call in (lambda: build_sft_trainer(None, None, [], None), lambda: corpus_metrics(["a"], ["a"])):
+from smolhub_hub.export.gguf import _gguf
+from smolhub_hub.quantize import torchao_config
+for call in (lambda: build_sft_trainer(None, None, [], None), lambda: corpus_metrics(["a"], ["a"]), _gguf,
+             lambda: torchao_config("weight-only")):
     try:
         call()
     except UserError as e:
         print(e)
 """)
     assert proc.stdout.splitlines() == ["the SFT stage needs trl: pip install 'smolhub[alignment]'",
-                                        "the evaluation (BLEU) needs sacrebleu: pip install 'smolhub[alignment]'"]
+                                        "the evaluation (BLEU) needs sacrebleu: pip install 'smolhub[alignment]'",
+                                        "--format gguf needs gguf: pip install 'smolhub[gguf]'",
+                                        "smolhub quantize needs torchao.quantization: pip install 'smolhub[quantize]'"]
