@@ -1,4 +1,5 @@
-"""The MoE report's pictures (smol_experiments.moe.analyze): labelled axes, integer layer ticks, captions, no blank space."""
+"""The MoE report's pictures (smol_experiments.moe.analyze): labelled axes, integer layer ticks, captions, and
+no blank space."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The package's requirements are what the core imports; the demo, wandb, alignment ... are extras with clear messages."""
+"""The package's requirements are what the core imports; the demo, wandb, alignment ... are extras, and a missing
+one is named in one line."""
 
 from __future__ import annotations
 

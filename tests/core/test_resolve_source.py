@@ -1,4 +1,5 @@
-"""A checkpoint that is not there: the message names the missing folder, and the Hub only when a repo id could be meant."""
+"""A checkpoint that is not there: the message names the missing folder, and the Hub only when a repo id could
+be meant."""
 
 import pytest
 
