@@ -9,7 +9,9 @@
         training_state.safetensors + training_state.json   optimizer, scheduler, RNG, step (for --resume)
 
 A checkpoint is written to a temporary folder and renamed into place, and LATEST is switched only
-after that, so a kill during a save leaves the previous checkpoint as it was. Nested training state
+after that, so a kill during a save leaves the previous checkpoint as it was; a write that fails (a full
+disk, no permission) removes its temporary folder and ends in one line. config.json records the
+tokenizer's fingerprint, so weights are never used with another tokenizer. Nested training state
 (optimizer state dicts) is split into tensors (safetensors) and a JSON skeleton: loading never
 executes code.
 """
@@ -18,18 +20,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from smolhub_hub.config import DataConfig, TrainConfig
+from smolhub_hub.data.tokenizer import tokenizer_fingerprint
 from smolhub_hub.errors import UserError
 
 LATEST = "LATEST"
 FORMAT = "smolhub-checkpoint-1"
+TOKENIZER_KEY = "tokenizer_sha256"  # absent in checkpoints written before it was recorded
+RUN_SECTIONS = {"train": TrainConfig, "data": DataConfig}
+# Model sizes that are never 0 in any family (a negative value is wrong in every field).
+NEVER_ZERO = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len", "n_experts", "top_k")
 
 
 # --- nested state <-> (tensors, json) ------------------------------------------------------------
@@ -74,27 +84,42 @@ def _fsync_dir(path: Path):
 
 def save_checkpoint(run_dir: str | Path, step: int, model, config: dict, tokenizer=None,
                     training_state: dict | None = None, keep_last: int = 2) -> Path:
-    """Write step_<step>/ atomically, point LATEST at it, prune old ones. Returns the folder."""
+    """Write step_<step>/ atomically, point LATEST at it, prune old ones. Returns the folder.
+
+    Any failure removes the temporary folder; a full disk or a permission error is one UserError line.
+    The previous checkpoint and LATEST stay as they were."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:07d}"
     final, tmp = run_dir / name, run_dir / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    if tokenizer is not None:
+        config = {**config, TOKENIZER_KEY: tokenizer_fingerprint(tokenizer)}
     try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         _write_files(tmp, model, config, tokenizer, training_state)
-    except OSError:
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        _fsync_dir(run_dir)
+        latest_tmp = run_dir / f".{LATEST}.tmp"
+        latest_tmp.write_text(name + "\n")
+        os.replace(latest_tmp, run_dir / LATEST)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk gets its space back
+        if isinstance(e, (OSError, SafetensorError)):  # safetensors reports a full disk as its own error type
+            kept = "The previous checkpoint is intact." if (run_dir / LATEST).exists() else "No checkpoint was written."
+            raise UserError(f"could not write a checkpoint to {run_dir} ({_reason(e)}); free disk space or fix "
+                            f"permissions. {kept}") from None
         raise
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    _fsync_dir(run_dir)
-    latest_tmp = run_dir / f".{LATEST}.tmp"
-    latest_tmp.write_text(name + "\n")
-    os.replace(latest_tmp, run_dir / LATEST)
     _prune(run_dir, keep_last, keep=name)
     return final
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    return str(e).split(": ")[-1]  # "Error while serializing: I/O error: No space left on device (os error 28)"
 
 
 def _write_files(tmp: Path, model, config: dict, tokenizer, training_state: dict | None):
@@ -156,28 +181,50 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return p
 
 
-def read_config(ckpt: Path) -> dict:
+def read_config(ckpt: Path, sections: tuple[str, ...] = ("model",)) -> dict:
+    """config.json, with each of `sections` present (resuming needs "train" and "data" too)."""
     try:
         cfg = json.loads((ckpt / "config.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{ckpt / 'config.json'} is corrupt ({e}); use an earlier checkpoint") from None
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or "family" not in cfg:
         raise UserError(f"{ckpt} was not written by SmolHub (unknown config format)")
-    if not isinstance(cfg.get("model"), dict):
-        raise UserError(f"{ckpt / 'config.json'} is corrupt (no model section); use an earlier checkpoint")
+    for name in sections:
+        if not isinstance(cfg.get(name), dict):
+            raise UserError(f"{ckpt / 'config.json'} is corrupt (no {name} section); use an earlier checkpoint")
+        if name in RUN_SECTIONS:
+            _check_fields(ckpt, RUN_SECTIONS[name].from_dict(cfg[name]))
     return cfg
 
 
 def model_config(ckpt: Path, cfg: dict, config_class):
-    """The saved architecture as `config_class`; a value of the wrong type means a damaged file."""
+    """The saved architecture as `config_class`; a value of the wrong type, or a size that is negative or
+    zero, means a damaged file."""
     mcfg = config_class.from_dict(cfg["model"])
-    for f in dataclasses.fields(mcfg):
-        value, want = getattr(mcfg, f.name), type(f.default)
+    _check_fields(ckpt, mcfg, sizes=True)
+    return mcfg
+
+
+def _check_fields(ckpt: Path, config, sizes: bool = False):
+    for f in dataclasses.fields(config):
+        value, want = getattr(config, f.name), type(f.default)
         if f.default is dataclasses.MISSING or value is None:
             continue
-        if isinstance(value, bool) != (want is bool) or not isinstance(value, (int, float) if want is float else want):
+        wrong_type = isinstance(value, bool) != (want is bool) or not isinstance(
+            value, (int, float) if want is float else want)
+        bad_size = sizes and want in (int, float) and not wrong_type and (
+            not math.isfinite(value) or value < 0 or (value == 0 and f.name in NEVER_ZERO))
+        if wrong_type or bad_size:
             raise UserError(f"{ckpt / 'config.json'} is corrupt ({f.name} = {value!r}); use an earlier checkpoint")
-    return mcfg
+
+
+def build_model(ckpt: Path, model_class, mcfg):
+    """The model of a checkpoint's config; sizes that do not fit together mean a damaged config.json."""
+    try:
+        return model_class(mcfg)
+    except (AssertionError, ValueError, ZeroDivisionError, RuntimeError) as e:
+        raise UserError(f"{ckpt / 'config.json'} is corrupt (the model cannot be built: {type(e).__name__}: "
+                        f"{str(e)[:120]}); use an earlier checkpoint") from None
 
 
 def load_weights(ckpt: Path, model, strict: bool = True):

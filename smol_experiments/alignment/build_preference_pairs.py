@@ -33,7 +33,9 @@ CHUNK_DIR = "samples"
 
 def choose_pair(reference: str, candidates: list[str]) -> tuple[str, str] | None:
     """(closest, farthest) candidate by character edit distance to `reference`; None on a tie."""
-    from rapidfuzz.distance import Levenshtein
+    from smolhub_hub.extras import require
+
+    Levenshtein = require("rapidfuzz.distance", "building preference pairs (edit distance)").Levenshtein
 
     scored = sorted(candidates, key=lambda c: Levenshtein.distance(c.strip(), reference.strip()))
     best, worst = scored[0], scored[-1]
@@ -47,15 +49,15 @@ def build_parser():
     p.add_argument("--model", required=True, type=path, help="the SFT model (local folder or Hub id)")
     p.add_argument("--dataset", default=DATASET, type=path,
                    help="Hub id, local JSON/JSONL/parquet file, or folder of split files")
-    p.add_argument("--task", default="gec")
+    p.add_argument("--task", default="gec", help="CoEdIT task to keep (rows whose `task` differs are dropped)")
     add_output_flags(p)
     p.add_argument("--temperatures", type=positive_float, nargs="+", default=[1.0, 0.5],
                    help="one sample per temperature (at least two)")
     p.add_argument("--max-samples", type=positive_int, default=None, help="use only the first N training prompts")
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--max-new-tokens", type=positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="prompts per generation batch")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256, help="longest sampled correction")
     p.add_argument("--chunk-size", type=positive_int, default=1024, help="prompts per saved chunk (the unit of resume)")
-    p.add_argument("--seed", type=non_negative_int, default=42)
+    p.add_argument("--seed", type=non_negative_int, default=42, help="sampling seed")
     return p
 
 
@@ -122,7 +124,10 @@ def run(argv=None) -> dict:
     return metrics
 
 
-main = stage_main(run)
+@stage_main
+def main(argv=None) -> dict:
+    return run(argv)
+
 
 if __name__ == "__main__":
     main()

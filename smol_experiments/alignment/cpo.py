@@ -20,7 +20,7 @@ LOSS_TYPES = ("sigmoid", "hinge", "ipo", "simpo", "alphapo")
 def build_parser():
     p = stage_parser(__doc__.splitlines()[0], model=None, learning_rate=5e-7, batch_size=12, scheduler="cosine",
                      preference=True)
-    p.add_argument("--beta", type=positive_float, default=0.05)
+    p.add_argument("--beta", type=positive_float, default=0.05, help="inverse temperature of the preference loss")
     p.add_argument("--cpo-alpha", type=non_negative_float, default=1.0,
                    help="weight of the NLL (behaviour cloning) term on chosen")
     p.add_argument("--loss-type", default="sigmoid", choices=LOSS_TYPES, help="TRL CPO loss")
@@ -56,6 +56,9 @@ def cpo_trainer_class():
 
 
 def build_cpo_trainer(model, tokenizer, pairs, args):
+    from smolhub_hub.extras import require
+
+    require("trl", "the CPO stage")
     from trl.experimental.cpo import CPOConfig
 
     config = make_config(CPOConfig, **training_kwargs(args), beta=args.beta, cpo_alpha=args.cpo_alpha,
@@ -69,7 +72,10 @@ def run(argv=None) -> dict:
     return run_preference_stage(build_parser().parse_args(argv), STAGE, build_cpo_trainer)
 
 
-main = stage_main(run)
+@stage_main
+def main(argv=None) -> dict:
+    return run(argv)
+
 
 
 if __name__ == "__main__":

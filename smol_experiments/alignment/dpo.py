@@ -30,6 +30,9 @@ def build_parser():
 
 def build_dpo_trainer(model, tokenizer, pairs, args, eval_pairs=None):
     """A DPOTrainer whose reference is a frozen copy of the starting (SFT) model, or its precomputed log-probs."""
+    from smolhub_hub.extras import require
+
+    require("trl", "the DPO stage")
     from trl import DPOConfig, DPOTrainer
 
     config = make_config(DPOConfig, **training_kwargs(args), beta=args.beta, loss_type=[args.loss_type],
@@ -43,7 +46,10 @@ def run(argv=None) -> dict:
     return run_preference_stage(build_parser().parse_args(argv), STAGE, build_dpo_trainer)
 
 
-main = stage_main(run)
+@stage_main
+def main(argv=None) -> dict:
+    return run(argv)
+
 
 
 if __name__ == "__main__":

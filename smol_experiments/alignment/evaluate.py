@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from smolhub_hub.errors import UserError
+from smolhub_hub.extras import require
 
 from smol_experiments.alignment.cli import DATASET
 from smol_experiments.alignment.data import load_gec_examples, load_model_and_tokenizer
@@ -39,9 +40,8 @@ METRIC_NAMES = {"bleu": "BLEU", "chrf": "chrF", "exact_match": "exact match"}
 
 @functools.cache
 def _sacrebleu_metric(metric: str):
-    from sacrebleu.metrics import BLEU, CHRF
-
-    return BLEU(tokenize="13a") if metric == "bleu" else CHRF()
+    sacrebleu = require("sacrebleu", "the evaluation (BLEU)")
+    return sacrebleu.BLEU(tokenize="13a") if metric == "bleu" else sacrebleu.CHRF()
 
 
 def sentence_statistics(hypotheses: list[str], references: list[str]) -> dict[str, np.ndarray]:
@@ -82,12 +82,13 @@ def build_parser():
     p.add_argument("--models", nargs="+", required=True, metavar="NAME=PATH", help="models to compare, in order")
     p.add_argument("--dataset", default=DATASET, type=path,
                    help="Hub id, local JSON/JSONL/parquet file, or folder of split files")
-    p.add_argument("--task", default="gec")
-    p.add_argument("--split", default="validation")
-    p.add_argument("--output-dir", required=True, type=path)
+    p.add_argument("--task", default="gec", help="CoEdIT task to evaluate on (rows of other tasks are dropped)")
+    p.add_argument("--split", default="validation", help="dataset split to evaluate on")
+    p.add_argument("--output-dir", required=True, type=path,
+                   help="folder for results.md, results.json and cached predictions")
     p.add_argument("--max-samples", type=positive_int, default=None, help="evaluate on the first N rows only")
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--max-new-tokens", type=positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=32, help="prompts per generation batch")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256, help="longest greedy correction")
     p.add_argument("--compare-to", default=None,
                    help="the system every other one is compared with (default: sft if given, else the first model)")
     p.add_argument("--bootstrap-resamples", type=positive_int, default=RESAMPLES,
@@ -217,7 +218,10 @@ def run(argv=None) -> dict:
     return results
 
 
-main = stage_main(run)
+@stage_main
+def main(argv=None) -> dict:
+    return run(argv)
+
 
 if __name__ == "__main__":
     main()

@@ -110,7 +110,10 @@ def run(argv=None) -> dict:
                                                   "--output-dir", dirs["eval"], *eval_limit, *note]))
 
 
-main = stage_main(run)
+@stage_main
+def main(argv=None) -> dict:
+    return run(argv)
+
 
 if __name__ == "__main__":
     main()

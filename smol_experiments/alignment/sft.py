@@ -25,6 +25,9 @@ def build_parser():
 
 def build_sft_trainer(model, tokenizer, train_rows, args, eval_rows=None):
     """An SFTTrainer on prompt/completion rows: TRL masks the prompt, so the loss covers ' {tgt}' + EOS only."""
+    from smolhub_hub.extras import require
+
+    require("trl", "the SFT stage")
     from trl import SFTConfig, SFTTrainer
 
     config = make_config(SFTConfig, **training_kwargs(args), max_length=args.max_length, completion_only_loss=True,
@@ -56,7 +59,10 @@ def run(argv=None) -> dict:
     return metrics
 
 
-main = stage_main(run)
+@stage_main
+def main(argv=None) -> dict:
+    return run(argv)
+
 
 if __name__ == "__main__":
     main()

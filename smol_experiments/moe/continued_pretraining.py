@@ -235,7 +235,10 @@ def run(argv=None) -> dict:
                               __doc__, PRESETS))
 
 
-main = stage_main(run)
+@stage_main
+def main(argv=None) -> dict:
+    return run(argv)
+
 
 if __name__ == "__main__":
     main()

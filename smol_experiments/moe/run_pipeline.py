@@ -52,7 +52,8 @@ def run(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="tiny offline run on CPU (a few minutes at most)")
     p.add_argument("--output", default=None, type=path,
                    help="folder for every stage (default runs/moe/quick or runs/moe/full)")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of every stage (tiny model, routers, data order)")
     p.add_argument("--overwrite", action="store_true",
                    help="redo the stages whose settings or inputs changed (finished, unchanged stages are kept)")
     p.add_argument("--cpt-args", default="", help="extra flags for continued_pretraining, e.g. '--steps 50'")
@@ -71,7 +72,10 @@ def run(argv=None) -> dict:
     return result
 
 
-main = stage_main(run)
+@stage_main
+def main(argv=None) -> dict:
+    return run(argv)
+
 
 if __name__ == "__main__":
     main()

@@ -318,7 +318,10 @@ def run(argv=None) -> dict:
                                    PRESETS))
 
 
-main = stage_main(run)
+@stage_main
+def main(argv=None) -> dict:
+    return run(argv)
+
 
 if __name__ == "__main__":
     main()

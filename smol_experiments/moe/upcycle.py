@@ -134,7 +134,7 @@ def main_args(argv=None) -> argparse.Namespace:
                    help="router init std (default: initializer_range)")
     p.add_argument("--aux-loss-coef", type=non_negative_float, default=0.01,
                    help="stored as config.router_aux_loss_coef")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the router initialisation")
     p.add_argument("--prompt", default="The capital of France is", help="prompt for the parity check")
     p.add_argument("--overwrite", action="store_true",
                    help="redo the upcycle if --output holds one made with other settings (otherwise refused)")
@@ -171,7 +171,10 @@ def run(argv=None) -> dict:
     return report
 
 
-main = stage_main(run)
+@stage_main
+def main(argv=None) -> dict:
+    return run(argv)
+
 
 if __name__ == "__main__":
     main()

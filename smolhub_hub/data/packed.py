@@ -1,9 +1,11 @@
 """Packed token files: documents tokenized once, in batches, joined by EOS, memory-mapped.
 
 The cache key is (dataset spec, tokenizer spec), so a second run with the same data starts at once.
-Every `k`-th document goes to the held-out split, so no document is in both. Training windows are
-drawn from a seed and the step number alone: resuming needs no data-loader state, and each process
-takes its own slice of the global batch, so ranks read disjoint windows.
+Every `k`-th document goes to the held-out split, and nothing of that split reaches training: a training
+document that repeats a held-out one (after stripping) is dropped, and a BPE learns its merges from
+training documents only. Training windows are drawn from a seed and the step number alone: resuming needs
+no data-loader state, and each process takes its own slice of the global batch, so ranks read disjoint
+windows.
 """
 
 from __future__ import annotations
@@ -13,20 +15,24 @@ import itertools
 import json
 import os
 import shutil
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from smolhub_hub.config import DataConfig
-from smolhub_hub.data.sources import iter_documents, local_files
+from smolhub_hub.data.sources import SourceStats, iter_documents, local_files
 from smolhub_hub.data.tokenizer import load_tokenizer, train_bpe, vocab_size_of
 from smolhub_hub.errors import UserError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the BPE learns from the training split only; copies of held-out documents are dropped
 TOKENIZE_BATCH = 1024
 BPE_TRAIN_DOCS = 20000
+COPY_CHUNK = 1 << 24  # tokens copied at a time when held-out copies are cut out of train.bin
+SPLITS = ("train", "val")
 
 
 @dataclass
@@ -36,6 +42,17 @@ class PackedData:
     tokenizer: object
     meta: dict
     path: Path
+
+    def check_windows(self, seq_len: int):
+        """Each split must hold one window of `seq_len` + 1 tokens and one token more (see window_starts)."""
+        hints = {"train": "lower --seq-len or --val-fraction, or use a larger dataset",
+                 "val": "raise --val-fraction, lower --seq-len, or use a larger dataset"}
+        for split, tokens in (("train", self.train), ("val", self.val)):
+            if len(tokens) < seq_len + 2:
+                name = "training" if split == "train" else "held-out"
+                raise UserError(f"the {name} split of dataset '{self.meta['data']['dataset']}' has {len(tokens)} "
+                                f"tokens ({self.meta[f'{split}_documents']} documents); one window of --seq-len "
+                                f"{seq_len} needs {seq_len + 2}: {hints[split]}")
 
 
 def default_cache_dir() -> Path:
@@ -70,11 +87,31 @@ def prepare_data(cfg: DataConfig, rank: int = 0, barrier=None) -> PackedData:
 
 
 def load_packed(out: Path) -> PackedData:
-    meta = json.loads((out / "meta.json").read_text())
-    dtype = np.dtype(meta["dtype"])
-    train = np.memmap(out / "train.bin", dtype=dtype, mode="r")
-    val = np.memmap(out / "val.bin", dtype=dtype, mode="r")
-    return PackedData(train, val, load_tokenizer(str(out / "tokenizer")), meta, out)
+    """Map a finished cache. A file cut short, missing or edited is refused with one line naming the fix."""
+    fix = f"delete the cache folder {out} (the next run rebuilds it)"
+    meta_path = out / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        dtype = np.dtype(meta["dtype"])
+        sizes = {split: int(meta[f"{split}_tokens"]) * dtype.itemsize for split in SPLITS}
+        vocab = int(meta["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{meta_path} is damaged ({type(e).__name__}: {e}); {fix}") from None
+    tokens = {split: _map_tokens(out / f"{split}.bin", dtype, sizes[split], fix) for split in SPLITS}
+    if not (out / "tokenizer").is_dir():
+        raise UserError(f"{out / 'tokenizer'} is missing; {fix}")
+    tok = load_tokenizer(str(out / "tokenizer"), fix=fix)
+    if vocab_size_of(tok) != vocab:
+        raise UserError(f"{out / 'tokenizer'} has {vocab_size_of(tok)} ids where {meta_path} says {vocab}; {fix}")
+    return PackedData(tokens["train"], tokens["val"], tok, meta, out)
+
+
+def _map_tokens(path: Path, dtype: np.dtype, size: int, fix: str) -> np.ndarray:
+    actual = path.stat().st_size if path.is_file() else None
+    if actual is None or actual != size or size == 0:
+        state = "missing" if actual is None else f"{actual:,} bytes long where meta.json says {size:,}"
+        raise UserError(f"data cache file {path} is {state}; {fix}")
+    return np.memmap(path, dtype=dtype, mode="r")
 
 
 def _slug(name: str) -> str:
@@ -82,45 +119,117 @@ def _slug(name: str) -> str:
 
 
 def _build(cfg: DataConfig, out: Path):
-    docs = iter_documents(cfg)
+    stats = SourceStats()
+    docs = iter_documents(cfg, stats)
     docs = itertools.chain([next(docs)], docs)  # check the source before loading a tokenizer
+    labelled = _label_splits(docs, every=max(2, round(1 / cfg.val_fraction)))
     if cfg.tokenizer == "bpe":
-        head = list(itertools.islice(docs, BPE_TRAIN_DOCS))
-        tok = train_bpe(head, vocab_size=cfg.vocab_size)
-        docs = itertools.chain(head, docs)
+        head = list(itertools.islice(labelled, BPE_TRAIN_DOCS))
+        tok = train_bpe(_training_texts(head), vocab_size=cfg.vocab_size)
+        labelled = itertools.chain(head, labelled)
     else:
         tok = load_tokenizer(cfg.tokenizer)
-    vocab = vocab_size_of(tok)
-    dtype = np.uint16 if vocab <= 2**16 else np.uint32
-    every = max(2, round(1 / cfg.val_fraction))
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    counts = {"train": [0, 0], "val": [0, 0]}  # documents, tokens
-    with open(tmp / "train.bin", "wb") as ftrain, open(tmp / "val.bin", "wb") as fval:
-        index = 0
-        while batch := list(itertools.islice(docs, TOKENIZE_BATCH)):
-            ids = tok(batch, add_special_tokens=False)["input_ids"]
-            for doc_ids in ids:
-                split = "val" if index % every == every - 1 else "train"
-                arr = np.asarray(doc_ids + [tok.eos_token_id], dtype=dtype)
-                (fval if split == "val" else ftrain).write(arr.tobytes())
-                counts[split][0] += 1
-                counts[split][1] += len(arr)
-                index += 1
-    if counts["val"][0] == 0:
-        raise UserError(f"only {counts['train'][0]} document(s): too few to hold any out for evaluation; "
-                        "give more documents or raise --val-fraction")
-    tok.save_pretrained(tmp / "tokenizer")
-    meta = {"dtype": np.dtype(dtype).name, "vocab_size": vocab, "eos_id": tok.eos_token_id,
-            "train_documents": counts["train"][0], "train_tokens": counts["train"][1],
-            "val_documents": counts["val"][0], "val_tokens": counts["val"][1], "data": cfg.to_dict()}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    try:
+        tmp.mkdir(parents=True)
+        meta = _write_cache(tmp, cfg, tok, labelled, stats)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk gets its space back, and no half cache is left
+        if isinstance(e, OSError):
+            raise UserError(f"could not write the data cache in {out.parent} ({e.strerror or e}); free disk "
+                            "space, or point --cache-dir at a disk with room") from None
+        raise
+    print(summary_line(meta))
     if (out / "meta.json").exists():  # another process finished the same cache first: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
         return
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)  # atomic: a half-built cache is never mistaken for a finished one
+
+
+def summary_line(meta: dict) -> str:
+    return (f"data: {meta['train_documents']:,} training documents ({meta['train_tokens']:,} tokens), "
+            f"{meta['val_documents']:,} held out ({meta['val_tokens']:,} tokens); skipped "
+            f"{meta['skipped_non_text']:,} non-text value(s) and {meta['hidden_files_skipped']:,} hidden file(s); "
+            f"dropped {meta['duplicates_dropped']:,} training document(s) that repeat a held-out one")
+
+
+def _label_splits(docs: Iterator[str], every: int) -> Iterator[tuple[str, str]]:
+    for index, doc in enumerate(docs):
+        yield ("val" if index % every == every - 1 else "train"), doc
+
+
+def _doc_key(doc: str) -> int:
+    return int.from_bytes(hashlib.blake2b(doc.strip().encode(), digest_size=8).digest(), "little")
+
+
+def _training_texts(labelled: list[tuple[str, str]]) -> list[str]:
+    """What a BPE may learn from: training documents that do not repeat a held-out one."""
+    held_out = {_doc_key(doc) for split, doc in labelled if split == "val"}
+    return [doc for split, doc in labelled if split == "train" and _doc_key(doc) not in held_out]
+
+
+def _write_cache(tmp: Path, cfg: DataConfig, tok, labelled: Iterator[tuple[str, str]], stats: SourceStats) -> dict:
+    vocab = vocab_size_of(tok)
+    dtype = np.dtype(np.uint16 if vocab <= 2**16 else np.uint32)
+    counts, dropped = _write_splits(tmp, tok, labelled, dtype)
+    if counts["val"][0] == 0:
+        raise UserError(f"only {counts['train'][0]} document(s): too few to hold any out for evaluation; "
+                        "give more documents or raise --val-fraction")
+    if counts["train"][0] == 0:
+        raise UserError(f"every training document of '{cfg.dataset}' repeats a held-out one; "
+                        "give more distinct documents")
+    tok.save_pretrained(tmp / "tokenizer")
+    meta = {"dtype": dtype.name, "vocab_size": vocab, "eos_id": tok.eos_token_id,
+            "train_documents": counts["train"][0], "train_tokens": counts["train"][1],
+            "val_documents": counts["val"][0], "val_tokens": counts["val"][1],
+            "skipped_non_text": stats.non_text, "hidden_files_skipped": stats.hidden_files,
+            "duplicates_dropped": dropped, "data": cfg.to_dict()}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def _write_splits(tmp: Path, tok, labelled: Iterator[tuple[str, str]], dtype: np.dtype):
+    """Tokenize into train.bin / val.bin; returns {split: [documents, tokens]} and the held-out copies dropped."""
+    counts = {split: [0, 0] for split in SPLITS}
+    held_out: set[int] = set()
+    train_keys, train_starts = array("Q"), array("Q")  # per training document: its key, where it starts
+    with open(tmp / "train.bin", "wb") as ftrain, open(tmp / "val.bin", "wb") as fval:
+        while batch := list(itertools.islice(labelled, TOKENIZE_BATCH)):
+            ids = tok([doc for _, doc in batch], add_special_tokens=False)["input_ids"]
+            for (split, doc), doc_ids in zip(batch, ids):
+                if split == "val":
+                    held_out.add(_doc_key(doc))
+                else:
+                    train_keys.append(_doc_key(doc))
+                    train_starts.append(counts["train"][1])
+                arr = np.asarray(doc_ids + [tok.eos_token_id], dtype=dtype)
+                (fval if split == "val" else ftrain).write(arr.tobytes())
+                counts[split][0] += 1
+                counts[split][1] += len(arr)
+    repeats = np.isin(np.asarray(train_keys, dtype=np.uint64), np.fromiter(held_out, np.uint64, len(held_out)))
+    if repeats.any():
+        starts = np.asarray(train_starts, dtype=np.int64)
+        counts["train"][0] -= int(repeats.sum())
+        counts["train"][1] -= _cut_documents(tmp / "train.bin", dtype, starts, repeats)
+    return counts, int(repeats.sum())
+
+
+def _cut_documents(path: Path, dtype: np.dtype, starts: np.ndarray, cut: np.ndarray) -> int:
+    """Rewrite `path` without the documents marked in `cut`; returns the number of tokens removed."""
+    tokens = np.memmap(path, dtype=dtype, mode="r")
+    ends = np.append(starts[1:], len(tokens))
+    gaps = np.flatnonzero(cut)
+    kept = path.with_name(path.name + ".kept")
+    with open(kept, "wb") as f:  # copy what lies between the cut documents
+        for lo, hi in zip([0, *ends[gaps]], [*starts[gaps], len(tokens)]):
+            for a in range(lo, hi, COPY_CHUNK):
+                f.write(tokens[a:min(hi, a + COPY_CHUNK)].tobytes())
+    removed = int((ends - starts)[cut].sum())
+    del tokens
+    os.replace(kept, path)
+    return removed
 
 
 def window_starts(n_tokens: int, seq_len: int, count: int, seed: int, step: int) -> np.ndarray:

@@ -7,6 +7,8 @@ EOS separates documents in the packed token files; there is no padding in traini
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Iterable
 
@@ -38,21 +40,57 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int =
                                    unk_token=None, model_max_length=1_000_000)
 
 
-def load_tokenizer(name_or_path: str):
-    """Load a tokenizer by Hub id or local folder; a clear message when it cannot be found."""
+def load_tokenizer(name_or_path: str, fix: str = "check its files, or pass another tokenizer"):
+    """Load a tokenizer by Hub id or local folder; a clear message when it cannot be found or read.
+
+    `fix` ends the message when a local folder holds files that cannot be read (damaged or foreign)."""
     from transformers import AutoTokenizer
 
+    local = Path(name_or_path).exists()
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=not Path(name_or_path).exists()
-                                            and not _hub_ok())
-    except (OSError, ValueError) as e:
-        if Path(name_or_path).exists():
-            raise UserError(f"Could not load a tokenizer from {name_or_path}: {e}") from None
+        tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=not local and not _hub_ok())
+    except Exception as e:  # a tokenizer.json of the wrong structure raises the tokenizers library's bare Exception
+        if local:
+            reason = " ".join(str(e).split())[:160]
+            raise UserError(f"could not load a tokenizer from {name_or_path} ({type(e).__name__}: {reason}); "
+                            f"{fix}") from None
+        if not isinstance(e, (OSError, ValueError)):
+            raise
         raise UserError(
             f"Could not load tokenizer '{name_or_path}' (no network, or no such Hub id). "
             "Train one on your corpus instead with `--tokenizer bpe`, or pass a local tokenizer folder."
         ) from None
     return ensure_special_tokens(tok)
+
+
+def tokenizer_fingerprint(tok) -> str:
+    """A sha256 of what maps text to ids (vocabulary, merges, added tokens, normalizer, pre-tokenizer).
+
+    Saving and loading the tokenizer does not change it; a checkpoint records it next to its weights, so
+    that weights are never used with a tokenizer whose ids mean something else."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec = {k: spec.get(k) for k in ("added_tokens", "normalizer", "pre_tokenizer", "model")}
+    else:  # a tokenizer without a `tokenizers` backend: its vocabulary is what it has
+        spec = {"vocab": sorted(tok.get_vocab().items(), key=lambda item: item[1])}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def check_fingerprint(tok, expected: str | None, where: str, fix: str):
+    """Refuse `tok` unless it is the tokenizer `expected` fingerprints (None: nothing was recorded, accepted)."""
+    got = tokenizer_fingerprint(tok)
+    if expected is not None and got != expected:
+        raise UserError(f"{where}: the tokenizer is not the one the weights were trained with (fingerprint "
+                        f"{got[:12]}, the weights record {str(expected)[:12]}); {fix}")
+
+
+def folder_fingerprint(source: str) -> str | None:
+    """The fingerprint of the tokenizer saved in a local model folder, or None when it holds none."""
+    folder = Path(source).expanduser()
+    if not (folder / "tokenizer.json").is_file():
+        return None
+    return tokenizer_fingerprint(load_tokenizer(str(folder), fix=f"fix or remove the tokenizer files in {folder}"))
 
 
 def _hub_ok() -> bool:

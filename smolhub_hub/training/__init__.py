@@ -16,7 +16,7 @@ def _resume_configs(family, preset, overrides, tcfg):
     if not (run_dir / ckpt_io.LATEST).exists():
         raise UserError(f"--resume: no checkpoint in {run_dir}; drop --resume to start a new run, "
                         "or point --out-dir at the run to continue")
-    saved = ckpt_io.read_config(ckpt_io.resolve_checkpoint(run_dir))
+    saved = ckpt_io.read_config(ckpt_io.resolve_checkpoint(run_dir), sections=("model", "train", "data"))
     if saved["family"] != family.name:
         raise UserError(f"{run_dir} holds a {saved['family']} run; resume it with {saved['family']}/trainer.py")
     train = TrainConfig.from_dict(saved["train"]).replace(**{**overrides["train"], "out_dir": str(run_dir)})

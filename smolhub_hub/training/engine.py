@@ -22,6 +22,7 @@ import torch
 from smolhub_hub import checkpoint as ckpt_io
 from smolhub_hub.config import DataConfig, ModelFamily, TrainConfig
 from smolhub_hub.data.packed import PackedData, prepare_data, window_starts, windows_to_batch
+from smolhub_hub.data.tokenizer import check_fingerprint, folder_fingerprint
 from smolhub_hub.errors import UserError
 from smolhub_hub.training import distributed
 from smolhub_hub.training.metrics import MetricsLog, plot_run
@@ -141,6 +142,8 @@ class Trainer:
         except OSError as e:
             raise UserError(f"--init-from {self.tcfg.init_from}: cannot load it ({str(e)[:160]}); "
                             "pass a local Hugging Face model folder or check the network") from None
+        check_fingerprint(self.tokenizer, folder_fingerprint(self.tcfg.init_from), f"--init-from {self.tcfg.init_from}",
+                          f"train with its tokenizer: --tokenizer {self.tcfg.init_from}")
         model = converter_for(self.family.name).from_hf(hf)
         # Settings that do not change the function (dropout, kernel choices) come from this run's flags.
         changes = {f: getattr(self.requested_mcfg, f) for f in TRAINING_ONLY_FIELDS
@@ -184,10 +187,9 @@ class Trainer:
     def _wandb(self):
         if not (self.tcfg.wandb and self.dist.is_main):
             return None
-        try:
-            import wandb
-        except ImportError:
-            raise UserError("--wandb needs the wandb package: pip install wandb") from None
+        from smolhub_hub.extras import require
+
+        wandb = require("wandb", "--wandb")
         return wandb.init(project=self.tcfg.wandb_project, mode=self.tcfg.wandb_mode, dir=str(self.run_dir),
                           name=self.run_dir.name, config=self._config_dict(), resume="allow")
 
@@ -208,17 +210,16 @@ class Trainer:
                 "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state() if self.device.startswith("cuda") else None,
             }
-            try:
-                ckpt_io.save_checkpoint(self.run_dir, self.state.step, self.raw_model, self._config_dict(),
-                                        self.tokenizer, training_state, self.tcfg.keep_last)
-            except OSError as e:
-                raise UserError(f"could not write a checkpoint to {self.run_dir} ({e.strerror or e}); "
-                                "free disk space or fix permissions. The previous checkpoint is intact.") from None
+            # A failed write (full disk, no permission) is already one UserError line, its folder removed.
+            ckpt_io.save_checkpoint(self.run_dir, self.state.step, self.raw_model, self._config_dict(),
+                                    self.tokenizer, training_state, self.tcfg.keep_last)
         self._saved_step = self.state.step
         self.dist.barrier()
 
     def _load(self, path: Path):
         ckpt_io.load_weights(path, self.raw_model)
+        check_fingerprint(self.tokenizer, ckpt_io.read_config(path).get(ckpt_io.TOKENIZER_KEY), str(path),
+                          "resume with the dataset and --tokenizer the run started with")
         try:
             self._load_training_state(path)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:  # parsed, but not this run's state
@@ -463,9 +464,10 @@ def _in_main_thread() -> bool:
 
 
 def _progress(total: int, initial: int, disable: bool):
-    from tqdm.auto import tqdm
+    """A bar on a terminal, plain periodic lines in a log file."""
+    from smolhub_hub.training.metrics import progress_bar
 
-    return tqdm(total=total, initial=initial, disable=disable, desc="train", unit="step", dynamic_ncols=True)
+    return progress_bar(total, initial, disable)
 
 
 def train(family: ModelFamily, mcfg, tcfg: TrainConfig, dcfg: DataConfig, preset: str = "default") -> dict:

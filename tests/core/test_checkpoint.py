@@ -69,6 +69,7 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         ck.save_checkpoint(tmp_path, 2, m, cfg)
     assert ck.resolve_checkpoint(tmp_path) == good
+    assert not list(tmp_path.glob(".step_*"))  # what it had written is removed on the way out
     ck.load_weights(good, tiny_llama())
 
 
@@ -108,3 +109,16 @@ def test_not_a_checkpoint(tmp_path):
     (tmp_path / "x" / "model.safetensors").write_bytes(b"")
     with pytest.raises(UserError, match="not written by SmolHub"):
         ck.read_config(tmp_path / "x")
+
+
+def test_the_tokenizer_fingerprint_is_recorded_and_survives_saving(tmp_path):
+    from smolhub_hub.data.builtin import generate_stories
+    from smolhub_hub.data.tokenizer import load_tokenizer, tokenizer_fingerprint, train_bpe
+
+    tok = train_bpe(generate_stories(200), vocab_size=300)
+    m = tiny_llama()
+    path = ck.save_checkpoint(tmp_path, 1, m, {"family": "StoryLlama", "model": m.config.to_dict()}, tok)
+    recorded = ck.read_config(path)[ck.TOKENIZER_KEY]
+    assert recorded == tokenizer_fingerprint(tok) == tokenizer_fingerprint(load_tokenizer(str(path)))
+    other = train_bpe(generate_stories(200, seed=1), vocab_size=300)
+    assert len(other) == len(tok) and tokenizer_fingerprint(other) != recorded

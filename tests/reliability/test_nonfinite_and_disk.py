@@ -1,5 +1,6 @@
-"""In-process faults: NaN / inf losses and gradients, and checkpoint writes that fail (no space,
-permission denied). Training says what happened in one line and never loses the last good checkpoint."""
+"""In-process faults: NaN / inf losses and gradients, a really full disk (a small tmpfs, when run as root)
+under checkpoints and data caches, and a permission error after a checkpoint's rename. Training says
+what happened in one line, leaves nothing half-written behind, and never loses the last good checkpoint."""
 
 import dataclasses
 import errno
@@ -14,6 +15,7 @@ from smolhub_hub.training import main
 from StoryLlama.config import FAMILY
 from StoryLlama.model import StoryLlama
 from tests.reliability.conftest import latest, run_args, weights
+from tests.reliability.disk import fill, free_bytes, small_disk
 
 
 def faulty_family(nan_loss=(), inf_grad=()):
@@ -66,28 +68,75 @@ def test_n_non_finite_steps_in_a_row_stop_with_the_last_good_state(tmp_path, cap
     assert all(torch.isfinite(w).all() for w in weights(tmp_path / "run").values())
 
 
-@pytest.mark.parametrize("code, where", [(errno.ENOSPC, "save_file"), (errno.EACCES, "_fsync_dir")])
-def test_a_failing_checkpoint_write_stops_clearly_and_keeps_the_last_one(tmp_path, capsys, monkeypatch, code,
-                                                                         where):
-    real = getattr(ck, where)
+def filling_family(disk, at_attempt: int, leave: int):
+    """StoryLlama whose n-th training forward fills `disk` but for `leave` bytes: the disk runs full mid-run."""
 
-    def failing(*args, **kw):
-        # save_file(tensors, path) writes into the new folder; _fsync_dir(run_dir) runs after its rename.
-        path = args[1] if where == "save_file" else args[0]
-        if "step_0000006" in str(path) or (path / "step_0000006").exists():
-            raise OSError(code, os.strerror(code))
-        return real(*args, **kw)
+    class Filling(StoryLlama):
+        attempts = 0
 
-    monkeypatch.setattr(ck, where, failing)
+        def forward(self, idx, targets=None, cache=None):
+            if self.training and targets is not None:
+                Filling.attempts += 1
+                if Filling.attempts == at_attempt:
+                    fill(disk, leave)
+            return super().forward(idx, targets, cache)
+
+    return dataclasses.replace(FAMILY, model_class=lambda: Filling)
+
+
+def one_error_line(capsys, stop) -> str:
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    [line] = [x for x in err.splitlines() if x.startswith("error:")]
+    return line
+
+
+def test_a_really_full_disk_stops_a_checkpoint_write_in_one_line_and_keeps_the_last_one(tmp_path, capsys):
+    from StoryLlama.inference import load_model
+
+    with small_disk(tmp_path / "disk", "8m") as disk:
+        run = disk / "run"
+        # Full after step 3's checkpoint, with room left for metrics rows but not for step 6's weights.
+        with pytest.raises(SystemExit) as stop:
+            train(filling_family(disk, at_attempt=4, leave=64 << 10), run, 12, capsys)
+        assert one_error_line(capsys, stop) == (
+            f"error: could not write a checkpoint to {run} (No space left on device (os error 28)); free disk "
+            "space or fix permissions. The previous checkpoint is intact.")
+        assert latest(run).name == "step_0000003" and not list(run.glob(".step_*"))
+        assert free_bytes(disk) > 32 << 10  # what the failed write had written is freed
+        assert load_model(str(run), device="cpu")
+        (disk / "filler").unlink()  # what the message says to do; then the run continues
+        assert train(FAMILY, run, 12, capsys, "--resume")[0]["step"] == 12
+
+
+def test_a_really_full_disk_while_the_data_cache_is_written_leaves_no_half_cache(tmp_path, capsys):
+    with small_disk(tmp_path / "disk", "128k") as disk:
+        with pytest.raises(SystemExit) as stop:
+            train(FAMILY, tmp_path / "run", 3, capsys, "--cache-dir", str(disk))
+        assert one_error_line(capsys, stop) == (
+            f"error: could not write the data cache in {disk} (No space left on device); free disk space, "
+            "or point --cache-dir at a disk with room")
+        assert list(disk.iterdir()) == []
+
+
+def test_a_permission_error_after_the_rename_stops_clearly_and_keeps_the_last_checkpoint(tmp_path, capsys,
+                                                                                       monkeypatch):
+    """Simulated: root ignores permissions, so EACCES is raised by _fsync_dir once step 6 is renamed in."""
+    real = ck._fsync_dir
+
+    def failing(run_dir):
+        if (run_dir / "step_0000006").exists():
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+        return real(run_dir)
+
+    monkeypatch.setattr(ck, "_fsync_dir", failing)
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as stop:
         train(FAMILY, run, 12, capsys)
-    err = capsys.readouterr().err
-    assert stop.value.code == 2 and "Traceback" not in err
-    assert [line for line in err.splitlines() if line.startswith("error:")] == [
-        f"error: could not write a checkpoint to {run} ({os.strerror(code)}); free disk space or "
-        "fix permissions. The previous checkpoint is intact."]
+    assert one_error_line(capsys, stop) == (
+        f"error: could not write a checkpoint to {run} (Permission denied); free disk space or fix permissions. "
+        "The previous checkpoint is intact.")
     assert latest(run).name == "step_0000003"
-    assert not list(run.glob(".step_*.tmp"))  # a failed write frees what it had written
+    assert not list(run.glob(".step_*.tmp"))
     from StoryLlama.inference import load_model
     assert load_model(str(run), device="cpu")
