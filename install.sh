@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install SmolHub into the current Python: the pinned requirements, then every model folder and the
 # `smolhub` command as an editable package. `bash install.sh --dev` adds what the tests need
-# (pytest, hypothesis, Playwright) and Debian's Chromium for the browser tests. `FLASH=1 bash install.sh`
+# (pytest, hypothesis, Playwright, gguf, torchao), Debian's Chromium for the browser tests, and .venv-tf4/: an
+# environment with transformers 4.x in which the tests read the exports as a 4.x user would. `FLASH=1 bash install.sh`
 # also builds the optional flash-attn package (CUDA only; then `--attn-impl flash_attn`).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -12,6 +13,11 @@ if [[ "${FLASH:-0}" == "1" ]]; then
 fi
 if [[ "${1:-}" == "--dev" ]]; then
     python -m pip install -q -r requirements-dev.txt
+    # transformers 4.x beside 5.x: a venv that reuses this Python's packages (torch above all) and adds the
+    # latest 4.x with the tokenizers / huggingface_hub it needs. pip may note that packages of the main
+    # environment want the newer versions: inside .venv-tf4 that is expected.
+    python -m venv --system-site-packages .venv-tf4
+    .venv-tf4/bin/python -m pip install -q "transformers==4.57.*"
     if ! command -v chromium >/dev/null 2>&1; then
         if [[ $(id -u) -eq 0 ]]; then
             (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "note: chromium not installed; browser tests will be skipped"

@@ -2,6 +2,7 @@
 
     smolhub list
     smolhub export runs/StoryLlama-quick exported/            # a transformers folder
+    smolhub export runs/StoryLlama-quick gguf/ --format gguf --outtype q8_0   # llama.cpp / ollama
     smolhub generate runs/StoryLlama-quick --prompt "Once upon a time" --greedy
     smolhub push runs/StoryLlama-quick you/storyllama-quick [--private] [--dry-run DIR]
     smolhub pull you/storyllama-quick [DIR]
@@ -36,18 +37,58 @@ def cmd_list(args):
         print(f"{name:16s} {preset:12s} {size:34s} data={ds:24s} tokenizer={tok:12s} -> {arch}")
 
 
-def export_to_hf(checkpoint: str, out_dir: str, overwrite: bool = False):
-    """Write a transformers model folder (weights, config, tokenizer, generation config)."""
-    from smolhub_hub.hf_folder import ensure_empty, write_hf_folder
+def _load_for_export(checkpoint: str, out_dir: str, overwrite: bool):
+    from smolhub_hub.errors import UserError
+    from smolhub_hub.hf_folder import ensure_empty
     from smolhub_hub.inference import load_model
+    from smolhub_hub.quantize import is_quantized
 
+    if is_quantized(Path(checkpoint)):
+        raise UserError(f"{checkpoint} is a `smolhub quantize` folder; export the checkpoint it was made from")
     out = Path(out_dir)
     if not overwrite:
         ensure_empty(out)
-    return write_hf_folder(load_model(checkpoint, device="cpu"), out)
+    return load_model(checkpoint, device="cpu"), out
+
+
+def _write_export_card(model, out: Path, gguf_file: str | None = None):
+    from smolhub_hub.compare import summarize_checkpoint
+    from smolhub_hub.hub import run_dir_of
+    from smolhub_hub.model_card import render_export_card
+
+    summary = summarize_checkpoint(model.checkpoint_path, run_dir_of(model.checkpoint_path))
+    (out / "README.md").write_text(render_export_card(model, summary, out, gguf_file))
+
+
+def export_to_hf(checkpoint: str, out_dir: str, overwrite: bool = False) -> Path:
+    """Write a transformers model folder (weights, config, tokenizer, generation config, model card)."""
+    from smolhub_hub.hf_folder import write_hf_folder
+
+    model, out = _load_for_export(checkpoint, out_dir, overwrite)
+    write_hf_folder(model, out)
+    _write_export_card(model, out)
+    return out
+
+
+def export_to_gguf(checkpoint: str, out_dir: str, outtype: str = "f16", overwrite: bool = False) -> Path:
+    """Write OUT/model-<outtype>.gguf, an ollama Modelfile and a model card; returns the .gguf path."""
+    from smolhub_hub.export.gguf import check_supported, ollama_modelfile, pre_tokenizer_name, write_gguf
+
+    model, out = _load_for_export(checkpoint, out_dir, overwrite)
+    check_supported(model.checkpoint_config["family"], model.config)  # refused before the folder is made
+    pre_tokenizer_name(model.tokenizer)
+    out.mkdir(parents=True, exist_ok=True)
+    path = write_gguf(model, out / f"model-{outtype}.gguf", outtype, name=out.name)
+    (out / "Modelfile").write_text(ollama_modelfile(model, path.name))
+    _write_export_card(model, out, path.name)
+    return path
 
 
 def cmd_export(args):
+    if args.format == "gguf":
+        path = export_to_gguf(args.checkpoint, args.out_dir, args.outtype, args.overwrite)
+        print(f"wrote {path}: llama-cli -m {path}, or `ollama create NAME -f {path.parent / 'Modelfile'}`")
+        return
     out = export_to_hf(args.checkpoint, args.out_dir, args.overwrite)
     print(f"wrote {out}: load it with AutoModelForCausalLM.from_pretrained('{out}')")
 
@@ -97,20 +138,21 @@ def cmd_quantize(args):
 
     report = quantize_checkpoint(args.checkpoint, args.out_dir, evaluate=not args.no_eval,
                                  eval_batches=args.eval_batches, batch_size=args.batch_size,
-                                 bench_tokens=args.bench_tokens, kernel=args.kernel)
+                                 bench_tokens=args.bench_tokens, scheme=args.scheme)
     print(format_report(report, Path(args.out_dir)))
 
 
-def _add_sampling_flags(s):
-    """The same sampling options as every model folder's inference.py."""
-    s.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for several)")
-    s.add_argument("--max-length", type=int, default=100, help="new tokens to generate")
-    s.add_argument("--temperature", type=float, default=0.7)
-    s.add_argument("--top-k", type=int, default=None)
-    s.add_argument("--top-p", type=float, default=None)
-    s.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (quantized folders run on CPU)")
+def add_sampling_flags(p):
+    """The sampling options of every model folder's inference.py and of `smolhub generate`."""
+    p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for several)")
+    p.add_argument("--max-length", type=int, default=100, help="new tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0 = greedy)")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens only")
+    p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set of tokens holding this "
+                                                             "probability (nucleus sampling)")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same text")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (quantized folders run on CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,15 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-params", dest="params", action="store_false", help="skip counting parameters")
     s.set_defaults(fn=cmd_list)
 
-    s = sub.add_parser("export", help="export a checkpoint to a Hugging Face transformers folder")
+    s = sub.add_parser("export", help="a transformers folder, or a GGUF file for llama.cpp / ollama")
     s.add_argument("checkpoint", help="checkpoint folder, run folder, or Hub repo id")
-    s.add_argument("out_dir")
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("out_dir", help="new or empty folder for the export and its model card (README.md)")
+    s.add_argument("--format", choices=["hf", "gguf"], default="hf",
+                   help="hf: a transformers folder (4.x and 5.x); gguf: one .gguf file for llama.cpp / ollama "
+                        "(StoryLlama, and SmolTransformer with LayerNorm)")
+    s.add_argument("--outtype", choices=["f16", "q8_0"], default="f16", help="GGUF weight type (--format gguf)")
+    s.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("generate", help="generate text from a checkpoint, a quantized folder or a Hub repo")
     s.add_argument("checkpoint", help="checkpoint folder, run folder, `smolhub quantize` output, or Hub repo id")
-    _add_sampling_flags(s)
+    add_sampling_flags(s)
     s.set_defaults(fn=cmd_generate)
 
     s = sub.add_parser("pull", help="download a pushed repo (transformers export + SmolHub checkpoint)")
@@ -155,15 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["text", "markdown", "csv"], default="text", help="table format")
     s.set_defaults(fn=cmd_compare)
 
-    s = sub.add_parser("quantize", help="int8 weights for CPU inference; reports size, speed and loss change")
+    s = sub.add_parser("quantize", help="int8 weights with torchao; reports size, speed, loss and greedy-text change")
     s.add_argument("checkpoint", help="checkpoint folder, run folder, or Hub repo id")
     s.add_argument("out_dir", help="new or empty folder for the quantized model")
     s.add_argument("--no-eval", action="store_true", help="skip the held-out loss (needs the training data)")
     s.add_argument("--eval-batches", type=int, default=10, help="held-out batches for the loss comparison")
     s.add_argument("--batch-size", type=int, default=8, help="sequences per held-out batch")
     s.add_argument("--bench-tokens", type=int, default=64, help="new tokens per speed measurement")
-    s.add_argument("--kernel", choices=["auto", "dynamic", "weight-only"], default="auto",
-                   help="dynamic: x86 int8 kernel (activations rounded per batch); weight-only: dequantize in forward")
+    s.add_argument("--scheme", choices=["weight-only", "dynamic"], default="weight-only",
+                   help="weight-only: int8 weights, fp32 activations; dynamic: activations to int8 per token too")
     s.set_defaults(fn=cmd_quantize)
     return p
 

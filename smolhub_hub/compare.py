@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from smolhub_hub import checkpoint as ckpt_io
 from smolhub_hub.errors import UserError
+from smolhub_hub.training.metrics import curves as read_curves
+from smolhub_hub.training.metrics import log_y
+
+# Settings that differ between any two runs without changing what was trained.
+BOOKKEEPING = {"train.out_dir", "train.resume", "train.overwrite", "train.wandb", "train.wandb_project",
+               "train.wandb_mode"}
 
 
 @dataclass
@@ -29,20 +37,8 @@ class RunSummary:
     tokens_per_s: float | None
     # name -> (steps, tokens, values), rows up to the checkpoint's step only
     curves: dict[str, tuple[list[int], list[int], list[float]]] = field(default_factory=dict, repr=False)
-
-
-def _read_curves(metrics: Path, max_step: int) -> dict[str, tuple[list[int], list[int], list[float]]]:
-    out: dict[str, tuple[list[int], list[int], list[float]]] = {}
-    try:
-        with open(metrics, newline="") as f:
-            for r in csv.DictReader(f):
-                step = int(r["step"])
-                if step <= max_step:
-                    s, t, v = out.setdefault(r["name"], ([], [], []))
-                    s.append(step), t.append(int(r["tokens"])), v.append(float(r["value"]))
-    except (KeyError, ValueError, csv.Error) as e:
-        raise UserError(f"{metrics} is not a SmolHub metrics file ({type(e).__name__}: {e})") from None
-    return out
+    # "model.dim", "train.lr", "data.dataset" ... as saved in the checkpoint
+    settings: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def _last(curves, name) -> float | None:
@@ -59,7 +55,7 @@ def _typical_speed(curves) -> float | None:
 def summarize_checkpoint(ckpt: Path, run: Path | None, name: str | None = None) -> RunSummary:
     cfg = ckpt_io.read_config(ckpt)
     step = int(cfg.get("step", 0))
-    curves = _read_curves(run / "metrics.csv", step) if run is not None else {}
+    curves = read_curves(run / "metrics.csv", step) if run is not None else {}
     counts = cfg.get("param_counts") or {}
     val = _last(curves, "val/loss")
     if val is None and cfg.get("val_loss") == cfg.get("val_loss"):  # NaN until the first evaluation
@@ -67,7 +63,8 @@ def summarize_checkpoint(ckpt: Path, run: Path | None, name: str | None = None) 
     return RunSummary(name=name or (run or ckpt).name, family=cfg["family"], params_total=counts.get("total", 0),
                       params_active=counts.get("active", 0), steps=step, tokens=int(cfg.get("tokens_seen", 0)),
                       train_loss=_last(curves, "train/loss"), val_loss=val, tokens_per_s=_typical_speed(curves),
-                      curves=curves)
+                      curves=curves, settings={f"{section}.{k}": v for section in ("model", "train", "data")
+                                               for k, v in (cfg.get(section) or {}).items()})
 
 
 def summarize_run(path: str | Path) -> RunSummary:
@@ -102,12 +99,30 @@ def compare(paths: list[str]) -> list[RunSummary]:
 COLUMNS = ["run", "family", "params", "active", "steps", "tokens", "train loss", "val loss", "tokens/s"]
 
 
-def _cells(r: RunSummary) -> list[str]:
+def differing_settings(runs: list[RunSummary]) -> list[str]:
+    """The settings (learning rate, size, data ...) whose values are not the same in every run, in config order."""
+    keys = list(dict.fromkeys(k for r in runs for k in r.settings))
+    return [k for k in keys if k not in BOOKKEEPING
+            and len({json.dumps(r.settings.get(k), sort_keys=True) for r in runs}) > 1]
+
+
+def _setting_names(keys: list[str]) -> list[str]:
+    """`lr` for train.lr; the section stays where two sections share a name (model and data vocab_size)."""
+    short = [k.split(".", 1)[1] for k in keys]
+    return [s if short.count(s) == 1 else k for k, s in zip(keys, short)]
+
+
+def _setting(value) -> str:
+    return "-" if value is None else format(value, "g") if isinstance(value, float) else str(value)
+
+
+def _cells(r: RunSummary, settings: list[str]) -> list[str]:
     def num(x, fmt):
         return "-" if x is None else format(x, fmt)
 
-    return [r.name, r.family, _human(r.params_total), _human(r.params_active), str(r.steps), _human(r.tokens),
-            num(r.train_loss, ".4f"), num(r.val_loss, ".4f"), num(r.tokens_per_s, ",.0f")]
+    return [r.name, r.family, *(_setting(r.settings.get(k)) for k in settings), _human(r.params_total),
+            _human(r.params_active), str(r.steps), _human(r.tokens), num(r.train_loss, ".4f"), num(r.val_loss, ".4f"),
+            num(r.tokens_per_s, ",.0f")]
 
 
 def _human(n: int) -> str:
@@ -118,47 +133,60 @@ def _human(n: int) -> str:
 
 
 def format_table(runs: list[RunSummary], fmt: str = "text") -> str:
-    rows = [_cells(r) for r in runs]
+    """One row per run: its numbers, and a column for every setting that is not the same in all runs."""
+    settings = differing_settings(runs)
+    header = [*COLUMNS[:2], *_setting_names(settings), *COLUMNS[2:]]
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(COLUMNS)
-        w.writerows([r.name, r.family, r.params_total, r.params_active, r.steps, r.tokens, r.train_loss,
-                     r.val_loss, r.tokens_per_s] for r in runs)
+        w.writerow(header)
+        w.writerows([r.name, r.family, *(r.settings.get(k) for k in settings), r.params_total, r.params_active,
+                     r.steps, r.tokens, r.train_loss, r.val_loss, r.tokens_per_s] for r in runs)
         return buf.getvalue().rstrip("\n")
+    rows = [_cells(r, settings) for r in runs]
     if fmt == "markdown":
-        lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in rows])
-    widths = [max(len(h), *(len(c[i]) for c in rows)) for i, h in enumerate(COLUMNS)]
+    widths = [max(len(h), *(len(c[i]) for c in rows)) for i, h in enumerate(header)]
     fmt_row = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)  # noqa: E731
                                       for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([fmt_row(COLUMNS), fmt_row(["-" * w for w in widths]), *map(fmt_row, rows)])
+    return "\n".join([fmt_row(header), fmt_row(["-" * w for w in widths]), *map(fmt_row, rows)])
 
 
 # --- plot ----------------------------------------------------------------------------------------
+def loss_curves_figure(runs: list[RunSummary], x: str = "tokens"):
+    """Train loss and held-out loss in two panels side by side (log scale), one colour per run."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    col = 1 if x == "tokens" else 0
+    for i, r in enumerate(runs):
+        for ax, name in zip(axes, ("train/loss", "val/loss")):
+            if name in r.curves:
+                ax.plot(r.curves[name][col], r.curves[name][2], color=f"C{i % 10}", label=r.name,
+                        **({"marker": "o", "markersize": 5} if name == "val/loss" else {"linewidth": 1}))
+    for ax, title in zip(axes, ("train loss", "held-out loss")):
+        ax.set_title(title)
+        log_y(ax)
+        ax.set_xlabel("tokens seen" if x == "tokens" else "step")
+        ax.set_ylabel("cross-entropy (nats/token)")
+        ax.yaxis.set_tick_params(labelleft=True)  # sharey hides the right panel's labels
+        ax.xaxis.set_major_formatter(EngFormatter())
+        ax.grid(alpha=0.3, which="both")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def plot_loss_curves(runs: list[RunSummary], out: Path, x: str = "tokens") -> Path:
-    """Train loss and held-out loss in two panels side by side, one colour per run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
-    col = 1 if x == "tokens" else 0
-    for i, r in enumerate(runs):
-        color = f"C{i % 10}"
-        for ax, name, marker in ((axes[0], "train/loss", None), (axes[1], "val/loss", "o")):
-            if name in r.curves:
-                ax.plot(r.curves[name][col], r.curves[name][2], color=color, marker=marker, markersize=3,
-                        label=r.name)
-    for ax, title in zip(axes, ("train loss", "held-out loss")):
-        ax.set_title(title)
-        ax.set_xlabel("tokens seen" if x == "tokens" else "step")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("cross-entropy (nats/token)")
-    if any(ax.get_legend_handles_labels()[0] for ax in axes):
-        (axes[1] if axes[1].get_legend_handles_labels()[0] else axes[0]).legend(fontsize=8)
-    fig.tight_layout()
+    fig = loss_curves_figure(runs, x)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)

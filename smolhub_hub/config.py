@@ -209,7 +209,7 @@ def _add_fields(group, cls, defaults, only=None):
             continue
         meta, default = dict(f.metadata), getattr(defaults, f.name)
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                              "help": f"{meta.get('help', '')} (default: {default!r})"}
+                              "help": f"{meta.get('help', '')} (default: {default!r})".replace("%", "%%")}
         if "choices" in meta:
             kw["choices"] = meta["choices"]
         if f.type in ("bool", bool):

@@ -3,64 +3,159 @@
 It refuses to start without a real checkpoint (never random weights), binds to 127.0.0.1 unless told
 otherwise, and enforces its limits on the server: the number of new tokens, the prompt's length and
 the queue's size are checked here, not only in the browser.
+
+It answers every prompt that fits the model's context: the new tokens are bounded by the room the
+prompt leaves (a story is never cut by an error, and the status line says when the context filled up).
+Sliding the window instead would not work for every family (SmolTransformer's positions are learned).
+A prompt it cannot answer (empty, longer than the context) leaves the previous story in place and says
+why in the status line.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
+import random
+from pathlib import Path
 
 from smolhub_hub.errors import UserError, exit_on_user_error
+from smolhub_hub.extras import require
 
 MAX_PROMPT_CHARS = 2000
+GENERATING = "Generating: "
+EXAMPLES = [
+    "Once upon a time",
+    "Lily found a small red ball in the garden. She",
+    "The little boat was scared of the big waves, so",
+    "Tom and his dog Max went to the park on a sunny day. They played with a stick and ran "
+    "after the birds. Then Max saw a big puddle and",
+]
+
+
+def room_for(model, prompt: str, wanted: int) -> tuple[int, int, str | None]:
+    """(prompt tokens, new tokens to generate, problem): `wanted` bounded by what the context leaves."""
+    if not prompt or not prompt.strip():
+        return 0, 0, "Type a prompt first."
+    if len(prompt) > MAX_PROMPT_CHARS:
+        return 0, 0, f"The prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}. Shorten it."
+    n_prompt = len(model.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    room = model.max_seq_len - n_prompt
+    if room < 1:
+        return n_prompt, 0, (f"The prompt is {n_prompt} tokens; this model reads at most {model.max_seq_len - 1} "
+                             f"(its context is {model.max_seq_len} tokens). Shorten it.")
+    return n_prompt, min(wanted, room), None
+
+
+def _decoded(model, prompt: str) -> str:
+    ids = model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return model.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def finished_status(made: int, planned: int, wanted: int, n_prompt: int, ctx: int, seed: int) -> str:
+    why = ""
+    if made < planned:
+        why = ": the story ended (end-of-text token)"
+    elif planned < wanted:
+        why = f" of the {wanted} asked: the context is full (the prompt takes {n_prompt} of {ctx} tokens)"
+    return f"Generated {made} tokens{why}. Seed {seed}."
+
+
+def story_events(model, cap: int, prompt, max_tokens, temperature, top_k, top_p, seed):
+    """What the Generate button does: yield (story, status) as the tokens arrive.
+
+    A prompt it cannot answer yields `gr.update()` for the story (the previous one stays) and the reason."""
+    import gradio as gr
+
+    from smolhub_hub.inference import stream_text
+
+    wanted = int(min(max(int(max_tokens or 1), 1), cap))  # the slider's bound is enforced here too
+    n_prompt, planned, problem = room_for(model, prompt, wanted)
+    if problem:
+        yield gr.update(), f"⚠ {problem}"
+        return
+    seed = random.randrange(2**31) if seed is None or seed < 0 else int(seed)
+    text, made = prompt, 0
+    try:
+        for made, text in enumerate(stream_text(model, prompt, max_length=planned, temperature=float(temperature),
+                                                top_k=int(top_k) if top_k else None,
+                                                top_p=float(top_p) if top_p and float(top_p) < 1.0 else None,
+                                                seed=seed), start=1):
+            yield text, f"{GENERATING}{made} of {planned} tokens…"
+    except UserError as e:
+        yield gr.update(), f"⚠ {e}"
+        return
+    if made == 1 and text == _decoded(model, prompt):  # EOS came first: stream_text showed the prompt alone
+        made = 0
+    yield text, finished_status(made, planned, wanted, n_prompt, model.max_seq_len, seed)
+
+
+def stopped_status(status: str | None):
+    """The status once the Stop button cancelled a story half-way (else unchanged)."""
+    if not (status or "").startswith(GENERATING):
+        return status
+    return f"Stopped after {status.removeprefix(GENERATING).rstrip('…')}."
 
 
 def build_demo(model, title: str, max_new_tokens: int = 256, max_queue: int = 64):
     import gradio as gr
 
-    from smolhub_hub.inference import stream_text
-
     counts = model.param_counts()
-    cap = max(1, min(max_new_tokens, model.max_seq_len - 1))
-
-    def run(prompt, max_tokens, temperature, top_k, top_p):
-        if not prompt or not prompt.strip():
-            raise gr.Error("Type a prompt first.")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise gr.Error(f"The prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}.")
-        n = int(min(max(int(max_tokens or 1), 1), cap))  # the slider's bound is enforced here too
-        try:
-            yield from stream_text(model, prompt, max_length=n, temperature=float(temperature),
-                                   top_k=int(top_k) if top_k else None,
-                                   top_p=float(top_p) if top_p and float(top_p) < 1.0 else None)
-        except UserError as e:
-            raise gr.Error(str(e)) from None
+    ctx = model.max_seq_len
+    cap = max(1, min(max_new_tokens, ctx - 1))
 
     with gr.Blocks(title=title) as demo:
-        gr.Markdown(f"## {title}\n{counts['total'] / 1e6:.1f}M parameters "
-                    f"({counts['active'] / 1e6:.1f}M active) · checkpoint `{getattr(model, 'checkpoint_path', '')}`")
+        gr.Markdown(f"## {title}\n{counts['total'] / 1e6:.1f}M parameters ({counts['active'] / 1e6:.1f}M active) · "
+                    f"context {ctx} tokens · checkpoint `{getattr(model, 'checkpoint_path', '')}`")
         with gr.Row():
             with gr.Column():
-                prompt = gr.Textbox(label="Prompt", value="Once upon a time", lines=3, elem_id="prompt",
+                prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0], lines=3, elem_id="prompt",
                                     max_length=MAX_PROMPT_CHARS)
-                max_tokens = gr.Slider(1, cap, value=min(100, cap), step=1, label="Max new tokens")
-                temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature (0 = greedy)")
+                max_tokens = gr.Slider(1, cap, value=min(100, cap), step=1, label="Max new tokens",
+                                       info="fewer when the prompt leaves less room in the context",
+                                       elem_id="max-tokens")
+                temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature (0 = greedy)",
+                                        elem_id="temperature")
                 top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k (0 = off)")
                 top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p (1 = off)")
-                button = gr.Button("Generate", variant="primary", elem_id="generate")
-            output = gr.Textbox(label="Story", lines=14, elem_id="output")
-        button.click(run, [prompt, max_tokens, temperature, top_k, top_p], output, concurrency_limit=2)
+                seed = gr.Number(-1, label="Seed (-1 = random; the same seed gives the same story)", precision=0,
+                                 minimum=-1, elem_id="seed")
+                with gr.Row():
+                    button = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                gr.Examples([[e] for e in EXAMPLES], inputs=[prompt], label="Examples")
+            with gr.Column():
+                output = gr.Textbox(label="Story", lines=14, elem_id="output")
+                status = gr.Markdown(elem_id="status")
+        event = button.click(functools.partial(story_events, model, cap),
+                             [prompt, max_tokens, temperature, top_k, top_p, seed], [output, status],
+                             api_name="run", concurrency_limit=2, show_progress_on=output)
+        stop.click(None, cancels=[event])
+        # Also after a cancel: the status must not stay "Generating".
+        event.then(stopped_status, status, status, show_progress="hidden", queue=False)
     demo.queue(max_size=max_queue)
     return demo
 
 
+def default_checkpoint(family: str) -> Path:
+    """runs/<family>-quick, where the quick preset writes it: under the working directory if it is there,
+    else under the repository that holds the model folder (so it is found from the root and from gradio/)."""
+    run = Path("runs") / f"{family}-quick"
+    spec = importlib.util.find_spec(family)
+    if run.exists() or spec is None or spec.origin is None:
+        return run
+    return Path(spec.origin).resolve().parents[1] / run
+
+
 def build_parser(family: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="app.py", description=f"Gradio demo for a {family} checkpoint.")
-    p.add_argument("--checkpoint", default=f"../../runs/{family}-quick",
-                   help="checkpoint folder, run folder, or Hub repo id (default: the quick run)")
+    p.add_argument("--checkpoint", default=None,
+                   help=f"checkpoint folder, run folder, or Hub repo id (default: runs/{family}-quick, in the "
+                        "working directory or else in the repository)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to your network)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=int, default=7860, help="port to serve on")
     p.add_argument("--max-new-tokens", type=int, default=256, help="server-side cap on generated tokens")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
     p.add_argument("--share", action="store_true", help="create a public gradio.live link")
     return p
 
@@ -70,14 +165,12 @@ def main(family: str, argv=None):
     from smolhub_hub.inference import load_model
 
     args = build_parser(family).parse_args(argv)
+    require("gradio", "the demo")
+    checkpoint = args.checkpoint or str(default_checkpoint(family))
     try:
-        model = load_model(args.checkpoint, family=family, device=args.device)
+        model = load_model(checkpoint, family=family, device=args.device)
     except UserError as e:
         raise UserError(f"{e}. Train one first: python {family}/trainer.py --preset quick, "
                         "then pass --checkpoint runs/<run>") from None
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise UserError("the demo needs gradio: pip install gradio") from None
     demo = build_demo(model, f"{family} demo", args.max_new_tokens)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share)

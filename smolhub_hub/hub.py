@@ -51,8 +51,11 @@ def _snapshot(repo_id: str, local_dir, revision, allow_patterns=None) -> Path:
     except HFValidationError:
         raise UserError(f"'{repo_id}' is not a valid Hub repo id (expected user/name)") from None
     except LocalEntryNotFoundError:
-        raise UserError(f"cannot reach the Hugging Face Hub to fetch '{repo_id}' and it is not cached; "
-                        "check the network, or pass a local checkpoint folder") from None
+        from huggingface_hub.constants import is_offline_mode
+
+        why = "HF_HUB_OFFLINE is set" if is_offline_mode() else "the Hugging Face Hub cannot be reached"
+        raise UserError(f"cannot fetch '{repo_id}' ({why}) and it is not cached; check the network, "
+                        "or pass a local checkpoint folder") from None
     except (OSError, HTTPError) as e:
         raise UserError(f"could not download '{repo_id}' ({str(e)[:200]}); check the network, "
                         "or pass a local checkpoint folder") from None

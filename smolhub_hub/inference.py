@@ -18,13 +18,34 @@ from smolhub_hub.generation import SamplingConfig, generate, generate_tokens
 
 
 def resolve_source(path_or_hub_id: str) -> Path:
-    """A local checkpoint / run folder, or a Hub repo downloaded to the local cache."""
+    """A local checkpoint / run folder, or a Hub repo downloaded to the local cache.
+
+    The Hub is asked only when the text could be a repo id and no local folder is meant; when the Hub
+    cannot give it either, the message says both."""
     p = Path(path_or_hub_id).expanduser()
-    if p.exists() or path_or_hub_id.startswith((".", "/", "~")) or path_or_hub_id.count("/") != 1:
-        return ckpt_io.resolve_checkpoint(p)
+    if p.exists() or not _could_be_hub_id(path_or_hub_id):
+        return ckpt_io.resolve_checkpoint(p)  # a missing folder is reported as such
     from smolhub_hub.hub import download
 
-    return ckpt_io.resolve_checkpoint(download(path_or_hub_id))
+    try:
+        return ckpt_io.resolve_checkpoint(download(path_or_hub_id))
+    except UserError as e:
+        raise UserError(f"'{path_or_hub_id}' is neither a folder here ({Path.cwd()}) nor a Hub repo that could be "
+                        f"fetched: {e}") from None
+
+
+def _could_be_hub_id(text: str) -> bool:
+    """user/name, valid for the Hub, and not inside a local folder (runs/x with runs/ present is a path)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if text.count("/") != 1 or text.startswith((".", "/", "~")) or Path(text).parent.exists():
+        return False
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
 
 
 def load_model(path_or_hub_id: str, family: str | None = None, device: str = "auto"):
@@ -122,16 +143,11 @@ def stream_text(model, prompt: str, max_length: int = 100, temperature: float = 
 
 # --- CLI -------------------------------------------------------------------------------------------
 def build_parser(family: str) -> argparse.ArgumentParser:
+    from smolhub_hub.cli import add_sampling_flags
+
     p = argparse.ArgumentParser(prog=f"{family}/inference.py", description=f"Generate text with a {family} checkpoint.")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, run folder, or Hub repo id")
-    p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for several)")
-    p.add_argument("--max-length", type=int, default=100, help="new tokens to generate")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="auto")
+    add_sampling_flags(p)
     return p
 
 

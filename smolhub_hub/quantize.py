@@ -1,172 +1,144 @@
-"""`smolhub quantize`: int8 weights for CPU inference, measured before and after.
+"""`smolhub quantize`: int8 weights for CPU inference with torchao, measured before and after.
 
-Every `nn.Linear` (attention, MLP, shared experts, the output head) gets int8 weights with one fp32
-scale per output row (symmetric absmax). Embeddings, norms, routers and grouped MoE experts stay fp32.
-At run time the int8 matrices go to PyTorch's x86 dynamic-quantization kernel (which also rounds
-activations to int8 on the fly, per batch); where that kernel is missing, the weights are dequantized
-inside forward (weight-only). The folder written is safetensors + JSON, loaded without pickle:
+torchao's `quantize_` swaps the weight of every `nn.Linear` (attention, MLP, shared experts, the output head)
+for an int8 tensor with one scale per output row. Two schemes (`--scheme`):
+
+  weight-only   `Int8WeightOnlyConfig`: activations stay fp32; the int8 weights are widened inside each matmul.
+  dynamic       `Int8DynamicActivationInt8WeightConfig`: activations are also rounded to int8, per token and
+                call, and multiplied as int8.
+
+Embeddings, norms, grouped MoE experts (3-D parameters, not `nn.Linear`) and StoryKimi's `wkv_b` stay fp32.
+The folder written is safetensors + JSON, loaded without pickle:
 
     OUT/config.json                 the source checkpoint's config plus a "quantization" block
-    OUT/model.int8.safetensors      int8 weights, their scales, and the fp32 rest
+    OUT/model.int8.safetensors      torchao's flattened int8 tensors (and its metadata) plus the fp32 rest
     OUT/tokenizer files, OUT/quantization_report.json
 
-Load it with `smolhub_hub.quantize.load_quantized(OUT)` or `smolhub generate OUT`.
+Load it with `load_model(OUT)` / `load_quantized(OUT)` or `smolhub generate OUT`.
+
+Why the folder is SmolHub's layout and not a transformers one: it holds SmolHub's module names (fused q/k/v,
+every family, GPT-2-style SmolTransformers included). transformers 5 reads torchao models through
+`TorchAoConfig`, so the transformers route starts from `smolhub export`:
+`AutoModelForCausalLM.from_pretrained(export_dir, quantization_config=TorchAoConfig(Int8WeightOnlyConfig()))`,
+then `save_pretrained` (GPT-2's Conv1D layers are not `nn.Linear` and stay fp32 there).
+
+Speed: torchao 0.18 ships no int8 CPU kernel for these schemes (its compiled extensions are CUDA-only), so
+on CPU the weight-only scheme widens the weights on every call and decodes slower than fp32 — it saves 4x
+memory and disk, not time (numbers in docs/smolhub_cli.md). Folders written by older SmolHub versions
+(format "smolhub-int8-1", PyTorch's deprecated `torch.ao` int8 layers) are refused with the fix: quantize again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
-from smolhub_hub import checkpoint as ckpt_io
 from smolhub_hub.errors import UserError
+from smolhub_hub.extras import require
 
-FORMAT = "smolhub-int8-1"
+FORMAT = "smolhub-torchao-int8-1"
+SAFETENSORS_SUPPORT = "torchao.prototype.safetensors.safetensors_support"  # torchao tensors <-> safetensors
 WEIGHTS = "model.int8.safetensors"
 REPORT = "quantization_report.json"
+SCHEMES = {"weight-only": "Int8WeightOnlyConfig", "dynamic": "Int8DynamicActivationInt8WeightConfig"}
+# Linear layers whose weight the model also reads as a matrix, outside the layer's own call: they stay fp32.
+# StoryKimi's latent attention folds wkv_b into the query when it decodes with the KV cache.
+READ_AS_MATRIX = ("attn.wkv_b",)
 
 
-# --- the int8 linear layer -------------------------------------------------------------------------
-@contextlib.contextmanager
-def _quiet():
-    """torch.ao's quantized kernels warn that their Python front end is deprecated; the kernels are what we use."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+def _torchao():
+    return require("torchao.quantization", "smolhub quantize")
 
 
-def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-row int8: w ~= q * scale[:, None], q in [-127, 127]."""
-    w = w.detach().float()
-    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
-    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
-    return q, scale
-
-
-def _dynamic_kernel(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
-    """PyTorch's x86 int8 dynamic linear holding these exact weights, or None where it is unavailable."""
-    try:
-        with _quiet():
-            from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-
-            if "x86" not in torch.backends.quantized.supported_engines \
-                    and "fbgemm" not in torch.backends.quantized.supported_engines:
-                return None
-            layer = DynamicLinear(q.shape[1], q.shape[0], bias_=bias is not None, dtype=torch.qint8)
-            qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
-            layer.set_weight_bias(qw, None if bias is None else bias.float())
-            return layer
-    except (ImportError, RuntimeError, AttributeError):
-        return None
-
-
-class Int8Linear(nn.Module):
-    """y = x (q * scale)^T + b with q int8. `.weight` dequantizes on demand for code that reads it directly."""
-
-    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, kernel: str = "auto"):
-        super().__init__()
-        self.in_features, self.out_features = q.shape[1], q.shape[0]
-        self.kernel = _dynamic_kernel(q, scale, bias) if kernel in ("auto", "dynamic") else None
-        if kernel == "dynamic" and self.kernel is None:
-            raise UserError("this PyTorch build has no x86 int8 dynamic kernel; use --kernel weight-only")
-        self.register_buffer("q", q)
-        self.register_buffer("scale", scale)
-        self.register_buffer("bias", bias)
-        if self.kernel is not None:  # the kernel keeps its own packed copy
-            self.q = torch.empty(0, dtype=torch.int8)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        if self.kernel is not None:
-            with _quiet():
-                return self.kernel.weight().dequantize()
-        return self.q.float() * self.scale[:, None]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel is not None:
-            return self.kernel(x) if x.dtype == torch.float32 else self.kernel(x.float()).to(x.dtype)
-        y = F.linear(x, self.q.to(x.dtype)) * self.scale.to(x.dtype)
-        return y if self.bias is None else y + self.bias.to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, int8, {'x86 dynamic' if self.kernel else 'weight-only'}"
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module):
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
+def torchao_config(scheme: str):
+    if scheme not in SCHEMES:
+        raise UserError(f"--scheme {scheme}: choose one of {', '.join(SCHEMES)}")
+    return getattr(_torchao(), SCHEMES[scheme])()
 
 
 # --- quantize / save / load ------------------------------------------------------------------------
-def quantize_model(model: nn.Module, kernel: str = "auto") -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Swap every nn.Linear for an Int8Linear in place; returns (tensors to save, quantized module names)."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    tensors: dict[str, torch.Tensor] = {}
-    for name in names:
-        lin = model.get_submodule(name)
-        q, scale = quantize_rows(lin.weight)
-        bias = None if lin.bias is None else lin.bias.detach().float().clone()
-        tensors[f"{name}.q"], tensors[f"{name}.scale"] = q, scale
-        if bias is not None:
-            tensors[f"{name}.bias"] = bias
-        _set_module(model, name, Int8Linear(q, scale, bias, kernel))
-    replaced = tuple(f"{n}." for n in names)
-    for k, v in model.state_dict().items():
-        if not k.startswith(replaced):
-            tensors.setdefault(k, v.detach().cpu().contiguous())
-    return ckpt_io._untie(tensors), names
+def quantize_model(model: nn.Module, scheme: str = "weight-only") -> list[str]:
+    """Quantize every nn.Linear in place with torchao; returns the quantized module names."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith(READ_AS_MATRIX)]
+    _torchao().quantize_(model, torchao_config(scheme), filter_fn=lambda module, name: name in names)
+    return names
 
 
 def is_quantized(path: str | Path) -> bool:
     return (Path(path) / WEIGHTS).exists()
 
 
-def load_quantized(path: str | Path, kernel: str = "auto"):
+def _read_config(path: Path) -> dict:
+    cfg = json.loads((path / "config.json").read_text())
+    fmt = cfg.get("quantization", {}).get("format")
+    if fmt != FORMAT:
+        raise UserError(f"{path} was quantized by an older SmolHub (format {fmt!r}, PyTorch's deprecated int8 "
+                        "layers); quantize the checkpoint again with `smolhub quantize`")
+    return cfg
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    unflatten_tensor_state_dict = require(SAFETENSORS_SUPPORT, "reading a quantized folder").unflatten_tensor_state_dict
+
+    try:
+        with safe_open(path / WEIGHTS, "pt") as f:
+            tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+        state, leftover = unflatten_tensor_state_dict(tensors, metadata)
+    except Exception as e:  # truncated or corrupt file
+        raise UserError(f"{path / WEIGHTS} cannot be read ({type(e).__name__}: {str(e)[:120]}); "
+                        "quantize the checkpoint again") from None
+    return {**state, **leftover}
+
+
+def load_quantized(path: str | Path):
     """A quantized folder as a CPU model in eval mode with `.tokenizer`, ready for `generate_text`."""
+    from smolhub_hub import checkpoint as ckpt_io
     from smolhub_hub.data.tokenizer import load_tokenizer
     from smolhub_hub.registry import get_family
 
     path = Path(path)
     if not is_quantized(path):
         raise UserError(f"'{path}' is not a quantized SmolHub folder (no {WEIGHTS}); make one with `smolhub quantize`")
-    cfg = json.loads((path / "config.json").read_text())
-    quant = cfg.get("quantization", {})
-    if quant.get("format") != FORMAT:
-        raise UserError(f"{path} was quantized in an unknown format {quant.get('format')!r}; quantize it again")
+    cfg = _read_config(path)
     fam = get_family(cfg["family"])
     model = fam.model_class()(fam.model_config.from_dict(cfg["model"]))
-    try:
-        state = load_file(path / WEIGHTS)
-    except Exception as e:  # truncated or corrupt file
-        raise UserError(f"{path / WEIGHTS} cannot be read ({e}); quantize the checkpoint again") from None
-    prefixes = tuple(f"{n}." for n in quant["modules"])
-    int8 = {k: state.pop(k) for k in list(state) if k.startswith(prefixes)}
-    # The fp32 rest loads first; the nn.Linear weights it lacks are the ones swapped for int8 below.
+    state = _read_weights(path)
+    int8 = {name: state.pop(f"{name}.weight", None) for name in cfg["quantization"]["modules"]}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(prefixes) and not ckpt_io._is_tied_alias(model, k)]
-    if missing or unexpected:
-        raise UserError(f"{path / WEIGHTS} does not fit its config (missing {missing[:3]}, unexpected {unexpected[:3]}); "
-                        "it may come from an older SmolHub: quantize the checkpoint again with `smolhub quantize`")
-    for name in quant["modules"]:
-        _set_module(model, name, Int8Linear(int8[f"{name}.q"], int8[f"{name}.scale"], int8.get(f"{name}.bias"), kernel))
+    missing = [k for k in missing if k.removesuffix(".weight") not in int8 and not ckpt_io._is_tied_alias(model, k)]
+    if missing or unexpected or any(w is None for w in int8.values()):
+        raise UserError(f"{path / WEIGHTS} does not fit its config (missing {missing[:3]}, unexpected "
+                        f"{unexpected[:3]}); quantize the checkpoint again with `smolhub quantize`")
+    for name, weight in int8.items():  # a head tied to the embedding is untied here, as when it was quantized
+        model.get_submodule(name).weight = nn.Parameter(weight, requires_grad=False)
     model.eval()
     model.tokenizer = load_tokenizer(str(path))
     model.checkpoint_path, model.checkpoint_config = path, cfg
     return model
 
 
-def _file_bytes(path: Path) -> int:
-    return path.stat().st_size
+def _save(model, cfg: dict, quant: dict, folder: Path):
+    from safetensors.torch import save_file
+
+    flatten_tensor_state_dict = require(SAFETENSORS_SUPPORT, "smolhub quantize").flatten_tensor_state_dict
+
+    from smolhub_hub import checkpoint as ckpt_io
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    plain = ckpt_io._untie({k: v for k, v in state.items() if type(v) is torch.Tensor})  # a tied matrix once
+    int8 = {k: v for k, v in state.items() if type(v) is not torch.Tensor}
+    tensors, metadata = flatten_tensor_state_dict({**plain, **int8})
+    save_file(tensors, folder / WEIGHTS, metadata=metadata)
+    (folder / "config.json").write_text(json.dumps({**cfg, "quantization": quant}, indent=2))
+    model.tokenizer.save_pretrained(folder)
 
 
 # --- measurements ----------------------------------------------------------------------------------
@@ -188,59 +160,65 @@ def heldout_loss(model, cfg: dict, batches: int, batch_size: int) -> float:
 
 
 @torch.no_grad()
-def tokens_per_second(model, prompt: str, new_tokens: int, repeats: int = 3) -> float:
-    """Batch-1 decoding speed with the KV cache (no early EOS), best of `repeats` after a warm-up."""
+def decode(model, prompt: str, new_tokens: int, repeats: int = 3) -> tuple[float, list[int]]:
+    """(tokens/s, greedy token ids): batch-1 decoding with the KV cache (no early EOS), best of `repeats`."""
     from smolhub_hub.generation import SamplingConfig, generate
 
     ids = torch.tensor([model.tokenizer(prompt, add_special_tokens=False)["input_ids"] or [0]])
     n = max(1, min(new_tokens, model.max_seq_len - ids.shape[1]))
     cfg = SamplingConfig(max_new_tokens=n, greedy=True)
-    generate(model, ids, SamplingConfig(max_new_tokens=min(n, 8), greedy=True))
+    generate(model, ids, SamplingConfig(max_new_tokens=min(n, 8), greedy=True))  # warm-up
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        generate(model, ids, cfg)
+        out = generate(model, ids, cfg)
         best = min(best, time.perf_counter() - t0)
-    return n / best
+    return n / best, out[0, ids.shape[1]:].tolist()
+
+
+def _measure(model, cfg: dict, weights: Path, prompt: str, evaluate: bool, eval_batches: int, batch_size: int,
+             bench_tokens: int) -> dict:
+    speed, greedy = decode(model, prompt, bench_tokens)
+    out = {"bytes": weights.stat().st_size, "tokens_per_s": speed, "greedy_tokens": greedy,
+           "greedy_text": model.tokenizer.decode(greedy)}
+    if evaluate:
+        out["heldout_loss"] = heldout_loss(model, cfg, eval_batches, batch_size)
+    return out
 
 
 def quantize_checkpoint(checkpoint: str, out: str | Path, evaluate: bool = True, eval_batches: int = 10,
-                        batch_size: int = 8, bench_tokens: int = 64, kernel: str = "auto") -> dict:
+                        batch_size: int = 8, bench_tokens: int = 64, scheme: str = "weight-only") -> dict:
     """Write OUT (must be new or empty) and return the before/after report."""
+    torchao = require("torchao", "smolhub quantize")
+
     from smolhub_hub.hf_folder import ensure_empty
     from smolhub_hub.inference import load_model
 
     out = Path(out)
     ensure_empty(out)
+    torchao_config(scheme)  # an unknown scheme or a missing torchao fails before any work
     model = load_model(checkpoint, device="cpu")
     ckpt, cfg = model.checkpoint_path, model.checkpoint_config
     prompt = cfg.get("train", {}).get("sample_prompt") or "Once upon a time"
-    before = {"bytes": _file_bytes(ckpt / "model.safetensors"),
-              "tokens_per_s": tokens_per_second(model, prompt, bench_tokens)}
-    if evaluate:
-        before["heldout_loss"] = heldout_loss(model, cfg, eval_batches, batch_size)
-    shared = {p.data_ptr() for n, p in model.named_parameters() if not isinstance(
-        model.get_submodule(n.rpartition(".")[0]), nn.Linear)}  # a head tied to the embedding is not extra
-    linear_params = sum(m.weight.numel() for m in model.modules()
-                        if isinstance(m, nn.Linear) and m.weight.data_ptr() not in shared)
-    total_params = model.param_counts()["total"]  # a tied head counts once, as in training logs
-    tensors, names = quantize_model(model, kernel)
+    bench = dict(prompt=prompt, evaluate=evaluate, eval_batches=eval_batches, batch_size=batch_size,
+                 bench_tokens=bench_tokens)
+    before = _measure(model, cfg, ckpt / "model.safetensors", **bench)
+    params_total = model.param_counts()["total"]  # before quantizing unties a tied head
+    names = quantize_model(model, scheme)
+    linear_params = sum(model.get_submodule(n).weight.numel() for n in names)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(tensors, tmp / WEIGHTS, metadata={"format": FORMAT})
-    quant = {"format": FORMAT, "scheme": "int8 weights, symmetric, one fp32 scale per output row",
-             "modules": names, "source": str(ckpt)}
-    (tmp / "config.json").write_text(json.dumps({**cfg, "quantization": quant}, indent=2))
-    model.tokenizer.save_pretrained(tmp)
-    after = {"bytes": _file_bytes(tmp / WEIGHTS), "tokens_per_s": tokens_per_second(model, prompt, bench_tokens)}
-    if evaluate:
-        after["heldout_loss"] = heldout_loss(model, cfg, eval_batches, batch_size)
-    report = {"checkpoint": str(ckpt), "family": cfg["family"], "quantized_modules": len(names),
-              "quantized_share_of_params": linear_params / max(total_params, 1),
-              "kernel": "x86 dynamic int8" if any(getattr(m, "kernel", None) is not None for m in model.modules())
-              else "weight-only (dequantize in forward)",
-              "torch_threads": torch.get_num_threads(), "before": before, "after": after}
+    quant = {"format": FORMAT, "library": f"torchao {torchao.__version__}", "scheme": scheme,
+             "config": SCHEMES[scheme], "modules": names, "source": str(ckpt)}
+    _save(model, cfg, quant, tmp)
+    after = _measure(model, cfg, tmp / WEIGHTS, **bench)
+    same = next((i for i, (a, b) in enumerate(zip(before["greedy_tokens"], after["greedy_tokens"])) if a != b),
+                len(after["greedy_tokens"]))
+    report = {"checkpoint": str(ckpt), "family": cfg["family"], "scheme": scheme, "library": quant["library"],
+              "quantized_modules": len(names), "params_total": params_total,
+              "quantized_params": linear_params, "torch_threads": torch.get_num_threads(),
+              "greedy_tokens_equal": same, "before": before, "after": after}
     (tmp / REPORT).write_text(json.dumps(report, indent=2))
     if out.exists():
         out.rmdir()
@@ -250,8 +228,8 @@ def quantize_checkpoint(checkpoint: str, out: str | Path, evaluate: bool = True,
 
 def format_report(r: dict, out: Path) -> str:
     b, a = r["before"], r["after"]
-    lines = [f"{r['family']}: {r['quantized_modules']} linear layers to int8 "
-             f"({r['quantized_share_of_params']:.0%} of parameters), kernel: {r['kernel']}",
+    lines = [f"{r['family']}: {r['quantized_modules']} linear layers to int8 with {r['library']} ({r['scheme']}), "
+             f"{r['quantized_params']:,} of {r['params_total']:,} parameters",
              f"  size        {b['bytes'] / 2**20:8.2f} MiB -> {a['bytes'] / 2**20:8.2f} MiB  "
              f"({a['bytes'] / b['bytes']:.2f}x)",
              f"  tokens/s    {b['tokens_per_s']:8.1f}     -> {a['tokens_per_s']:8.1f}      "
@@ -259,5 +237,7 @@ def format_report(r: dict, out: Path) -> str:
     if "heldout_loss" in b:
         lines.append(f"  held-out    {b['heldout_loss']:8.4f}     -> {a['heldout_loss']:8.4f}      "
                      f"({a['heldout_loss'] - b['heldout_loss']:+.4f} nats/token)")
-    lines.append(f"wrote {out}: `smolhub generate {out} --prompt ...` or smolhub_hub.quantize.load_quantized('{out}')")
+    lines += [f"  greedy      {r['greedy_tokens_equal']} of {len(a['greedy_tokens'])} tokens as before",
+              f"    fp32: {b['greedy_text']!r}", f"    int8: {a['greedy_text']!r}",
+              f"wrote {out}: `smolhub generate {out} --prompt ...` or smolhub_hub.inference.load_model('{out}')"]
     return "\n".join(lines)

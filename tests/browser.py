@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -19,19 +20,20 @@ from tests.helpers import REPO
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
+FINISHED = r"^(Generated|⚠|Stopped)"  # what the status line says once a request is over
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 180):
+def _wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"demo exited early ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+            raise AssertionError(f"demo exited early ({proc.returncode}): {log.read_text()[-2000:]}")
         try:
             urllib.request.urlopen(url, timeout=2)
             return
@@ -41,29 +43,17 @@ def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 180):
 
 
 @contextlib.contextmanager
-def demo_page(app: str, checkpoint: Path, max_new_tokens: int = 24):
-    """Launch `app` (e.g. 'StoryLlama/gradio/app.py') from inside its folder, as a user does, and
-    yield a headless Chromium page open on it."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    playwright = pytest.importorskip("playwright.sync_api")
-    port = _free_port()
-    app_path = REPO / app
-    proc = subprocess.Popen([sys.executable, app_path.name, "--checkpoint", str(checkpoint), "--port", str(port),
-                             "--max-new-tokens", str(max_new_tokens)], cwd=app_path.parent, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"})
+def demo_server(args: list[str], cwd: Path, log: Path):
+    """Run `python *args --port P` in `cwd` (its output goes to `log`) and yield its URL once it answers."""
+    port = free_port()
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, *args, "--port", str(port)], cwd=cwd, stdout=out,
+                                stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"})
     try:
         url = f"http://127.0.0.1:{port}/"
-        _wait_for(url, proc)
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-            try:
-                page = browser.new_page()
-                page.goto(url)
-                yield page
-            finally:
-                browser.close()
+        _wait_for(url, proc, log)
+        yield url
     finally:
         proc.terminate()
         try:
@@ -72,15 +62,49 @@ def demo_page(app: str, checkpoint: Path, max_new_tokens: int = 24):
             proc.kill()
 
 
-def generate(page, prompt: str, timeout_ms: int = 120_000) -> str:
-    """Type `prompt`, press Generate, and return the text that streams into the output box."""
-    page.locator("#prompt textarea").fill(prompt)
+@contextlib.contextmanager
+def demo_page(app: str, checkpoint: Path, max_new_tokens: int = 24, log: Path | None = None):
+    """Launch `app` (e.g. 'StoryLlama/gradio/app.py') from inside its folder, as a user does, and
+    yield a headless Chromium page open on it. The server's output goes to `log`."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    app_path = REPO / app
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [app_path.name, "--checkpoint", str(checkpoint), "--max-new-tokens", str(max_new_tokens)]
+        with demo_server(args, app_path.parent, log or Path(tmp) / "server.log") as url, \
+                playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            try:
+                page = browser.new_page()
+                page.goto(url)
+                yield page
+            finally:
+                browser.close()
+
+
+def click_generate(page):
+    """Press Generate, watching the status line so that `wait_until_finished` sees this request's end."""
+    page.evaluate("""() => { window.statusChanges = 0;
+        new MutationObserver(() => window.statusChanges++).observe(document.querySelector('#status'),
+            {subtree: true, childList: true, characterData: true}); }""")
     page.locator("#generate").click()
-    page.wait_for_function(
-        "([sel, p]) => { const t = document.querySelector(sel); return t && t.value.length > p.length; }",
-        arg=["#output textarea", prompt], timeout=timeout_ms)
-    time.sleep(1.0)  # let the stream finish
-    return page.locator("#output textarea").input_value()
+
+
+def wait_until_finished(page, timeout_ms: int = 120_000) -> tuple[str, str]:
+    """(story, status) once the status line says the request is over."""
+    page.wait_for_function("(done) => window.statusChanges > 0 && new RegExp(done).test("
+                           "document.querySelector('#status').innerText.trim())", arg=FINISHED, timeout=timeout_ms)
+    return page.locator("#output textarea").input_value(), page.locator("#status").inner_text().strip()
+
+
+def generate(page, prompt: str, timeout_ms: int = 120_000) -> str:
+    """Type `prompt`, press Generate, and return the story once it is finished."""
+    page.locator("#prompt textarea").fill(prompt)
+    click_generate(page)
+    story, status = wait_until_finished(page, timeout_ms)
+    assert status.startswith("Generated"), status
+    return story
 
 
 def generate_in_browser(app: str, checkpoint: Path, prompt: str) -> str:

@@ -6,8 +6,12 @@ import argparse
 
 from smolhub_hub.errors import UserError
 
+from smol_experiments.flags import Parser, non_negative_float, non_negative_int, path, positive_float, positive_int
+
 BASE_MODEL = "HuggingFaceTB/SmolLM-135M"
 DATASET = "grammarly/coedit"
+# Flags that change how a run is logged or stored, never the model it trains: not part of its recorded settings.
+BOOKKEEPING = ("output_dir", "overwrite", "report_to", "logging_steps", "save_steps")
 
 
 def stage_parser(description: str, *, model: str | None, learning_rate: float, batch_size: int,
@@ -17,46 +21,52 @@ def stage_parser(description: str, *, model: str | None, learning_rate: float, b
     `model=None` makes --model required (DPO/CPO start from your SFT model); `preference=True` makes --dataset
     a required preference-pairs source instead of CoEdIT.
     """
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default=model, required=model is None,
+    from transformers.trainer_utils import SchedulerType
+
+    p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=model, required=model is None, type=path,
                    help="Hub id or local folder of the starting model")
     if preference:
-        p.add_argument("--dataset", required=True, help="pairs folder from build_preference_pairs, a local "
-                       "JSON/JSONL/parquet file or a Hub id with prompt/chosen/rejected")
+        p.add_argument("--dataset", required=True, type=path, help="pairs folder from build_preference_pairs, a "
+                       "local JSON/JSONL/parquet file or a Hub id with prompt/chosen/rejected")
     else:
-        p.add_argument("--dataset", default=DATASET,
+        p.add_argument("--dataset", default=DATASET, type=path,
                        help="Hub id, local JSON/JSONL/parquet file, or folder of split files")
         p.add_argument("--task", default="gec", help="CoEdIT task to keep (rows whose `task` differs are dropped)")
-    p.add_argument("--output-dir", required=True,
-                   help="new folder for this stage (or its own unfinished run, to resume)")
-    p.add_argument("--learning-rate", type=float, default=learning_rate, help="peak learning rate")
-    p.add_argument("--lr-scheduler", default=scheduler, help="transformers scheduler name (linear, cosine, ...)")
-    p.add_argument("--warmup", type=float, default=0.0, help="warmup steps (int) or share of all steps (float < 1)")
-    p.add_argument("--batch-size", type=int, default=batch_size, help="per-device train batch size")
-    p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
-    p.add_argument("--epochs", type=float, default=1.0, help="passes over the training rows")
-    p.add_argument("--max-length", type=int, default=350, help="longest prompt+completion in tokens")
-    p.add_argument("--max-samples", type=int, default=None, help="use only the first N training examples")
-    p.add_argument("--seed", type=int, default=42, help="data order and initialisation")
-    p.add_argument("--save-steps", type=int, default=500, help="checkpoint every N optimizer steps (for resume)")
-    p.add_argument("--logging-steps", type=int, default=10, help="log every N optimizer steps")
+    add_output_flags(p)
+    p.add_argument("--learning-rate", type=positive_float, default=learning_rate, help="peak learning rate")
+    p.add_argument("--lr-scheduler", default=scheduler, choices=[s.value for s in SchedulerType],
+                   help="transformers scheduler name")
+    p.add_argument("--warmup", type=non_negative_float, default=0.0,
+                   help="warmup steps (int) or share of all steps (float < 1)")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size, help="per-device train batch size")
+    p.add_argument("--grad-accum", type=positive_int, default=1, help="gradient accumulation steps")
+    p.add_argument("--epochs", type=positive_float, default=1.0, help="passes over the training rows")
+    p.add_argument("--max-length", type=positive_int, default=350, help="longest prompt+completion in tokens")
+    p.add_argument("--max-samples", type=positive_int, default=None, help="use only the first N training examples")
+    p.add_argument("--seed", type=non_negative_int, default=42, help="data order and initialisation")
+    p.add_argument("--save-steps", type=positive_int, default=500,
+                   help="checkpoint every N optimizer steps (for resume)")
+    p.add_argument("--logging-steps", type=positive_int, default=10, help="log every N optimizer steps")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute activations to save memory (TRL turns it on by default; 135M does not need it)")
     p.add_argument("--report-to", default="none", help="'none', 'wandb', 'tensorboard', ...")
     return p
 
 
-def check_positive(args: argparse.Namespace) -> None:
-    for flag in ("learning_rate", "batch_size", "grad_accum", "epochs", "max_length", "save_steps"):
-        if getattr(args, flag) <= 0:
-            raise UserError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}.")
+def add_output_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output-dir", required=True, type=path,
+                   help="folder for this stage: a new one, or its own run (finished with the same settings: "
+                        "reused; unfinished: resumed)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo the stage if --output-dir holds a run made with other settings (otherwise refused)")
 
 
 def training_kwargs(args: argparse.Namespace) -> dict:
     """Keyword arguments every TRL config here takes (they all derive from TrainingArguments)."""
     import torch
 
-    check_positive(args)
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return dict(
         output_dir=args.output_dir,
         learning_rate=args.learning_rate,
@@ -72,12 +82,21 @@ def training_kwargs(args: argparse.Namespace) -> dict:
         logging_steps=args.logging_steps,
         report_to=[] if args.report_to == "none" else [args.report_to],
         gradient_checkpointing=args.gradient_checkpointing,
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        bf16=bf16,
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
 
 
-def settings_of(args: argparse.Namespace) -> dict:
-    """The flags as a JSON-able dict, recorded in the run folder."""
-    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
+def make_config(config_cls, **kwargs):
+    """A TRL config; a combination of settings it rejects is one line, not a traceback."""
+    try:
+        return config_cls(**kwargs)
+    except ValueError as e:
+        raise UserError(f"these settings do not work together: {str(e).splitlines()[0]}") from None
+
+
+def recorded_settings(args: argparse.Namespace, **inputs: str) -> dict:
+    """What decides the stage's result: its flags (bookkeeping aside) and its inputs' fingerprints."""
+    flags = {k: v for k, v in vars(args).items() if k not in BOOKKEEPING}
+    return {**flags, **inputs}

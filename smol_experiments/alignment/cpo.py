@@ -6,21 +6,24 @@
 
 from __future__ import annotations
 
-from smolhub_hub.errors import exit_on_user_error
-
-from smol_experiments.alignment.cli import stage_parser, training_kwargs
+from smol_experiments.alignment.cli import make_config, stage_parser, training_kwargs
 from smol_experiments.alignment.preference_stage import run_preference_stage
 from smol_experiments.alignment.prompt_format import encode_completion, encode_prompt
+from smol_experiments.flags import non_negative_float, positive_float
+from smol_experiments.stages import stage_main
 
 STAGE = "cpo"
+# TRL checks the loss type only at the first training step; here it is checked with the flags.
+LOSS_TYPES = ("sigmoid", "hinge", "ipo", "simpo", "alphapo")
 
 
 def build_parser():
     p = stage_parser(__doc__.splitlines()[0], model=None, learning_rate=5e-7, batch_size=12, scheduler="cosine",
                      preference=True)
-    p.add_argument("--beta", type=float, default=0.05)
-    p.add_argument("--cpo-alpha", type=float, default=1.0, help="weight of the NLL (behaviour cloning) term on chosen")
-    p.add_argument("--loss-type", default="sigmoid", help="sigmoid, hinge, ipo, simpo or alphapo")
+    p.add_argument("--beta", type=positive_float, default=0.05, help="inverse temperature of the preference loss")
+    p.add_argument("--cpo-alpha", type=non_negative_float, default=1.0,
+                   help="weight of the NLL (behaviour cloning) term on chosen")
+    p.add_argument("--loss-type", default="sigmoid", choices=LOSS_TYPES, help="TRL CPO loss")
     return p
 
 
@@ -53,11 +56,15 @@ def cpo_trainer_class():
 
 
 def build_cpo_trainer(model, tokenizer, pairs, args):
+    from smolhub_hub.extras import require
+
+    require("trl", "the CPO stage")
     from trl.experimental.cpo import CPOConfig
 
-    config = CPOConfig(**training_kwargs(args), beta=args.beta, cpo_alpha=args.cpo_alpha, loss_type=args.loss_type,
-                       max_length=args.max_length, per_device_eval_batch_size=args.batch_size,
-                       remove_unused_columns=False)  # the pair collator needs the tokenized columns
+    config = make_config(CPOConfig, **training_kwargs(args), beta=args.beta, cpo_alpha=args.cpo_alpha,
+                         loss_type=args.loss_type, max_length=args.max_length,
+                         per_device_eval_batch_size=args.batch_size,
+                         remove_unused_columns=False)  # the pair collator needs the tokenized columns
     return cpo_trainer_class()(model=model, args=config, processing_class=tokenizer, train_dataset=pairs)
 
 
@@ -65,9 +72,10 @@ def run(argv=None) -> dict:
     return run_preference_stage(build_parser().parse_args(argv), STAGE, build_cpo_trainer)
 
 
-@exit_on_user_error
-def main(argv=None):
-    run(argv)
+@stage_main
+def main(argv=None) -> dict:
+    return run(argv)
+
 
 
 if __name__ == "__main__":

@@ -6,19 +6,23 @@
 
 from __future__ import annotations
 
-from smolhub_hub.errors import exit_on_user_error
-
-from smol_experiments.alignment.cli import stage_parser, training_kwargs
+from smol_experiments.alignment.cli import make_config, stage_parser, training_kwargs
 from smol_experiments.alignment.preference_stage import run_preference_stage
+from smol_experiments.flags import positive_float
+from smol_experiments.stages import stage_main
 
 STAGE = "dpo"
+# TRL checks the loss type only at the first training step; here it is checked with the flags.
+LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 
 
 def build_parser():
     p = stage_parser(__doc__.splitlines()[0], model=None, learning_rate=5e-7, batch_size=12, scheduler="cosine",
                      preference=True)
-    p.add_argument("--beta", type=float, default=0.05, help="strength of the pull towards the reference model")
-    p.add_argument("--loss-type", default="sigmoid", help="TRL DPO loss (sigmoid = the original DPO loss)")
+    p.add_argument("--beta", type=positive_float, default=0.05, help="strength of the pull towards the reference model")
+    p.add_argument("--loss-type", default="sigmoid", choices=LOSS_TYPES,
+                   help="TRL DPO loss (sigmoid = the original DPO loss)")
     p.add_argument("--precompute-ref-log-probs", action="store_true",
                    help="score the pairs with the reference model once, before training, so it is not kept in memory")
     return p
@@ -26,11 +30,14 @@ def build_parser():
 
 def build_dpo_trainer(model, tokenizer, pairs, args, eval_pairs=None):
     """A DPOTrainer whose reference is a frozen copy of the starting (SFT) model, or its precomputed log-probs."""
+    from smolhub_hub.extras import require
+
+    require("trl", "the DPO stage")
     from trl import DPOConfig, DPOTrainer
 
-    config = DPOConfig(**training_kwargs(args), beta=args.beta, loss_type=[args.loss_type],
-                       max_length=args.max_length, precompute_ref_log_probs=args.precompute_ref_log_probs,
-                       per_device_eval_batch_size=args.batch_size)
+    config = make_config(DPOConfig, **training_kwargs(args), beta=args.beta, loss_type=[args.loss_type],
+                         max_length=args.max_length, precompute_ref_log_probs=args.precompute_ref_log_probs,
+                         per_device_eval_batch_size=args.batch_size)
     return DPOTrainer(model=model, args=config, processing_class=tokenizer, train_dataset=pairs,
                       eval_dataset=eval_pairs)
 
@@ -39,9 +46,10 @@ def run(argv=None) -> dict:
     return run_preference_stage(build_parser().parse_args(argv), STAGE, build_dpo_trainer)
 
 
-@exit_on_user_error
-def main(argv=None):
-    run(argv)
+@stage_main
+def main(argv=None) -> dict:
+    return run(argv)
+
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Corpus BLEU (sacrebleu, 13a tokenization, 4-gram, one reference; reported 0-1 like the reference project),
 chrF (0-1) and exact match, for each model and for the "copy the input" baseline, which a GEC system must
-beat. Writes results.json, results.md, results.png and each model's predictions.
+beat. Every score comes with a paired bootstrap interval over sentences, and every system is compared with
+one (`--compare-to`, default sft): a difference whose interval contains 0 is reported as no significant
+difference. Writes results.json, results.md, results.png and each model's predictions.
 
     python -m smol_experiments.alignment.evaluate --models base=HuggingFaceTB/SmolLM-135M sft=runs/coedit/sft \\
         dpo=runs/coedit/dpo cpo=runs/coedit/cpo --output-dir runs/coedit/eval
@@ -11,57 +13,88 @@ beat. Writes results.json, results.md, results.png and each model's predictions.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
-from smolhub_hub.errors import UserError, exit_on_user_error
+import numpy as np
+
+from smolhub_hub.errors import UserError
+from smolhub_hub.extras import require
 
 from smol_experiments.alignment.cli import DATASET
-from smol_experiments.alignment.data import check_max_samples, load_gec_examples, load_model_and_tokenizer
+from smol_experiments.alignment.data import load_gec_examples, load_model_and_tokenizer
 from smol_experiments.alignment.generation import generate_corrections
 from smol_experiments.alignment.prompt_format import make_prompt, strip_instruction
-from smol_experiments.alignment.run_dir import model_fingerprint, read_marker, write_marker
+from smol_experiments.alignment.run_dir import data_fingerprint
+from smol_experiments.bootstrap import LEVEL, RESAMPLES, paired_bootstrap, ratio, verdict
+from smol_experiments.flags import Parser, non_negative_int, path, positive_int
+from smol_experiments.stages import (check_output_folder, model_fingerprint, read_marker, stage_main, write_atomic,
+                                     write_marker)
 
 STAGE = "eval"
 COPY_BASELINE = "copy-input"
 METRICS = ("bleu", "chrf", "exact_match")
+METRIC_NAMES = {"bleu": "BLEU", "chrf": "chrF", "exact_match": "exact match"}
+
+
+@functools.cache
+def _sacrebleu_metric(metric: str):
+    sacrebleu = require("sacrebleu", "the evaluation (BLEU)")
+    return sacrebleu.BLEU(tokenize="13a") if metric == "bleu" else sacrebleu.CHRF()
+
+
+def sentence_statistics(hypotheses: list[str], references: list[str]) -> dict[str, np.ndarray]:
+    """Per-sentence sufficient statistics of each metric, (sentences, k): sacrebleu's n-gram counts for
+    BLEU and chrF, (match, 1) for exact match. Summed over sentences they give the corpus score."""
+    hyps = [h.strip() for h in hypotheses]
+    refs = [r.strip() for r in references]
+    stats = {m: np.array(_sacrebleu_metric(m)._extract_corpus_statistics(hyps, [refs])) for m in ("bleu", "chrf")}
+    return {**stats, "exact_match": np.array([[h == r, 1] for h, r in zip(hyps, refs)])}
+
+
+def score_from_sums(metric: str, sums: np.ndarray) -> float:
+    """The corpus score (0-1) of summed sentence statistics, exactly as sacrebleu computes it."""
+    if metric == "exact_match":
+        return ratio(sums)
+    return float(_sacrebleu_metric(metric)._compute_score_from_stats(list(sums)).score) / 100
 
 
 def corpus_metrics(hypotheses: list[str], references: list[str]) -> dict:
-    import sacrebleu
-
-    hyps = [h.strip() for h in hypotheses]
-    refs = [r.strip() for r in references]
-    return {
-        "bleu": sacrebleu.corpus_bleu(hyps, [refs], tokenize="13a").score / 100,
-        "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score / 100,
-        "exact_match": sum(h == r for h, r in zip(hyps, refs)) / len(refs),
-    }
+    stats = sentence_statistics(hypotheses, references)
+    return {m: score_from_sums(m, stats[m].sum(0)) for m in METRICS}
 
 
 def parse_models(specs: list[str]) -> dict[str, str]:
     models = {}
     for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
+        name, sep, where = spec.partition("=")
+        if not sep or not name or not where:
             raise UserError(f"--models {spec!r}: write NAME=PATH_OR_HUB_ID, e.g. sft=runs/coedit/sft.")
         if name in models or name == COPY_BASELINE:
             raise UserError(f"--models: the name {name!r} is used twice or reserved; pick distinct names.")
-        models[name] = path
+        models[name] = path(where)
     return models
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--models", nargs="+", required=True, metavar="NAME=PATH", help="models to compare, in order")
-    p.add_argument("--dataset", default=DATASET, help="Hub id, local JSON/JSONL/parquet file, or folder of split files")
-    p.add_argument("--task", default="gec")
-    p.add_argument("--split", default="validation")
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--max-samples", type=int, default=None, help="evaluate on the first N rows only")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--dataset", default=DATASET, type=path,
+                   help="Hub id, local JSON/JSONL/parquet file, or folder of split files")
+    p.add_argument("--task", default="gec", help="CoEdIT task to evaluate on (rows of other tasks are dropped)")
+    p.add_argument("--split", default="validation", help="dataset split to evaluate on")
+    p.add_argument("--output-dir", required=True, type=path,
+                   help="folder for results.md, results.json and cached predictions")
+    p.add_argument("--max-samples", type=positive_int, default=None, help="evaluate on the first N rows only")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="prompts per generation batch")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256, help="longest greedy correction")
+    p.add_argument("--compare-to", default=None,
+                   help="the system every other one is compared with (default: sft if given, else the first model)")
+    p.add_argument("--bootstrap-resamples", type=positive_int, default=RESAMPLES,
+                   help="paired bootstrap resamples over sentences for the 95%% intervals")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the bootstrap resampling")
+    p.add_argument("--note", default="", help="a line printed under the table's heading")
     return p
 
 
@@ -79,7 +112,8 @@ def claim_eval_dir(out: Path) -> None:
 def predict(name: str, model_path: str, rows, args, out: Path) -> list[str]:
     """Greedy corrections; reused from predictions/NAME.json when the same model and rows made them (resume)."""
     key = {"model": model_path, "model_sha256": model_fingerprint(model_path), "dataset": args.dataset,
-           "split": args.split, "task": args.task, "rows": len(rows), "max_new_tokens": args.max_new_tokens}
+           "dataset_sha256": data_fingerprint(args.dataset), "split": args.split, "task": args.task,
+           "rows": len(rows), "max_new_tokens": args.max_new_tokens}
     cache = out / "predictions" / f"{name}.json"
     if cache.is_file():
         saved = json.loads(cache.read_text())
@@ -89,17 +123,46 @@ def predict(name: str, model_path: str, rows, args, out: Path) -> list[str]:
     predictions = generate_corrections(model, tokenizer, [make_prompt(s) for s in rows["src"]],
                                        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, desc=name)
     cache.parent.mkdir(exist_ok=True)
-    cache.write_text(json.dumps({"key": key, "predictions": predictions}, indent=1))
+    write_atomic(cache, json.dumps({"key": key, "predictions": predictions}, indent=1))
     return predictions
 
 
+def score_systems(predictions: dict[str, list[str]], references: list[str], compare_to: str, *,
+                  resamples: int, seed: int) -> tuple[dict, dict]:
+    """Each system's scores with intervals, and each system's paired differences to `compare_to` with a verdict."""
+    stats = {name: sentence_statistics(hyps, references) for name, hyps in predictions.items()}
+    systems = {name: {} for name in predictions}
+    comparisons = {name: {} for name in predictions if name != compare_to}
+    for metric in METRICS:
+        boot = paired_bootstrap({name: s[metric] for name, s in stats.items()},
+                                functools.partial(score_from_sums, metric),
+                                compare_to=compare_to, resamples=resamples, seed=seed)
+        for name, entry in boot["systems"].items():
+            systems[name].update({metric: entry["score"], f"{metric}_ci": entry["ci"]})
+        for name in comparisons:
+            comparisons[name][metric] = boot["vs"][name]
+    for name, diffs in comparisons.items():
+        diffs["verdict"] = verdict({METRIC_NAMES[m]: diffs[m] for m in METRICS})
+    return systems, comparisons
+
+
 def write_table(results: dict, out: Path) -> None:
+    boot, ref = results["bootstrap"], results["compare_to"]
+    interval = f"{boot['level']:.0%} paired bootstrap interval over sentences, {boot['resamples']} resamples"
     lines = [f"Greedy decoding, {results['rows']} rows of {results['dataset']} ({results['split']}, task "
-             f"{results['task']}).", "", "| system | BLEU | chrF | exact match |", "|---|---|---|---|"]
+             f"{results['task']}); each score with its {interval}.", *([results["note"]] if results["note"] else []),
+             "", "| system | BLEU | chrF | exact match |", "|---|---|---|---|"]
     for name, m in results["systems"].items():
-        lines.append(f"| {name} | {m['bleu']:.4f} | {m['chrf']:.4f} | {m['exact_match']:.4f} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        cells = [f"{m[k]:.4f} [{m[k + '_ci'][0]:.4f}, {m[k + '_ci'][1]:.4f}]" for k in METRICS]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    lines += ["", f"Difference to {ref} on the same sentences [{interval}]: an interval that contains 0 means "
+              "no significant difference, neither a gain nor a loss.", "",
+              "| system | Δ BLEU | Δ chrF | Δ exact match | reading |", "|---|---|---|---|---|"]
+    for name, diffs in results["comparisons"].items():
+        cells = [f"{diffs[k]['diff']:+.4f} [{diffs[k]['ci'][0]:+.4f}, {diffs[k]['ci'][1]:+.4f}]" for k in METRICS]
+        lines.append(f"| {name} | {' | '.join(cells)} | {diffs['verdict']} |")
+    write_atomic(out / "results.md", "\n".join(lines) + "\n")
+    write_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
 
 
 def plot_results(results: dict, path: Path) -> None:
@@ -112,12 +175,15 @@ def plot_results(results: dict, path: Path) -> None:
     width = 0.8 / len(systems)
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, name in enumerate(systems):
-        values = [results["systems"][name][m] for m in METRICS]
-        bars = ax.bar([j + i * width for j in range(len(METRICS))], values, width, label=name)
+        scores = results["systems"][name]
+        values = [scores[m] for m in METRICS]
+        errors = np.array([[v - scores[f"{m}_ci"][0], scores[f"{m}_ci"][1] - v] for m, v in zip(METRICS, values)]).T
+        bars = ax.bar([j + i * width for j in range(len(METRICS))], values, width, yerr=errors, capsize=2,
+                      label=name)
         ax.bar_label(bars, fmt="%.3f", fontsize=7)
     ax.set_xticks([j + width * (len(systems) - 1) / 2 for j in range(len(METRICS))], ["BLEU", "chrF", "exact match"])
     ax.set_ylim(0, 1.05)
-    ax.set_title(f"CoEdIT {results['split']} ({results['rows']} rows), greedy decoding")
+    ax.set_title(f"CoEdIT {results['split']} ({results['rows']} rows), greedy decoding; bars: 95% bootstrap CI")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -126,17 +192,25 @@ def plot_results(results: dict, path: Path) -> None:
 
 def run(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    check_max_samples(args.max_samples)
     models = parse_models(args.models)
-    rows = load_gec_examples(args.dataset, args.split, args.max_samples, args.task)
+    compare_to = args.compare_to or ("sft" if "sft" in models else next(iter(models)))
+    if compare_to not in [COPY_BASELINE, *models]:
+        raise UserError(f"--compare-to {compare_to}: not one of the systems ({', '.join([COPY_BASELINE, *models])}).")
     out = Path(args.output_dir)
+    check_output_folder(out, "--output-dir")
+    rows = load_gec_examples(args.dataset, args.split, args.max_samples, args.task)
     claim_eval_dir(out)
-    references = rows["tgt"]
-    systems = {COPY_BASELINE: corpus_metrics([strip_instruction(s) for s in rows["src"]], references)}
-    for name, path in models.items():
-        systems[name] = {**corpus_metrics(predict(name, path, rows, args, out), references), "model": path}
+    predictions = {COPY_BASELINE: [strip_instruction(s) for s in rows["src"]]}
+    predictions.update({name: predict(name, where, rows, args, out) for name, where in models.items()})
+    systems, comparisons = score_systems(predictions, rows["tgt"], compare_to, resamples=args.bootstrap_resamples,
+                                         seed=args.seed)
+    for name, where in models.items():
+        systems[name]["model"] = where
     results = {"dataset": args.dataset, "split": args.split, "task": args.task, "rows": len(rows),
-               "decoding": "greedy", "systems": systems}
+               "decoding": "greedy", "note": args.note, "compare_to": compare_to,
+               "bootstrap": {"resamples": args.bootstrap_resamples, "seed": args.seed, "level": LEVEL,
+                             "unit": "sentence"},
+               "systems": systems, "comparisons": comparisons}
     write_table(results, out)
     plot_results(results, out / "results.png")
     write_marker(out, {"stage": STAGE, "done": True})
@@ -144,9 +218,9 @@ def run(argv=None) -> dict:
     return results
 
 
-@exit_on_user_error
-def main(argv=None):
-    run(argv)
+@stage_main
+def main(argv=None) -> dict:
+    return run(argv)
 
 
 if __name__ == "__main__":

@@ -1,79 +1,51 @@
-"""Output folders of the stages: one stage per folder, resume from its last checkpoint, never overwrite.
-
-Each stage writes `stage.json` ({"stage": "sft", "done": false, ...}) before it writes anything else.
-A folder that belongs to another stage, or that holds files of unknown origin, is refused; a folder
-whose stage finished is refused too (its model is the result; pick a new folder to train again).
-"""
+"""Output folders of the alignment stages (one stage per folder; reuse, resume or refuse by recorded settings,
+see `smol_experiments.stages`), the inputs' fingerprints, and training that stops cleanly on a signal."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
-from smolhub_hub.errors import UserError
-
-MARKER = "stage.json"
+from smol_experiments.stages import RESUME, StopRequests, claim, fingerprint
 
 
-def read_marker(output_dir: str | Path) -> dict | None:
-    path = Path(output_dir) / MARKER
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def is_done(output_dir: str | Path, stage: str) -> bool:
-    marker = read_marker(output_dir)
-    return bool(marker and marker.get("stage") == stage and marker.get("done"))
-
-
-def prepare_output_dir(output_dir: str | Path, stage: str, settings: dict) -> str | None:
-    """Claim `output_dir` for `stage`; returns the checkpoint to resume from, or None for a fresh start."""
+def prepare_output_dir(output_dir: str | Path, stage: str, settings: dict,
+                       overwrite: bool = False) -> tuple[str, str | None]:
+    """Claim `output_dir` for `stage`: (FRESH / RESUME / REUSE, the checkpoint to resume from or None).
+    A FRESH run calls `stages.begin` once its inputs are loaded."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output-dir {out} is a file; give a folder.")
-    marker = read_marker(out)
-    if marker is None:
-        if out.exists() and any(out.iterdir()):
-            raise UserError(f"--output-dir {out} is not empty and was not made by a {stage} run; use a new folder.")
-        out.mkdir(parents=True, exist_ok=True)
-        write_marker(out, {"stage": stage, "done": False, "settings": settings})
-        return None
-    if marker.get("stage") != stage:
-        raise UserError(
-            f"--output-dir {out} holds a '{marker.get('stage')}' run; {stage} will not write there. Use a new folder."
-        )
-    if marker.get("done"):
-        raise UserError(f"--output-dir {out} already holds a finished {stage} model; use a new folder to train again.")
-    return get_last_checkpoint(str(out))
+    status = claim(Path(output_dir), stage, settings, overwrite=overwrite, flag="--output-dir")
+    return status, get_last_checkpoint(str(output_dir)) if status == RESUME else None
 
 
-def write_marker(output_dir: str | Path, marker: dict) -> None:
-    (Path(output_dir) / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+def data_fingerprint(dataset: str) -> str:
+    """sha256 of a local data file or of a folder's data files (a Hub id stands for itself)."""
+    return fingerprint(dataset, ("*.json", "*.jsonl", "*.parquet"))
 
 
-def mark_done(output_dir: str | Path, metrics: dict) -> None:
-    marker = read_marker(output_dir) or {}
-    write_marker(output_dir, {**marker, "done": True, "metrics": metrics})
+def stop_on_signal_callback(stop: StopRequests):
+    """A Trainer callback: once a stop signal came, the current step ends with a checkpoint and training stops."""
+    from transformers import TrainerCallback
 
+    class SaveAndStop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if stop.signum is not None:
+                control.should_save = control.should_training_stop = True
+            return control
 
-def model_fingerprint(model: str) -> str:
-    """sha256 of a local model's weights (a Hub id stands for itself): an older model at the same path won't match."""
-    path = Path(model)
-    if not path.is_dir():
-        return model
-    digest = hashlib.sha256()
-    for weights in sorted(path.glob("*.safetensors")):
-        with open(weights, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return SaveAndStop()
 
 
 def train_and_save(trainer, tokenizer, output_dir: str, resume: str | None) -> dict:
-    """Train (resuming when a checkpoint exists), save model + tokenizer at the top of `output_dir`, return metrics."""
-    result = trainer.train(resume_from_checkpoint=resume)
+    """Train (resuming when a checkpoint exists), save model + tokenizer at the top of `output_dir`, return metrics.
+
+    A stop signal during training saves a checkpoint after the current step and raises StageInterrupted.
+    """
+    with StopRequests() as stop:
+        trainer.add_callback(stop_on_signal_callback(stop))
+        result = trainer.train(resume_from_checkpoint=resume)
+    if stop.signum is not None:
+        stop.interrupt(f" at step {trainer.state.global_step} of {trainer.state.max_steps} (checkpoint saved)")
     trainer.save_model(output_dir)
     tokenizer.save_pretrained(output_dir)
     margins = [log["rewards/margins"] for log in trainer.state.log_history if "rewards/margins" in log]

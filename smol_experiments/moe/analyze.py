@@ -23,7 +23,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from smolhub_hub.errors import UserError, exit_on_user_error  # noqa: E402
+from smol_experiments.flags import Parser, path, positive_int  # noqa: E402
+from smol_experiments.stages import check_output_folder, stage_main  # noqa: E402
+from smolhub_hub.errors import UserError  # noqa: E402
 
 EXPERT_COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#76b7b2", "#edc948", "#ff9da7"]
 
@@ -43,13 +45,18 @@ def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def plot_expert_load(run_dir: Path, metrics: list[dict]) -> Path:
+def _integer_ticks(axis):
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def expert_load_figure(run_dir: Path, metrics: list[dict]):
     """Load per expert (mean over layers, band = min..max layer) plus active share and router entropy."""
     loads = _read_csv(run_dir / "expert_load.csv")
     steps = sorted({int(r["step"]) for r in loads})
@@ -59,95 +66,138 @@ def plot_expert_load(run_dir: Path, metrics: list[dict]) -> Path:
     index = {s: i for i, s in enumerate(steps)}
     for r in loads:
         grid[index[int(r["step"])], int(r["layer"]), int(r["expert"])] = float(r["load"])
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
     for e in range(n_experts):
         ax1.plot(steps, grid[:, :, e].mean(1), marker="o", color=_color(e), label=f"expert {e}")
         ax1.fill_between(steps, grid[:, :, e].min(1), grid[:, :, e].max(1), color=_color(e), alpha=0.15)
-    ax1.axhline(1 / n_experts, color="gray", ls="--", lw=1, label="uniform")
-    ax1.set(title="expert load (share of top-k slots; band: min–max over layers)", xlabel="step", ylim=(0, 1))
+    ax1.axhline(1 / n_experts, color="gray", ls="--", lw=1, label=f"uniform (1/{n_experts})")
+    ax1.set(title="expert load (band: min–max over layers)", xlabel="step", ylabel="share of top-k slots",
+            ylim=(0, min(1.0, 1.25 * max(grid.max(), 1 / n_experts))))
     ax1.legend(fontsize=8)
     for key, style in (("active_share", "-o"), ("router_entropy", "-s")):
         x, y = _series(metrics, key)
         ax2.plot(x, y, style, label=key.replace("_", " "))
-    ax2.set(title="share of active experts, router entropy (normalised)", xlabel="step", ylim=(0, 1.05))
+    ax2.set(title="share of active experts, router entropy", xlabel="step", ylabel="share / entropy ÷ log E",
+            ylim=(0, 1.05))
     ax2.legend(fontsize=8)
-    return _save(fig, run_dir / "expert_load.png")
+    return fig
 
 
-def plot_pretraining(run_dir: str | Path) -> list[Path]:
-    run_dir = Path(run_dir)
-    metrics = _read_csv(run_dir / "metrics.csv")
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
-    for key in ("train_lm_loss", "val_loss"):
-        ax1.plot(*_series(metrics, key), marker="." if key == "train_lm_loss" else "o", label=key)
-    ax1.set(title="continued pretraining: LM loss", xlabel="step", ylabel="nats/token")
+EXPERT_LOAD_CAPTION = ("Expert load over training: each expert's share of the top-k routing slots (mean over layers, "
+                       "band: min–max over layers; dashed: the uniform share). Right: the share of experts that "
+                       "receive tokens, and the router entropy normalised by its maximum log E.")
+
+
+def training_curves_figure(metrics: list[dict]):
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    for key, label in (("train_lm_loss", "train"), ("val_loss", "held-out")):
+        ax1.plot(*_series(metrics, key), marker="." if key == "train_lm_loss" else "o", label=label)
+    ax1.set(title="LM loss", xlabel="step", ylabel="cross-entropy (nats/token)")
     ax1.legend()
-    for key in ("train_balance_loss", "val_balance_loss"):
-        ax2.plot(*_series(metrics, key), marker="o", label=key)
-    ax2.set(title="load-balancing loss (1.0 = balanced)", xlabel="step")
+    for key, label in (("train_balance_loss", "train"), ("val_balance_loss", "held-out")):
+        ax2.plot(*_series(metrics, key), marker="o", label=label)
+    ax2.set(title="load-balancing loss", xlabel="step", ylabel="balance loss (1.0 = balanced)")
     ax2.legend()
-    return [_save(fig, run_dir / "training_curves.png"), plot_expert_load(run_dir, metrics)]
+    return fig
 
 
-def plot_specialization(run_dir: str | Path) -> list[Path]:
+def plot_pretraining(run_dir: str | Path) -> list[tuple[Path, str]]:
+    """The continued-pretraining pictures, written next to the run: (path, caption) each."""
     run_dir = Path(run_dir)
     metrics = _read_csv(run_dir / "metrics.csv")
-    before = json.loads((run_dir / "routing_before.json").read_text())
-    after = json.loads((run_dir / "routing_after.json").read_text())
-    domains = before["domains"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    return [(_save(training_curves_figure(metrics), run_dir / "training_curves.png"),
+             "Continued pretraining: language-model loss on training batches and held-out documents (left); "
+             "load-balancing loss, 1.0 when the tokens are spread evenly over the experts (right)."),
+            (_save(expert_load_figure(run_dir, metrics), run_dir / "expert_load.png"), EXPERT_LOAD_CAPTION)]
+
+
+def specialization_figure(metrics: list[dict], domains: list[str]):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), layout="constrained")
     for key in ("lm_loss", "guide_loss", "balance_loss"):
-        axes[0].plot(*_series(metrics, key), label=key)
-    axes[0].set(title="specialization: training losses", xlabel="step")
+        axes[0].plot(*_series(metrics, key), label=key.replace("_", " "))
+    axes[0].set(title="training losses", xlabel="step", ylabel="loss")
     axes[0].legend(fontsize=8)
     for d, name in enumerate(domains):
         axes[1].plot(*_series(metrics, f"acc_{name}"), marker="o", color=_color(d), label=name)
         axes[2].plot(*_series(metrics, f"heldout_loss_{name}"), marker="o", color=_color(d), label=name)
     axes[1].axhline(0.9, color="gray", ls="--", lw=1)
-    axes[1].set(title="held-out routing accuracy (mean over layers)", xlabel="step", ylim=(0, 1.02))
-    axes[2].set(title="held-out LM loss per domain", xlabel="step")
+    axes[1].set(title="held-out routing accuracy (mean over layers)", xlabel="step", ylabel="routing accuracy",
+                ylim=(0, 1.02))
+    axes[2].set(title="held-out LM loss per domain", xlabel="step", ylabel="cross-entropy (nats/token)")
     for ax in axes[1:]:
         ax.legend(fontsize=8)
     stage_a = [int(r["step"]) for r in metrics if r["stage"] in ("before", "A")]
     for ax in axes:
         ax.axvline(max(stage_a) + 0.5, color="k", lw=0.8, ls=":")  # stage A | stage B
-    paths = [_save(fig, run_dir / "specialization_curves.png"), plot_expert_load(run_dir, metrics)]
-    return paths + plot_heatmaps(run_dir, domains, before, after)
+    return fig
+
+
+def plot_specialization(run_dir: str | Path) -> list[tuple[Path, str]]:
+    """The specialization pictures, written next to the run: (path, caption) each."""
+    run_dir = Path(run_dir)
+    metrics = _read_csv(run_dir / "metrics.csv")
+    before = json.loads((run_dir / "routing_before.json").read_text())
+    after = json.loads((run_dir / "routing_after.json").read_text())
+    domains = before["domains"]
+    mean_map, layer_maps = heatmap_figures(domains, before, after)
+    return [
+        (_save(specialization_figure(metrics, domains), run_dir / "specialization_curves.png"),
+         "Specialization: training losses (left); held-out routing accuracy per domain, mean over layers, dashed at "
+         "90% (middle); held-out LM loss per domain (right). The dotted line ends stage A (routers only)."),
+        (_save(expert_load_figure(run_dir, metrics), run_dir / "expert_load.png"), EXPERT_LOAD_CAPTION),
+        (_save(mean_map, run_dir / "routing_heatmap_mean.png"),
+         "Share of each domain's held-out tokens whose top-1 expert is E0, E1, …, averaged over layers: before "
+         "(left) and after (right) specialization."),
+        (_save(layer_maps, run_dir / "routing_heatmap_layers.png"),
+         "The same shares layer by layer: before (top row) and after (bottom row) specialization."),
+        (_save(accuracy_by_layer_figure(domains, before, after), run_dir / "routing_accuracy_by_layer.png"),
+         "Held-out routing accuracy per layer (share of a domain's tokens whose top-1 expert is the domain's "
+         "expert): dashed before, solid after specialization."),
+    ]
 
 
 def _heatmap(ax, share: np.ndarray, domains: list[str], title: str, annotate: bool = True):
-    ax.imshow(share, vmin=0, vmax=1, cmap="viridis")
+    image = ax.imshow(share, vmin=0, vmax=1, cmap="viridis")
     ax.set_xticks(range(share.shape[1]), [f"E{e}" for e in range(share.shape[1])])
     ax.set_yticks(range(len(domains)), domains)
     ax.set_title(title, fontsize=9)
     if annotate:
         for (i, j), v in np.ndenumerate(share):
             ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
+    return image
 
 
-def plot_heatmaps(run_dir: Path, domains: list[str], before: dict, after: dict) -> list[Path]:
+def heatmap_figures(domains: list[str], before: dict, after: dict):
     """domain × expert top-1 shares: averaged over layers, and one small map per layer; before | after."""
     b, a = np.array(before["domain_expert_share"]), np.array(after["domain_expert_share"])  # (D, L, E)
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
-    _heatmap(axes[0], b.mean(1), domains, "before: top-1 expert share (mean over layers)")
-    _heatmap(axes[1], a.mean(1), domains, "after")
-    mean_path = _save(fig, run_dir / "routing_heatmap_mean.png")
+    mean_map, axes = plt.subplots(1, 2, figsize=(8, 3.4), layout="constrained")
+    for ax, share, title in zip(axes, (b, a), ("before", "after")):
+        image = _heatmap(ax, share.mean(1), domains, f"{title}: mean over layers")
+        ax.set_xlabel("top-1 expert")
+    axes[0].set_ylabel("domain")
+    mean_map.colorbar(image, ax=axes, label="share of the domain's tokens", shrink=0.9)
     n_layers = b.shape[1]
-    fig, axes = plt.subplots(2, n_layers, figsize=(max(6, 1.6 * n_layers), 3.8), squeeze=False)
-    for layer in range(n_layers):
-        small = n_layers > 8
-        _heatmap(axes[0, layer], b[:, layer], domains if layer == 0 else [""] * len(domains),
-                 f"before L{layer}", annotate=not small)
-        _heatmap(axes[1, layer], a[:, layer], domains if layer == 0 else [""] * len(domains),
-                 f"after L{layer}", annotate=not small)
-    layers_path = _save(fig, run_dir / "routing_heatmap_layers.png")
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    layer_maps, axes = plt.subplots(2, n_layers, figsize=(max(6, 1.6 * n_layers), 3.8), squeeze=False,
+                                    layout="constrained")
+    for row, (share, when) in enumerate(((b, "before"), (a, "after"))):
+        for layer in range(n_layers):
+            _heatmap(axes[row, layer], share[:, layer], domains if layer == 0 else [""] * len(domains),
+                     f"{when}, layer {layer}", annotate=n_layers <= 8)
+        axes[row, 0].set_ylabel("domain")
+    for ax in axes[1]:
+        ax.set_xlabel("top-1 expert")
+    return mean_map, layer_maps
+
+
+def accuracy_by_layer_figure(domains: list[str], before: dict, after: dict):
+    fig, ax = plt.subplots(figsize=(7, 3.5), layout="constrained")
     for d, name in enumerate(domains):
         ax.plot(np.array(before["routing_accuracy"][d]), "--", color=_color(d), label=f"{name} before")
         ax.plot(np.array(after["routing_accuracy"][d]), "-o", color=_color(d), label=f"{name} after")
-    ax.set(title="held-out routing accuracy per layer", xlabel="layer", ylim=(0, 1.02))
+    ax.set(title="held-out routing accuracy per layer", xlabel="layer", ylabel="routing accuracy", ylim=(0, 1.02))
+    _integer_ticks(ax.xaxis)
     ax.legend(fontsize=7, ncol=2)
-    return [mean_path, layers_path, _save(fig, run_dir / "routing_accuracy_by_layer.png")]
+    return fig
 
 
 @torch.no_grad()
@@ -165,34 +215,50 @@ def routing_html(tokens: list[tuple[str, int]]) -> str:
     return '<div class="tokens">' + "".join(spans) + "</div>"
 
 
-def plot_token_routing(rows: dict[str, list[tuple[str, int]]], num_experts: int, path: Path, title: str) -> Path:
-    """Tokens laid out as text, each on a box coloured by its top-1 expert, one block per domain."""
-    fig = plt.figure(figsize=(12, 1.4 + 1.3 * len(rows)))
-    fig.suptitle(title, fontsize=10)
-    y = 0.9
-    for domain, tokens in rows.items():
-        fig.text(0.01, y, domain, fontsize=9, weight="bold")
-        x, y = 0.1, y
-        for text, expert in tokens:
-            shown = text.replace("\n", "⏎")
-            width = 0.0062 * max(1, len(shown))
-            if x + width > 0.99:
-                x, y = 0.1, y - 0.05
-            fig.text(x, y, shown, fontsize=7, family="monospace",
-                     bbox=dict(facecolor=_color(expert), alpha=0.45, pad=0.6, edgecolor="none"))
-            x += width + 0.002
-        y -= 0.09
+TOKEN_FONT_PT, LINE_IN, LEFT_IN, WIDTH_IN = 7, 0.24, 1.1, 12.0
+CHAR_IN = 0.62 * TOKEN_FONT_PT / 72  # width of one monospace character
+
+
+def _wrap_tokens(tokens: list[tuple[str, int]]) -> list[list[tuple[str, int, float]]]:
+    """Tokens as lines of (shown text, expert, x in inches), wrapped at the figure's width."""
+    lines, line, x = [], [], LEFT_IN
+    for text, expert in tokens:
+        shown = text.replace("\n", "⏎")
+        width = CHAR_IN * max(1, len(shown)) + 0.04
+        if line and x + width > WIDTH_IN - 0.1:
+            lines.append(line)
+            line, x = [], LEFT_IN
+        line.append((shown, expert, x))
+        x += width
+    return lines + [line] if line else lines
+
+
+def token_routing_figure(rows: dict[str, list[tuple[str, int]]], num_experts: int, title: str):
+    """Tokens laid out as text, each on a box coloured by its top-1 expert, one block per domain.
+
+    The layout is computed in inches first, so the figure is exactly as tall as the text it holds."""
+    blocks = {domain: _wrap_tokens(tokens) for domain, tokens in rows.items()}
+    height = 0.6 + sum(LINE_IN * len(lines) + 0.2 for lines in blocks.values()) + 0.5
+    fig = plt.figure(figsize=(WIDTH_IN, height))
+    fig.suptitle(title, fontsize=10, y=1 - 0.15 / height, va="top")
+    y = 0.6
+    for domain, lines in blocks.items():
+        fig.text(0.1 / WIDTH_IN, 1 - y / height, domain, fontsize=9, weight="bold", va="top")
+        for line in lines:
+            for shown, expert, x in line:
+                fig.text(x / WIDTH_IN, 1 - y / height, shown, fontsize=TOKEN_FONT_PT, family="monospace", va="top",
+                         bbox=dict(facecolor=_color(expert), alpha=0.45, pad=0.6, edgecolor="none"))
+            y += LINE_IN
+        y += 0.2
     handles = [plt.Rectangle((0, 0), 1, 1, color=_color(e), alpha=0.6) for e in range(num_experts)]
     fig.legend(handles, [f"expert {e}" for e in range(num_experts)], loc="lower right", ncol=num_experts, fontsize=8)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def _img(path: Path) -> str:
+def _img(path: Path, caption: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
-    name = html.escape(f"{path.parent.name}/{path.name}")
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{name}"><figcaption>{name}</figcaption></figure>'
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
 def _summary_table(spec_dir: Path) -> str:
@@ -207,6 +273,7 @@ def _summary_table(spec_dir: Path) -> str:
 
 
 STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}img{max-width:100%}"
+         "figcaption{color:#444;font-size:90%;margin-bottom:1.5em}"
          "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
          ".tokens{font-family:monospace;white-space:pre-wrap;line-height:1.9;border:1px solid #eee;padding:6px}")
 
@@ -224,10 +291,10 @@ def build_report(cpt_dir: Path | None, spec_dir: Path | None, output: Path, laye
         parts.append(f"<h2>Continued pretraining</h2><p>val loss {summary['val_loss_before']:.4f} → "
                      f"{summary['val_loss_after']:.4f}; share of active experts {summary['active_share_after']:.2f}; "
                      f"router entropy {summary['router_entropy_after']:.3f}</p>")
-        parts += [_img(p) for p in plot_pretraining(cpt_dir)]
+        parts += [_img(p, caption) for p, caption in plot_pretraining(cpt_dir)]
     if spec_dir is not None:
         parts.append("<h2>Specialization (held-out documents, real tokens only)</h2>" + _summary_table(spec_dir))
-        parts += [_img(p) for p in plot_specialization(spec_dir)]
+        parts += [_img(p, caption) for p, caption in plot_specialization(spec_dir)]
         samples = json.loads((spec_dir / "samples.json").read_text())
         config = json.loads((spec_dir / "config.json").read_text())
         device = torch.device("cpu")
@@ -241,9 +308,10 @@ def build_report(cpt_dir: Path | None, spec_dir: Path | None, output: Path, laye
             if not -n_layers <= at < n_layers:
                 raise UserError(f"--layer {layer} is out of range: the model has {n_layers} layers.")
             rows = {d: token_routing(model, tokenizer, text, at, max_tokens) for d, text in samples.items()}
-            png = plot_token_routing(rows, model.config.num_local_experts, output / f"token_routing_{label}.png",
-                                     f"top-1 expert per token at layer {at}, {label} specialization")
-            parts.append(f"<h3>Token-level routing {label} specialization (layer {at})</h3>" + _img(png))
+            caption = f"Top-1 expert of each token at layer {at}, {label} specialization (one block per domain)."
+            png = _save(token_routing_figure(rows, model.config.num_local_experts, caption),
+                        output / f"token_routing_{label}.png")
+            parts.append(f"<h3>Token-level routing {label} specialization (layer {at})</h3>" + _img(png, caption))
             parts += [f"<p><b>{html.escape(d)}</b> (expert {i})</p>{routing_html(t)}" for i, (d, t) in enumerate(rows.items())]
     parts.append("</body></html>")
     path = output / "report.html"
@@ -251,15 +319,14 @@ def build_report(cpt_dir: Path | None, spec_dir: Path | None, output: Path, laye
     return path
 
 
-@exit_on_user_error
-def main(argv=None) -> Path:
-    p = argparse.ArgumentParser(prog="python -m smol_experiments.moe.analyze", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cpt", help="continued-pretraining output folder")
-    p.add_argument("--specialize", help="specialization output folder")
-    p.add_argument("--output", default="runs/moe/report", help="folder for report.html and token pictures")
+def run(argv=None) -> Path:
+    p = Parser(prog="python -m smol_experiments.moe.analyze", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cpt", type=path, help="continued-pretraining output folder")
+    p.add_argument("--specialize", type=path, help="specialization output folder")
+    p.add_argument("--output", default="runs/moe/report", type=path, help="folder for report.html and token pictures")
     p.add_argument("--layer", type=int, default=None, help="layer for token-level routing (default: middle)")
-    p.add_argument("--max-tokens", type=int, default=120, help="tokens shown per domain sample")
+    p.add_argument("--max-tokens", type=positive_int, default=120, help="tokens shown per domain sample")
     args = p.parse_args(argv)
     if not args.cpt and not args.specialize:
         raise UserError("give --cpt DIR and/or --specialize DIR (folders written by the training scripts).")
@@ -267,9 +334,15 @@ def main(argv=None) -> Path:
     for d, needed in zip(dirs, ("metrics.csv", "routing_after.json")):
         if d is not None and not (d / needed).exists():
             raise UserError(f"{d} has no {needed}; is it the output folder of the matching script?")
-    path = build_report(*dirs, Path(args.output), args.layer, args.max_tokens)
-    print(f"report: {path}")
-    return path
+    check_output_folder(Path(args.output), "--output")
+    report = build_report(*dirs, Path(args.output), args.layer, args.max_tokens)
+    print(f"report: {report}")
+    return report
+
+
+@stage_main
+def main(argv=None) -> Path:
+    return run(argv)
 
 
 if __name__ == "__main__":

@@ -5,51 +5,60 @@
 
 Each evaluation runs over the whole held-out set (up to --eval-batches) and logs val loss, balance loss,
 expert load per layer (expert_load.csv), share of active experts and router entropy (metrics.csv).
+A checkpoint is saved at every evaluation and when a stop signal arrives; rerunning the same command
+resumes it (the same settings and inputs only: anything else is refused, naming what differs).
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import shutil
-import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from smol_experiments.moe import data, engine, outputs
-from smol_experiments.moe.cli import field, parse_config
+from smol_experiments.moe.cli import field, parse_config, recorded_settings
 from smol_experiments.moe.routing import RoutingStats, balance_loss
-from smolhub_hub.errors import exit_on_user_error
+from smol_experiments.stages import (FRESH, RESUME, REUSE, StopRequests, begin, claim, mark_done, model_fingerprint,
+                                     reused, stage_main)
+from smolhub_hub.errors import UserError
 
 
 @dataclass
 class PretrainConfig:
-    model: str = field("runs/moe/upcycled", "upcycled MoE folder (output of upcycle)")
-    output: str = field("runs/moe/cpt", "folder for the model, metrics.csv, expert_load.csv and plots")
-    data: str = field("HuggingFaceTB/cosmopedia-100k", "Hub dataset id, local file/folder, 'builtin' or 'synthetic'")
+    model: str = field("runs/moe/upcycled", "upcycled MoE folder (output of upcycle)", path=True)
+    output: str = field("runs/moe/cpt", "folder for the model, metrics.csv, expert_load.csv and plots", path=True,
+                        recorded=False)
+    data: str = field("HuggingFaceTB/cosmopedia-100k", "Hub dataset id, local file/folder, 'builtin' or 'synthetic'",
+                      path=True)
     text_column: str = field("text", "text column for .jsonl/.parquet/Hub data")
     max_documents: int = field(20_000, "documents to read (streamed from the Hub)", positive=True)
-    val_fraction: float = field(0.01, "share of documents held out for validation")
+    val_fraction: float = field(0.01, "share of documents held out for validation", within=(0, 1))
     seq_len: int = field(512, "tokens per packed window", positive=True)
     batch_size: int = field(8, "windows per micro-batch", positive=True)
     grad_accum: int = field(4, "micro-batches per optimizer step", positive=True)
     steps: int = field(2000, "optimizer steps", positive=True)
-    lr: float = field(1e-4, "peak learning rate")
-    min_lr_ratio: float = field(0.1, "final learning rate as a share of the peak")
-    warmup_steps: int = field(100, "linear warmup steps")
-    weight_decay: float = field(0.1, "AdamW weight decay (matrices only)")
-    grad_clip: float = field(1.0, "max gradient norm")
-    balance_coef: float = field(0.01, "weight of the load-balancing loss")
-    log_every: int = field(10, "steps between training-loss rows", positive=True)
-    eval_every: int = field(200, "steps between evaluations", positive=True)
+    lr: float = field(1e-4, "peak learning rate", positive=True)
+    min_lr_ratio: float = field(0.1, "final learning rate as a share of the peak", within=(0, 1))
+    warmup_steps: int = field(100, "linear warmup steps", non_negative=True)
+    weight_decay: float = field(0.1, "AdamW weight decay (matrices only)", non_negative=True)
+    grad_clip: float = field(1.0, "max gradient norm", positive=True)
+    balance_coef: float = field(0.01, "weight of the load-balancing loss", non_negative=True)
+    log_every: int = field(10, "steps between training-loss rows", positive=True, recorded=False)
+    eval_every: int = field(200, "steps between evaluations (and checkpoints)", positive=True)
     eval_batches: int = field(50, "held-out batches per evaluation (all of val if fewer)", positive=True)
-    active_min_share: float = field(0.01, "an expert is active if chosen for at least this share of tokens")
-    precision: str = field("auto", "auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32")
-    seed: int = field(0, "seed for the split, batch order and init")
-    wandb_project: str = field("", "log to this wandb project (empty: off)")
-    overwrite: bool = field(False, "replace a finished run in --output (otherwise refused)")
+    active_min_share: float = field(0.01, "an expert is active if chosen for at least this share of tokens",
+                                    within=(0, 1))
+    precision: str = field("auto", "auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32",
+                           choices=("auto", "bf16", "fp32"))
+    seed: int = field(0, "seed for the split, batch order and init", non_negative=True)
+    wandb_project: str = field("", "log to this wandb project (empty: off)", recorded=False)
+    overwrite: bool = field(False, "redo the run if --output holds one made with other settings (otherwise "
+                            "refused; a finished run with the same settings is reused)", recorded=False)
 
 
 STAGE = "continued_pretraining"
@@ -94,20 +103,6 @@ def _log_eval(step: int, result: dict, log: engine.MetricsLog, load_csv: Path):
           f"active {result['active_share']:.2f} | entropy {result['router_entropy']:.3f}", flush=True)
 
 
-class StopOnSigterm:
-    """SIGTERM (a scheduler's preemption) ends the current step, saves a checkpoint, then stops cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        self.previous = signal.signal(signal.SIGTERM, self._request)
-
-    def _request(self, *_):
-        self.requested = True
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self.previous)
-
-
 def _windows(cfg: PretrainConfig, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     train_docs, val_docs = data.split_by_document(
         data.load_texts(cfg.data, cfg.text_column, cfg.max_documents, cfg.seed), cfg.val_fraction, cfg.seed)
@@ -118,14 +113,27 @@ def _windows(cfg: PretrainConfig, tokenizer) -> tuple[torch.Tensor, torch.Tensor
     return train_windows, val_windows
 
 
+def _val_set_id(windows: torch.Tensor) -> str:
+    """sha256 of the validation tokens: the loss before and after must be measured on the same ones."""
+    return hashlib.sha256(windows.numpy().tobytes()).hexdigest()
+
+
 def train(cfg: PretrainConfig) -> dict:
     out = Path(cfg.output)
-    resume = outputs.claim(out, STAGE, asdict(cfg), cfg.overwrite)
-    torch.manual_seed(cfg.seed)
     device = engine.pick_device()
     ctx = engine.autocast(device, cfg.precision)
+    settings = recorded_settings(cfg, model_sha256=model_fingerprint(cfg.model),
+                                 data_sha256=outputs.data_fingerprint(cfg.data))
+    status = claim(out, STAGE, settings, overwrite=cfg.overwrite, flag="--output")
+    if status == REUSE:
+        return reused(out, STAGE)
+    resume = status == RESUME and outputs.has_checkpoint(out)
+    torch.manual_seed(cfg.seed)
     model, tokenizer = engine.load_moe(str(out / outputs.CHECKPOINT) if resume else cfg.model, device)
     train_windows, val_windows = _windows(cfg, tokenizer)
+    if status == FRESH:
+        begin(out, STAGE, settings)
+    val_set = _val_set_id(val_windows[: cfg.eval_batches * cfg.batch_size])
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     params = list(model.parameters())
     optimizer = engine.make_optimizer(params, cfg.lr, cfg.weight_decay, device)
@@ -133,6 +141,10 @@ def train(cfg: PretrainConfig) -> dict:
     start = 0
     if resume:
         state = outputs.load_state(out)
+        if state["val_set"] != val_set:
+            raise UserError(f"--data {cfg.data} now gives other validation text than when the run in {out} started, "
+                            "so its val loss before and after would not compare; delete that folder or use another "
+                            "--output to start again.")
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         start, val_loss_before = state["step"], state["val_loss_before"]
@@ -150,23 +162,22 @@ def train(cfg: PretrainConfig) -> dict:
         pass
     save = lambda step: outputs.save_checkpoint(out, model, tokenizer, {  # noqa: E731
         "optimizer": optimizer.state_dict(), "step": step, "rng": torch.get_rng_state(),
-        "val_loss_before": val_loss_before})
-    stop = StopOnSigterm()
+        "val_loss_before": val_loss_before, "val_set": val_set})
     try:
-        step, last = _train_steps(model, optimizer, params, batches, val_windows, cfg, start, log, load_csv,
-                                  save, stop, device, ctx)
+        with StopRequests() as stop:
+            last = _train_steps(model, optimizer, params, batches, val_windows, cfg, start, log, load_csv,
+                                save, stop, device, ctx)
     finally:
-        stop.restore()
         log.close()
-    if step < cfg.steps:
-        print(f"stopped by SIGTERM at step {step}; checkpoint saved. Rerun the same command to resume.")
-        return {"stopped_at_step": step}
-    return _finish(model, tokenizer, out, val_loss_before, last or evaluate(model, val_windows, cfg, device, ctx))
+    last = last or evaluate(model, val_windows, cfg, device, ctx)
+    return _finish(model, tokenizer, out, {"val_loss_before": val_loss_before, "val_loss_after": last["val_loss"],
+                                           "val_set_sha256": val_set}, last)
 
 
 def _train_steps(model, optimizer, params, batches, val_windows, cfg, start, log, load_csv, save, stop,
-                 device, ctx) -> tuple[int, dict | None]:
-    """Steps start+1..cfg.steps, evaluating and checkpointing every eval_every: (last step, last eval)."""
+                 device, ctx) -> dict | None:
+    """Steps start+1..cfg.steps, evaluating and checkpointing every eval_every; returns the last evaluation.
+    A stop signal ends the current step, saves a checkpoint and raises StageInterrupted."""
     top_k = model.config.num_experts_per_tok
     model.train()
     window_sum = torch.zeros(3, device=device)  # loss, lm, balance summed since the last log (no per-step sync)
@@ -196,34 +207,37 @@ def _train_steps(model, optimizer, params, batches, val_windows, cfg, start, log
         if step % cfg.eval_every == 0 or step == cfg.steps:
             last = evaluate(model, val_windows, cfg, device, ctx)
             _log_eval(step, last, log, load_csv)
-        if step < cfg.steps and (step % cfg.eval_every == 0 or stop.requested):
+        if step < cfg.steps and (step % cfg.eval_every == 0 or stop.signum is not None):
             save(step)
-        if stop.requested and step < cfg.steps:
-            return step, None
-    return cfg.steps, last
+        if stop.signum is not None and step < cfg.steps:
+            stop.interrupt(f" at step {step} of {cfg.steps} (checkpoint saved)")
+    return last
 
 
-def _finish(model, tokenizer, out: Path, val_loss_before: float, last: dict) -> dict:
+def _finish(model, tokenizer, out: Path, losses: dict, last: dict) -> dict:
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
-    summary = {"val_loss_before": val_loss_before, "val_loss_after": last["val_loss"],
-               "balance_loss_after": last["balance_loss"], "active_share_after": last["active_share"],
+    summary = {**losses, "balance_loss_after": last["balance_loss"], "active_share_after": last["active_share"],
                "router_entropy_after": last["router_entropy"]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     from smol_experiments.moe.analyze import plot_pretraining
 
     plot_pretraining(out)
-    outputs.mark_done(out, summary)
+    mark_done(out, summary)
     shutil.rmtree(out / outputs.CHECKPOINT, ignore_errors=True)  # the final model supersedes it
-    print(f"val loss {val_loss_before:.4f} -> {last['val_loss']:.4f}; saved to {out / 'model'}")
+    print(f"val loss {losses['val_loss_before']:.4f} -> {last['val_loss']:.4f} (same validation set); "
+          f"saved to {out / 'model'}")
     return summary
 
 
-@exit_on_user_error
+def run(argv=None) -> dict:
+    return train(parse_config(PretrainConfig, argv, "python -m smol_experiments.moe.continued_pretraining",
+                              __doc__, PRESETS))
+
+
+@stage_main
 def main(argv=None) -> dict:
-    cfg = parse_config(PretrainConfig, argv, "python -m smol_experiments.moe.continued_pretraining",
-                       __doc__, PRESETS)
-    return train(cfg)
+    return run(argv)
 
 
 if __name__ == "__main__":

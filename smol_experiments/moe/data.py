@@ -21,8 +21,26 @@ from smolhub_hub.errors import UserError
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
 
+def _jsonl_texts(f: Path, text_column: str) -> list:
+    texts = []
+    for number, line in enumerate(f.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{f} line {number} is not JSON ({e.msg}); fix or remove that line.") from None
+        if not isinstance(row, dict) or text_column not in row:
+            raise UserError(f"{f} line {number} has no '{text_column}' field; pass --text-column.")
+        texts.append(row[text_column])
+    return texts
+
+
 def _local_texts(path: Path, text_column: str) -> list[str]:
-    files = sorted(p for p in path.rglob("*") if p.suffix in LOCAL_SUFFIXES) if path.is_dir() else [path]
+    """Documents of a file or of the data files under a folder (hidden files and folders are skipped)."""
+    files = sorted(p for p in path.rglob("*") if p.suffix in LOCAL_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts)) \
+        if path.is_dir() else [path]
     if not files:
         raise UserError(f"no {'/'.join(LOCAL_SUFFIXES)} files under {path}.")
     texts = []
@@ -30,15 +48,19 @@ def _local_texts(path: Path, text_column: str) -> list[str]:
         if f.suffix == ".txt":
             texts.append(f.read_text(encoding="utf-8"))  # one document per file
         elif f.suffix == ".jsonl":
-            rows = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
-            texts += [r[text_column] for r in rows]
+            texts += _jsonl_texts(f, text_column)
         elif f.suffix == ".parquet":
             import pyarrow.parquet as pq
 
+            if text_column not in pq.read_schema(f).names:
+                raise UserError(f"{f} has no column '{text_column}'; pass --text-column.")
             texts += pq.read_table(f, columns=[text_column]).column(text_column).to_pylist()
         else:
             raise UserError(f"{f}: unsupported file type; use {', '.join(LOCAL_SUFFIXES)}.")
-    return texts
+    not_text = sum(not isinstance(t, str) for t in texts)
+    if not_text:
+        print(f"skipped {not_text} values of '{text_column}' that are not text (null, numbers, lists)", flush=True)
+    return [t for t in texts if isinstance(t, str)]
 
 
 def _hub_texts(dataset_id: str, text_column: str, max_documents: int, seed: int) -> list[str]:

@@ -95,10 +95,9 @@ class MetricsLog:
                 csv.writer(f).writerow(columns)
         self.wandb = None
         if wandb_project:
-            try:
-                import wandb
-            except ImportError:
-                raise UserError("--wandb-project needs wandb: pip install wandb (or leave the flag empty).") from None
+            from smolhub_hub.extras import require
+
+            wandb = require("wandb", "--wandb-project (leave it empty to log locally only)")
             self.wandb = wandb.init(project=wandb_project, config=run_config or {},
                                     mode=os.environ.get("WANDB_MODE", "online"))
 

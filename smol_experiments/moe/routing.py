@@ -56,6 +56,17 @@ def guidance_loss(router_logits, mask: torch.Tensor, target_expert: torch.Tensor
     return (kl * w).sum() / (w.sum() * logits.shape[0]).clamp(min=1)
 
 
+def domain_hits_per_row(router_logits, mask: torch.Tensor, row_expert: torch.Tensor) -> torch.Tensor:
+    """(rows,): each row's real tokens whose top-1 expert is the row's own expert, counted over every layer.
+
+    Divided by (real tokens × layers) this is the row's routing accuracy averaged over layers, so a document's
+    (hits, tokens × layers) are the statistics a bootstrap over documents resamples.
+    """
+    top1 = _stack(router_logits).argmax(-1).view(-1, *mask.shape)  # (layers, rows, seq)
+    hits = (top1 == row_expert.to(top1.device).view(1, -1, 1)) & mask.bool().to(top1.device)
+    return hits.sum((0, 2))
+
+
 class RoutingStats:
     """Accumulates routing over a whole evaluation set (never one batch) for every layer.
 

@@ -3,7 +3,11 @@
     python -m smol_experiments.moe.run_pipeline --quick            # tiny random Llama, synthetic data, CPU, offline
     python -m smol_experiments.moe.run_pipeline                    # SmolLM-135M, cosmopedia-100k, Nemotron (GPU)
 
-Each stage is the same module you can run alone; this only chains their command lines and folders.
+Each stage is the same module you can run alone; this only chains their command lines and folders. Rerunning
+the same command after any interruption continues where it stopped: finished stages with the same settings
+and inputs are reused, an interrupted one resumes from its last checkpoint. A stage whose settings changed is
+refused, naming what differs, unless --overwrite: then only the stages whose settings or inputs changed are
+redone (a redone stage changes the input of the stages after it, so they are redone too).
 """
 
 from __future__ import annotations
@@ -14,50 +18,63 @@ from pathlib import Path
 
 import torch
 
+from smol_experiments.flags import Parser, non_negative_int, path, split_stage_args
 from smol_experiments.moe import analyze, continued_pretraining, specialize, upcycle
 from smol_experiments.moe.fixtures import save_tiny_dense
-from smolhub_hub.errors import exit_on_user_error
+from smol_experiments.stages import check_output_folder, stage_main, write_folder_once
 
 
-def run(output: Path, quick: bool, seed: int, overwrite: bool, extra_cpt: list[str], extra_spec: list[str]) -> dict:
+def run_stages(output: Path, quick: bool, seed: int, overwrite: bool, extra_cpt: list[str],
+               extra_spec: list[str]) -> dict:
     output.mkdir(parents=True, exist_ok=True)
-    dense = str(save_tiny_dense(output / "dense", seed=seed)) if quick else upcycle.DEFAULT_MODEL
+    dense = str(write_folder_once(output / "dense", lambda tmp: save_tiny_dense(tmp, seed=seed))) if quick \
+        else upcycle.DEFAULT_MODEL
     up = output / "upcycled"
     again = ["--overwrite"] if overwrite else []
-    parity = upcycle.main(["--model", dense, "--output", str(up), "--seed", str(seed), *again]
-                          + (["--prompt", "Question: What is 12 + 7?"] if quick else []))
+    parity = upcycle.run(["--model", dense, "--output", str(up), "--seed", str(seed), *again]
+                         + (["--prompt", "Question: What is 12 + 7?"] if quick else []))
     preset = ["--preset", "quick", *again] if quick else again
-    cpt = continued_pretraining.main(preset + ["--model", str(up), "--output", str(output / "cpt"),
-                                               "--seed", str(seed), *extra_cpt])
-    spec = specialize.main(preset + ["--model", str(output / "cpt" / "model"), "--output",
-                                     str(output / "specialize"), "--seed", str(seed), *extra_spec])
-    report = analyze.main(["--cpt", str(output / "cpt"), "--specialize", str(output / "specialize"),
-                           "--output", str(output / "report")])
+    cpt = continued_pretraining.run(preset + ["--model", str(up), "--output", str(output / "cpt"),
+                                              "--seed", str(seed), *extra_cpt])
+    spec = specialize.run(preset + ["--model", str(output / "cpt" / "model"), "--output",
+                                    str(output / "specialize"), "--seed", str(seed), *extra_spec])
+    report = analyze.run(["--cpt", str(output / "cpt"), "--specialize", str(output / "specialize"),
+                          "--output", str(output / "report")])
     result = {"parity": {k: parity[k] for k in ("max_abs_logit_diff", "greedy_identical")},
               "continued_pretraining": cpt, "specialization": spec, "report": str(report)}
     (output / "pipeline_summary.json").write_text(json.dumps(result, indent=2))
     return result
 
 
-@exit_on_user_error
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m smol_experiments.moe.run_pipeline", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def run(argv=None) -> dict:
+    p = Parser(prog="python -m smol_experiments.moe.run_pipeline", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny offline run on CPU (a few minutes at most)")
-    p.add_argument("--output", default=None, help="folder for every stage (default runs/moe/quick or runs/moe/full)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="redo stages that already finished in --output")
+    p.add_argument("--output", default=None, type=path,
+                   help="folder for every stage (default runs/moe/quick or runs/moe/full)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of every stage (tiny model, routers, data order)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo the stages whose settings or inputs changed (finished, unchanged stages are kept)")
     p.add_argument("--cpt-args", default="", help="extra flags for continued_pretraining, e.g. '--steps 50'")
     p.add_argument("--specialize-args", default="", help="extra flags for specialize, e.g. '--stage-b-steps 20'")
     args = p.parse_args(argv)
+    extra_cpt = split_stage_args("--cpt-args", args.cpt_args)
+    extra_spec = split_stage_args("--specialize-args", args.specialize_args)
     if args.quick:
         # The toy model is too small for intra-op threads to pay off: on a busy 2-core machine a step
         # took ~10x longer with 2 threads than with 1.
         torch.set_num_threads(1)
     output = Path(args.output or ("runs/moe/quick" if args.quick else "runs/moe/full"))
-    result = run(output, args.quick, args.seed, args.overwrite, args.cpt_args.split(), args.specialize_args.split())
+    check_output_folder(output, "--output")
+    result = run_stages(output, args.quick, args.seed, args.overwrite, extra_cpt, extra_spec)
     print(f"pipeline done: {output}/pipeline_summary.json, report {result['report']}")
     return result
+
+
+@stage_main
+def main(argv=None) -> dict:
+    return run(argv)
 
 
 if __name__ == "__main__":

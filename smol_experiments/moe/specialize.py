@@ -7,54 +7,68 @@ Loss = LM loss + guide_weight · KL(target ‖ router) + balance_coef · balance
 Stage A trains only the routers (MixtralTopKRouter weights, selected by module type); stage B trains
 everything at a lower learning rate. Before and after, on held-out documents of every domain:
 routing accuracy (share of a domain's real tokens whose top-1 expert is the domain's expert) per layer
-and averaged, the domain × expert top-1 shares, and the per-domain LM loss.
+and averaged, the domain × expert top-1 shares, and the per-domain LM loss, each with a bootstrap interval
+over held-out documents (and one for the change from before). A checkpoint is saved at every evaluation
+and on a stop signal; rerunning the same command resumes it.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from smol_experiments.bootstrap import LEVEL, RESAMPLES, paired_bootstrap, ratio
 from smol_experiments.moe import data, engine, outputs
-from smol_experiments.moe.cli import field, parse_config
+from smol_experiments.moe.cli import field, parse_config, recorded_settings
 from smol_experiments.moe.domains import domain_splits
-from smol_experiments.moe.routing import RoutingStats, balance_loss, guidance_loss, router_parameters
-from smolhub_hub.errors import UserError, exit_on_user_error
+from smol_experiments.moe.routing import (RoutingStats, balance_loss, domain_hits_per_row, guidance_loss,
+                                          router_parameters)
+from smol_experiments.stages import (FRESH, RESUME, REUSE, StopRequests, begin, claim, mark_done, model_fingerprint,
+                                     reused, stage_main, write_atomic)
+from smolhub_hub.errors import UserError
 
 
 @dataclass
 class SpecializeConfig:
-    model: str = field("runs/moe/cpt/model", "MoE folder (upcycled or continued-pretrained)")
-    output: str = field("runs/moe/specialize", "folder for the model, metrics.csv and routing_*.json")
-    data: str = field("nemotron", "'nemotron' (Hub: code/math/chat) or 'synthetic' (offline: code/math/stories)")
+    model: str = field("runs/moe/cpt/model", "MoE folder (upcycled or continued-pretrained)", path=True)
+    output: str = field("runs/moe/specialize", "folder for the model, metrics.csv and routing_*.json", path=True,
+                        recorded=False)
+    data: str = field("nemotron", "'nemotron' (Hub: code/math/chat) or 'synthetic' (offline: code/math/stories)",
+                      choices=("nemotron", "synthetic"))
     train_docs: int = field(2000, "training documents per domain", positive=True)
     heldout_docs: int = field(200, "held-out documents per domain (never trained on)", positive=True)
     max_len: int = field(512, "tokens per document (longer ones are truncated)", positive=True)
     docs_per_domain: int = field(4, "documents of each domain per batch", positive=True)
     eval_batch_size: int = field(16, "documents per evaluation batch", positive=True)
-    stage_a_steps: int = field(300, "router-only steps")
-    stage_b_steps: int = field(500, "steps training everything")
-    stage_a_lr: float = field(1e-3, "stage A learning rate (routers)")
-    stage_b_lr: float = field(2e-5, "stage B learning rate (all weights)")
-    warmup_steps: int = field(20, "linear warmup steps in each stage")
-    guide_weight: float = field(1.0, "weight of the KL router guidance")
-    target_mass: float = field(0.7, "target router probability of the domain's expert")
-    balance_coef: float = field(0.01, "weight of the load-balancing loss")
-    weight_decay: float = field(0.0, "AdamW weight decay (matrices only)")
-    grad_clip: float = field(1.0, "max gradient norm")
-    log_every: int = field(10, "steps between training-loss rows", positive=True)
-    eval_every: int = field(100, "steps between held-out evaluations", positive=True)
-    active_min_share: float = field(0.01, "an expert is active if chosen for at least this share of tokens")
-    precision: str = field("auto", "auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32")
-    seed: int = field(0, "seed for data sampling and order")
-    wandb_project: str = field("", "log to this wandb project (empty: off)")
-    overwrite: bool = field(False, "replace a finished run in --output (otherwise refused)")
+    stage_a_steps: int = field(300, "router-only steps", non_negative=True)
+    stage_b_steps: int = field(500, "steps training everything", non_negative=True)
+    stage_a_lr: float = field(1e-3, "stage A learning rate (routers)", positive=True)
+    stage_b_lr: float = field(2e-5, "stage B learning rate (all weights)", positive=True)
+    warmup_steps: int = field(20, "linear warmup steps in each stage", non_negative=True)
+    guide_weight: float = field(1.0, "weight of the KL router guidance", non_negative=True)
+    target_mass: float = field(0.7, "target router probability of the domain's expert (between 0 and 1)")
+    balance_coef: float = field(0.01, "weight of the load-balancing loss", non_negative=True)
+    weight_decay: float = field(0.0, "AdamW weight decay (matrices only)", non_negative=True)
+    grad_clip: float = field(1.0, "max gradient norm", positive=True)
+    log_every: int = field(10, "steps between training-loss rows", positive=True, recorded=False)
+    eval_every: int = field(100, "steps between held-out evaluations (and checkpoints)", positive=True)
+    active_min_share: float = field(0.01, "an expert is active if chosen for at least this share of tokens",
+                                    within=(0, 1))
+    precision: str = field("auto", "auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32",
+                           choices=("auto", "bf16", "fp32"))
+    seed: int = field(0, "seed for data sampling and order", non_negative=True)
+    wandb_project: str = field("", "log to this wandb project (empty: off)", recorded=False)
+    overwrite: bool = field(False, "redo the run if --output holds one made with other settings (otherwise "
+                            "refused; a finished run with the same settings is reused)", recorded=False)
 
 
+STAGE = "specialize"
 PRESETS = {
     "quick": dict(model="runs/moe/quick/cpt/model", output="runs/moe/quick/specialize", data="synthetic",
                   train_docs=300, heldout_docs=40, max_len=96, docs_per_domain=4, eval_batch_size=40,
@@ -65,26 +79,29 @@ PRESETS = {
 
 @torch.no_grad()
 def evaluate_domains(model, heldout: list[list[list[int]]], cfg: SpecializeConfig, pad_id: int, device, ctx):
-    """Per-domain held-out LM loss and routing (accuracy per layer, top-1 shares), real tokens only."""
+    """Per-domain held-out LM loss and routing (accuracy per layer, top-1 shares), real tokens only, plus each
+    document's (hits, tokens) statistics for the bootstrap."""
     model.eval()
     c = model.config
     stats = RoutingStats(c.num_hidden_layers, c.num_local_experts, c.num_experts_per_tok, len(heldout))
-    loss_sum, count = torch.zeros(len(heldout), dtype=torch.float64), torch.zeros(len(heldout))
+    docs = {"domain": [], "loss_sum": [], "loss_tokens": [], "routing_hits": [], "routing_tokens": []}
     for batch in data.ordered_domain_batches(heldout, cfg.eval_batch_size, pad_id):
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         logits, router_logits = engine.forward(model, ids, mask, ctx)
         losses, real = engine.token_losses(logits, ids, mask)
         row_domain = batch["domains"][:, 0]
-        for d in range(len(heldout)):
-            rows = (row_domain == d).to(device)
-            loss_sum[d] += losses[rows].sum().double().cpu()
-            count[d] += real[rows].sum().cpu()
         stats.update(router_logits, mask, batch["domains"])
+        for key, values in (("domain", row_domain), ("loss_sum", losses.double().sum(1)), ("loss_tokens", real.sum(1)),
+                            ("routing_hits", domain_hits_per_row(router_logits, mask, row_domain)),
+                            ("routing_tokens", mask.sum(1) * c.num_hidden_layers)):
+            docs[key] += values.tolist()
     model.train()
+    loss_sum, tokens = (np.bincount(docs["domain"], weights=docs[key], minlength=len(heldout))
+                        for key in ("loss_sum", "loss_tokens"))
     acc = stats.routing_accuracy()
-    return {"heldout_loss": (loss_sum / count).tolist(), "routing_accuracy": acc.tolist(),
+    return {"heldout_loss": (loss_sum / tokens).tolist(), "routing_accuracy": acc.tolist(),
             "routing_accuracy_mean": acc.mean(1).tolist(), "domain_expert_share": stats.domain_expert_share().tolist(),
-            "tokens_per_domain": count.tolist(), **stats.summary(cfg.active_min_share)}
+            "tokens_per_domain": tokens.tolist(), "documents": docs, **stats.summary(cfg.active_min_share)}
 
 
 def set_trainable(model, stage: str) -> list[torch.nn.Parameter]:
@@ -96,15 +113,19 @@ def set_trainable(model, stage: str) -> list[torch.nn.Parameter]:
 
 
 class Specializer:
-    """Holds the model, data and logs; `run_stage` trains one stage, `evaluate` measures held-out routing."""
+    """Holds the model, data and logs; `run_stage` trains one stage, `evaluate` measures held-out routing.
 
-    def __init__(self, cfg: SpecializeConfig):
-        self.cfg = cfg
+    `self.step` counts steps over both stages (A: 1..stage_a_steps, then B); `state` is the training state of
+    the checkpoint to resume from, or None.
+    """
+
+    def __init__(self, cfg: SpecializeConfig, state: dict | None):
+        self.cfg, self.state = cfg, state
         self.out = Path(cfg.output)
-        outputs.claim(self.out, "specialize", asdict(cfg), cfg.overwrite)  # an unfinished run restarts
         self.device = engine.pick_device()
         self.ctx = engine.autocast(self.device, cfg.precision)
-        self.model, self.tokenizer = engine.load_moe(cfg.model, self.device)
+        checkpoint = str(self.out / outputs.CHECKPOINT)
+        self.model, self.tokenizer = engine.load_moe(checkpoint if state else cfg.model, self.device)
         splits = domain_splits(cfg.data, cfg.train_docs, cfg.heldout_docs, cfg.seed)
         self.domains = list(splits)
         if self.model.config.num_local_experts < len(self.domains):
@@ -116,14 +137,25 @@ class Specializer:
         self.heldout = [tok(splits[d][1]) for d in self.domains]
         self.samples = {d: splits[d][1][0] for d in self.domains}  # for the token-level routing picture
         self.pad_id = self.tokenizer.pad_token_id
+        self.step = state["step"] if state else 0
+        self.load_csv = self.out / "expert_load.csv"
+
+    def open_logs(self):
+        """metrics.csv and expert_load.csv: new, or cut back to the checkpoint's step when resuming."""
+        state = self.state
+        if state:
+            torch.set_rng_state(state["rng"])
+            for csv_file in (self.out / "metrics.csv", self.load_csv):
+                outputs.truncate_csv(csv_file, self.step)
+            print(f"resuming from the checkpoint at step {self.step} (stage {state['stage']})", flush=True)
+        else:
+            self.load_csv.write_text("step,layer,expert,load\n")
         eval_cols = [f"acc_{d}" for d in self.domains] + [f"heldout_loss_{d}" for d in self.domains]
         self.log = engine.MetricsLog(
             self.out / "metrics.csv",
             ["step", "stage", "lr", "loss", "lm_loss", "guide_loss", "balance_loss", "grad_norm", *eval_cols,
-             "eval_balance_loss", "active_share", "router_entropy"], cfg.wandb_project, asdict(cfg))
-        self.load_csv = self.out / "expert_load.csv"
-        self.load_csv.write_text("step,layer,expert,load\n")
-        self.step = 0
+             "eval_balance_loss", "active_share", "router_entropy"], self.cfg.wandb_project, asdict(self.cfg),
+            append=state is not None)
 
     def evaluate(self, stage: str) -> dict:
         r = evaluate_domains(self.model, self.heldout, self.cfg, self.pad_id, self.device, self.ctx)
@@ -142,16 +174,33 @@ class Specializer:
         print(f"step {self.step:>5} [{stage}] held-out routing accuracy: {accs} | loss: {losses}", flush=True)
         return r
 
-    def run_stage(self, stage: str, steps: int, lr_peak: float):
+    def routing(self, name: str, stage: str, at_step: int) -> dict:
+        """The held-out routing at a stage boundary, measured once: a run resumed after it reads routing_NAME.json."""
+        path = self.out / f"routing_{name}.json"
+        if self.state is not None and self.state["step"] >= at_step and path.is_file():
+            return json.loads(path.read_text())
+        result = {"domains": self.domains, **self.evaluate(stage)}
+        write_atomic(path, json.dumps(result))
+        return result
+
+    def run_stage(self, stage: str, first_step: int, steps: int, lr_peak: float, stop: StopRequests):
+        """Steps first_step+1..first_step+steps (those not done yet); a stop signal saves a checkpoint and stops."""
         cfg, model = self.cfg, self.model
+        done = min(steps, max(0, self.step - first_step))
+        if done == steps:
+            return
         params = set_trainable(model, stage)
         optimizer = engine.make_optimizer(params, lr_peak, cfg.weight_decay, self.device)
+        if self.state is not None and self.state["stage"] == stage:
+            optimizer.load_state_dict(self.state["optimizer"])
         batches = data.balanced_domain_batches(self.train_docs, cfg.docs_per_domain, self.pad_id,
                                                cfg.seed + (stage == "B"))
         top_k = model.config.num_experts_per_tok
         model.train()
         window_sum = torch.zeros(4, device=self.device)
         for i, batch in enumerate(itertools.islice(batches, steps)):
+            if i < done:  # the same batches as an unbroken run
+                continue
             lr = engine.lr_at(i, steps, cfg.warmup_steps, lr_peak, 0.1)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -171,56 +220,107 @@ class Specializer:
                 window_sum.zero_()
                 self.log.log({"step": self.step, "stage": stage, "lr": lr, "loss": loss_v, "lm_loss": lm_v,
                               "guide_loss": guide_v, "balance_loss": bal_v, "grad_norm": float(grad_norm)})
-            if (i + 1) % cfg.eval_every == 0 and i + 1 < steps:
+            evaluation_point = (i + 1) % cfg.eval_every == 0 and i + 1 < steps
+            if evaluation_point:
                 self.evaluate(stage)
+            if evaluation_point or stop.signum is not None:
+                outputs.save_checkpoint(self.out, model, self.tokenizer, {
+                    "stage": stage, "step": self.step, "optimizer": optimizer.state_dict(),
+                    "rng": torch.get_rng_state()})
+            if stop.signum is not None:
+                set_trainable(model, "B")
+                stop.interrupt(f" at step {self.step} (stage {stage}; checkpoint saved)")
         set_trainable(model, "B")  # leave every weight trainable, as loaded
 
-    def save(self, before: dict, after: dict, after_a: dict):
+    def save(self, after: dict):
         self.log.close()
         self.model.save_pretrained(self.out / "model")
         self.tokenizer.save_pretrained(self.out / "model")
-        for name, result in (("before", before), ("after_stage_a", after_a), ("after", after)):
-            (self.out / f"routing_{name}.json").write_text(json.dumps({"domains": self.domains, **result}))
+        (self.out / "routing_after.json").write_text(json.dumps({"domains": self.domains, **after}))
         (self.out / "samples.json").write_text(json.dumps(self.samples, indent=2))
         (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
 
 
+def _document_bootstrap(results: dict[str, dict], domain: int, hits: str, count: str) -> dict:
+    """Paired bootstrap over one domain's held-out documents of a ratio of sums, each result vs 'before'."""
+    stats = {}
+    for name, r in results.items():
+        docs = r["documents"]
+        stats[name] = np.array([[docs[hits][i], docs[count][i]] for i, d in enumerate(docs["domain"]) if d == domain])
+    return paired_bootstrap(stats, ratio, compare_to="before")
+
+
 def summarize(domains: list[str], before: dict, after: dict) -> dict:
-    rows = {d: {"routing_accuracy_before": before["routing_accuracy_mean"][i],
-                "routing_accuracy_after": after["routing_accuracy_mean"][i],
-                "heldout_loss_before": before["heldout_loss"][i], "heldout_loss_after": after["heldout_loss"][i]}
-            for i, d in enumerate(domains)}
+    """Accuracy and loss before / after per domain, each with its interval and that of the change."""
+    rows = {}
+    for i, d in enumerate(domains):
+        row = {}
+        for key, hits, count in (("routing_accuracy", "routing_hits", "routing_tokens"),
+                                 ("heldout_loss", "loss_sum", "loss_tokens")):
+            boot = _document_bootstrap({"before": before, "after": after}, i, hits, count)
+            change = boot["vs"]["after"]
+            row.update({f"{key}_before": boot["systems"]["before"]["score"],
+                        f"{key}_before_ci": boot["systems"]["before"]["ci"],
+                        f"{key}_after": boot["systems"]["after"]["score"],
+                        f"{key}_after_ci": boot["systems"]["after"]["ci"],
+                        f"{key}_change": change["diff"], f"{key}_change_ci": change["ci"],
+                        f"{key}_change_significant": change["significant"]})
+        rows[d] = row
     return {"domains": rows,
+            "intervals": f"{LEVEL:.0%} paired bootstrap over held-out documents, {RESAMPLES} resamples",
             "all_domains_at_least_90pct": all(r["routing_accuracy_after"] >= 0.9 for r in rows.values()),
             "no_domain_loss_worse": all(r["heldout_loss_after"] <= r["heldout_loss_before"] for r in rows.values())}
 
 
+def _print_summary(summary: dict):
+    for d, r in summary["domains"].items():
+        lo, hi = r["routing_accuracy_after_ci"]
+        change = r["heldout_loss_change"]
+        c_lo, c_hi = r["heldout_loss_change_ci"]
+        reading = "" if r["heldout_loss_change_significant"] else ", no significant change"
+        print(f"{d:>8}: routing accuracy {r['routing_accuracy_before']:.1%} -> {r['routing_accuracy_after']:.1%} "
+              f"[{lo:.1%}, {hi:.1%}] | held-out loss {r['heldout_loss_before']:.3f} -> {r['heldout_loss_after']:.3f} "
+              f"(change {change:+.3f} [{c_lo:+.3f}, {c_hi:+.3f}]{reading})")
+
+
 def specialize(cfg: SpecializeConfig) -> dict:
-    torch.manual_seed(cfg.seed)
     if not 0 < cfg.target_mass < 1:
         raise UserError(f"--target-mass must be between 0 and 1 (exclusive), got {cfg.target_mass}.")
-    s = Specializer(cfg)
+    out = Path(cfg.output)
+    settings = recorded_settings(cfg, model_sha256=model_fingerprint(cfg.model))
+    status = claim(out, STAGE, settings, overwrite=cfg.overwrite, flag="--output")
+    if status == REUSE:
+        return reused(out, STAGE)
+    torch.manual_seed(cfg.seed)
+    s = Specializer(cfg, outputs.load_state(out) if status == RESUME and outputs.has_checkpoint(out) else None)
+    if status == FRESH:
+        begin(out, STAGE, settings)
+    s.open_logs()
     print(f"domains → experts: {', '.join(f'{d}→{i}' for i, d in enumerate(s.domains))}; "
           f"{sum(map(len, s.heldout))} held-out documents", flush=True)
-    before = s.evaluate("before")
-    s.run_stage("A", cfg.stage_a_steps, cfg.stage_a_lr)
-    after_a = s.evaluate("A")
-    s.run_stage("B", cfg.stage_b_steps, cfg.stage_b_lr)
-    after = s.evaluate("B")
-    s.save(before, after, after_a)
+    with StopRequests() as stop:
+        before = s.routing("before", "before", 0)
+        s.run_stage("A", 0, cfg.stage_a_steps, cfg.stage_a_lr, stop)
+        s.routing("after_stage_a", "A", cfg.stage_a_steps)
+        s.run_stage("B", cfg.stage_a_steps, cfg.stage_b_steps, cfg.stage_b_lr, stop)
+        after = s.evaluate("B")
+    s.save(after)
     summary = summarize(s.domains, before, after)
     (s.out / "summary.json").write_text(json.dumps(summary, indent=2))
-    outputs.mark_done(s.out, summary)
-    for d, r in summary["domains"].items():
-        print(f"{d:>8}: routing accuracy {r['routing_accuracy_before']:.1%} -> {r['routing_accuracy_after']:.1%}"
-              f" | held-out loss {r['heldout_loss_before']:.3f} -> {r['heldout_loss_after']:.3f}")
+    mark_done(s.out, summary)
+    shutil.rmtree(s.out / outputs.CHECKPOINT, ignore_errors=True)  # the final model supersedes it
+    _print_summary(summary)
     return summary
 
 
-@exit_on_user_error
+def run(argv=None) -> dict:
+    return specialize(parse_config(SpecializeConfig, argv, "python -m smol_experiments.moe.specialize", __doc__,
+                                   PRESETS))
+
+
+@stage_main
 def main(argv=None) -> dict:
-    cfg = parse_config(SpecializeConfig, argv, "python -m smol_experiments.moe.specialize", __doc__, PRESETS)
-    return specialize(cfg)
+    return run(argv)
 
 
 if __name__ == "__main__":

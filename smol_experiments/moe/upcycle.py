@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 
-from smol_experiments.moe import outputs
-from smolhub_hub.errors import UserError, exit_on_user_error
+from smol_experiments.flags import Parser, non_negative_float, non_negative_int, path, positive_int
+from smol_experiments.stages import REUSE, begin, claim, mark_done, model_fingerprint, reused, stage_main, write_atomic
+from smolhub_hub.errors import UserError
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM-135M"
 
@@ -122,26 +123,37 @@ def load_dense(name_or_path: str):
 
 
 def main_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m smol_experiments.moe.upcycle", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=DEFAULT_MODEL, help="dense Llama model: Hub id or local folder")
-    p.add_argument("--output", required=True, help="folder for the MoE (save_pretrained + tokenizer)")
-    p.add_argument("--num-experts", type=int, default=3, help="experts per layer (one per domain)")
-    p.add_argument("--top-k", type=int, default=2, help="experts per token (>= 2 so the LM loss trains routers)")
-    p.add_argument("--router-std", type=float, default=None, help="router init std (default: initializer_range)")
-    p.add_argument("--aux-loss-coef", type=float, default=0.01, help="stored as config.router_aux_loss_coef")
-    p.add_argument("--seed", type=int, default=0)
+    p = Parser(prog="python -m smol_experiments.moe.upcycle", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODEL, type=path, help="dense Llama model: Hub id or local folder")
+    p.add_argument("--output", required=True, type=path, help="folder for the MoE (save_pretrained + tokenizer)")
+    p.add_argument("--num-experts", type=positive_int, default=3, help="experts per layer (one per domain)")
+    p.add_argument("--top-k", type=positive_int, default=2,
+                   help="experts per token (>= 2 so the LM loss trains routers)")
+    p.add_argument("--router-std", type=non_negative_float, default=None,
+                   help="router init std (default: initializer_range)")
+    p.add_argument("--aux-loss-coef", type=non_negative_float, default=0.01,
+                   help="stored as config.router_aux_loss_coef")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the router initialisation")
     p.add_argument("--prompt", default="The capital of France is", help="prompt for the parity check")
-    p.add_argument("--overwrite", action="store_true", help="replace a finished upcycle in --output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo the upcycle if --output holds one made with other settings (otherwise refused)")
     return p.parse_args(argv)
 
 
-@exit_on_user_error
-def main(argv=None) -> dict:
+def run(argv=None) -> dict:
     args = main_args(argv)
+    if not args.prompt.strip():
+        raise UserError("--prompt is empty; the parity check needs some text.")
     out = Path(args.output)
-    outputs.claim(out, "upcycle", vars(args), args.overwrite)
+    settings = {**{k: v for k, v in vars(args).items() if k not in ("output", "overwrite")},
+                "model_sha256": model_fingerprint(args.model)}
+    status = claim(out, "upcycle", settings, overwrite=args.overwrite, flag="--output")
+    if status == REUSE:
+        reused(out, "upcycle")
+        return json.loads((out / "upcycle_report.json").read_text())
     dense, tokenizer = load_dense(args.model)
+    begin(out, "upcycle", settings)  # an unfinished upcycle has nothing to resume: start again
     moe = upcycle(dense, args.num_experts, args.top_k, args.router_std, args.seed, args.aux_loss_coef)
     ids = tokenizer(args.prompt, return_tensors="pt").input_ids
     report = {"source": args.model, **parity_report(dense, moe, ids), **parameter_counts(moe),
@@ -149,14 +161,19 @@ def main(argv=None) -> dict:
               "num_experts": args.num_experts, "top_k": args.top_k}
     moe.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    (out / "upcycle_report.json").write_text(json.dumps(report, indent=2))
-    outputs.mark_done(out, {k: report[k] for k in ("max_abs_logit_diff", "greedy_identical", "total")})
+    write_atomic(out / "upcycle_report.json", json.dumps(report, indent=2))
+    mark_done(out, {k: report[k] for k in ("max_abs_logit_diff", "greedy_identical", "total")})
     print(f"dense {report['dense_parameters']:,} params -> MoE {report['total']:,} total, "
           f"{report['active_per_token']:,} active per token ({args.num_experts} experts, top-{args.top_k})")
     print(f"parity: max |Δlogit| = {report['max_abs_logit_diff']:.2e}, "
           f"greedy identical = {report['greedy_identical']}")
     print(f"saved to {out}")
     return report
+
+
+@stage_main
+def main(argv=None) -> dict:
+    return run(argv)
 
 
 if __name__ == "__main__":

@@ -238,10 +238,9 @@ class Trainer:
     def _wandb(self):
         if not (self.tcfg.wandb and self.dist.is_main):
             return None
-        try:
-            import wandb
-        except ImportError:
-            raise UserError("--wandb needs the wandb package: pip install wandb") from None
+        from smolhub_hub.extras import require
+
+        wandb = require("wandb", "--wandb")
         kw = dict(project=self.tcfg.wandb_project, name=self.run_dir.name, config=self._config_dict(),
                   id=self.wandb_id, resume="allow")  # --resume continues the same wandb run
         if self.tcfg.wandb_mode != "env":  # else wandb's own WANDB_MODE (or its default) decides
@@ -569,9 +568,10 @@ def _in_main_thread() -> bool:
 
 
 def _progress(total: int, initial: int, disable: bool):
-    from tqdm.auto import tqdm
+    """A bar on a terminal, plain periodic lines in a log file."""
+    from smolhub_hub.training.metrics import progress_bar
 
-    return tqdm(total=total, initial=initial, disable=disable, desc="train", unit="step", dynamic_ncols=True)
+    return progress_bar(total, initial, disable)
 
 
 def train(family: ModelFamily, mcfg, tcfg: TrainConfig, dcfg: DataConfig, preset: str = "default",

@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import csv
 import re
+import sys
 from collections import defaultdict
 from pathlib import Path
+
+from tqdm import tqdm
+
+from smolhub_hub.errors import UserError
 
 FIELDS = ["step", "tokens", "name", "value"]
 
@@ -40,10 +45,47 @@ class MetricsLog:
             self.wandb.log(metrics, step=step)
 
 
+LOG_LINE_EVERY_S = 30  # in a log file, a progress line at least this often (and at every logged step)
+
+
+def progress_bar(total: int, initial: int, disable: bool = False) -> tqdm:
+    """tqdm's bar on a terminal; where stderr is not a terminal (a log file, CI, a notebook), plain lines on
+    stdout instead of carriage-return redraws: one at every logged step and one every LOG_LINE_EVERY_S."""
+    if disable or sys.stderr.isatty():
+        return tqdm(total=total, initial=initial, disable=disable, desc="train", unit="step", dynamic_ncols=True)
+    return LogLines(total=total, initial=initial, desc="train", unit="step", file=sys.stdout, leave=False,
+                    mininterval=LOG_LINE_EVERY_S, bar_format="{desc}: step {n_fmt}/{total_fmt} ({percentage:.0f}%) "
+                                                             "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+
+
+class LogLines(tqdm):
+    """A progress bar for logs: every refresh prints one line (once per step count), nothing is ever redrawn."""
+
+    _printed_n = None
+
+    def display(self, msg=None, pos=None):
+        if msg is None and self.n != self._printed_n:  # msg="" asks to clear a bar; there is none
+            self.fp.write(self.__str__() + "\n")
+            self.fp.flush()
+            self._printed_n = self.n
+        return msg is None
+
+    def clear(self, nolock=False):
+        pass
+
+
 def read_metrics(path: Path) -> list[dict]:
-    """The complete rows of a metrics.csv; a row cut short by a kill in the middle of a write is dropped."""
+    """The complete rows of a metrics.csv; a row cut short by a kill in the middle of a write is dropped.
+
+    The one reader of metrics.csv: training (resume, plots), `smolhub compare` and `smolhub push` use it."""
     with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f) if _complete(r)]
+        reader = csv.DictReader(f)
+        header = ",".join(reader.fieldnames or [])
+        if header != ",".join(FIELDS):
+            if ",".join(FIELDS).startswith(header):  # empty, or the header itself was cut short
+                return []
+            raise UserError(f"{path} is not a SmolHub metrics file (columns {header}; expected {','.join(FIELDS)})")
+        return [r for r in reader if _complete(r)]
 
 
 def _complete(row: dict) -> bool:
@@ -54,17 +96,24 @@ def _complete(row: dict) -> bool:
     return bool(row["name"]) and None not in row  # None key: more fields than the header
 
 
-def series(path: Path) -> dict[str, tuple[list[int], list[float]]]:
-    out: dict[str, tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
+def curves(path: Path, max_step: int | None = None) -> dict[str, tuple[list[int], list[int], list[float]]]:
+    """name -> (steps, tokens, values) from the complete rows, up to `max_step` (a checkpoint's step)."""
+    out: dict[str, tuple[list[int], list[int], list[float]]] = defaultdict(lambda: ([], [], []))
     for r in read_metrics(path):
-        xs, ys = out[r["name"]]
-        xs.append(int(r["step"]))
-        ys.append(float(r["value"]))
+        step = int(r["step"])
+        if max_step is None or step <= max_step:
+            steps, tokens, values = out[r["name"]]
+            steps.append(step), tokens.append(int(r["tokens"])), values.append(float(r["value"]))
     return dict(out)
 
 
+def series(path: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """name -> (steps, values)."""
+    return {name: (steps, values) for name, (steps, _, values) in curves(path).items()}
+
+
 def plot_run(run_dir: Path) -> list[Path]:
-    """loss_curve.png (train and held-out loss) and, for MoE models, expert_load.png."""
+    """loss_curve.png (losses, learning rate, gradient norm) and, for MoE models, expert_load.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,42 +122,78 @@ def plot_run(run_dir: Path) -> list[Path]:
     run_dir = Path(run_dir)
     s = series(run_dir / "metrics.csv")
     written = []
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, label in [("train/loss", "train"), ("val/loss", "held-out")]:
+    for name, fig in (("loss_curve.png", loss_figure(s, run_dir.name)), ("expert_load.png", expert_load_figure(s))):
+        if fig is not None:
+            fig.savefig(run_dir / name, dpi=120)
+            plt.close(fig)
+            written.append(run_dir / name)
+    return written
+
+
+def loss_figure(s: dict[str, tuple[list[int], list[float]]], title: str):
+    """Three panels over the steps: train and held-out loss (log scale), learning rate, gradient norm."""
+    import matplotlib.pyplot as plt
+
+    fig, (loss, lr, norm) = plt.subplots(3, 1, figsize=(7, 7.5), sharex=True, height_ratios=[2, 1, 1])
+    for name, label, marker in [("train/loss", "train", None), ("val/loss", "held-out", "o")]:
         if name in s:
-            ax.plot(*s[name], label=label, marker="o" if name.startswith("val") else None, markersize=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title(run_dir.name)
-    ax.grid(alpha=0.3)
-    ax.legend()
+            loss.plot(*s[name], label=label, marker=marker, markersize=4)
+    log_y(loss)
+    loss.set_ylabel("cross-entropy (nats/token)")
+    loss.set_title(title)
+    loss.legend()
+    for ax, name, label in [(lr, "train/lr", "learning rate"), (norm, "train/grad_norm", "gradient norm")]:
+        if name in s:
+            ax.plot(*s[name], color="C2" if ax is lr else "C3", linewidth=1)
+        ax.set_ylabel(label)
+    log_y(norm)
+    norm.set_xlabel("step")
+    for ax in (loss, lr, norm):
+        ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    fig.savefig(run_dir / "loss_curve.png", dpi=120)
-    plt.close(fig)
-    written.append(run_dir / "loss_curve.png")
+    return fig
+
+
+def log_y(ax):
+    """A log y axis labelled with plain numbers (3, 4, 5 rather than 3x10^0); minor ticks are labelled where
+    the axis spans too few decades to show a power of ten, as matplotlib's own log formatter decides."""
+    from matplotlib.ticker import LogFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
+
+
+def expert_load_figure(s: dict[str, tuple[list[int], list[float]]]):
+    """One panel per MoE layer: each expert's share of the routed tokens over the steps, and the uniform share."""
+    import matplotlib.pyplot as plt
 
     load = defaultdict(dict)
     for name in s:
         m = re.fullmatch(r"train/moe/layer(\d+)/load_e(\d+)", name)
         if m:
             load[int(m.group(1))][int(m.group(2))] = s[name]
-    if load:
-        n = len(load)
-        cols = min(4, n)
-        rows = (n + cols - 1) // cols
-        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, sharey=True)
-        for ax, layer in zip(axes.flat, sorted(load)):
-            for e, (xs, ys) in sorted(load[layer].items()):
-                ax.plot(xs, ys, label=f"e{e}", linewidth=1)
-            ax.set_title(f"layer {layer}", fontsize=9)
-            ax.grid(alpha=0.3)
-        for ax in list(axes.flat)[n:]:
-            ax.axis("off")
-        axes[0][0].set_ylabel("share of tokens")
-        axes[0][-1].legend(fontsize=6, ncol=2)
-        fig.suptitle("expert load per layer over training")
-        fig.tight_layout()
-        fig.savefig(run_dir / "expert_load.png", dpi=110)
-        plt.close(fig)
-        written.append(run_dir / "expert_load.png")
-    return written
+    if not load:
+        return None
+    n = len(load)
+    cols = min(4, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols + 1.2, 2.9 * rows), squeeze=False, sharex=True,
+                             sharey=True, layout="constrained")
+    for i, (ax, layer) in enumerate(zip(axes.flat, sorted(load))):
+        experts = len(load[layer])
+        for e, (xs, ys) in sorted(load[layer].items()):
+            ax.plot(xs, ys, label=f"expert {e}", linewidth=1)
+        ax.axhline(1 / experts, color="black", linestyle="--", linewidth=1, label=f"uniform (1/{experts})")
+        ax.set_title(f"layer {layer}", fontsize=9)
+        ax.grid(alpha=0.3)
+        if i % cols == 0:
+            ax.set_ylabel("share of routed tokens")
+        if i + cols >= n:  # the lowest panel of its column
+            ax.set_xlabel("step")
+            ax.xaxis.set_tick_params(labelbottom=True)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside right upper", fontsize=7)
+    fig.suptitle("expert load per layer over training")
+    return fig

@@ -38,7 +38,7 @@ def test_compare_table_and_plot(runs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert png.stat().st_size > 10_000
     header, rule, *rows = out.splitlines()[:4]
-    assert header.split()[:3] == ["run", "family", "params"] and rows[0].startswith("fast")
+    assert header.split()[:4] == ["run", "family", "lr", "params"] and rows[0].startswith("fast")
     for run, s in zip(runs, compare(list(map(str, runs)))):
         cfg = ckpt_io.read_config(ckpt_io.resolve_checkpoint(run))
         assert s.train_loss == _last(run, "train/loss") and s.val_loss == _last(run, "val/loss")
@@ -57,12 +57,15 @@ def test_quantize_reports_and_reloads_without_pickle(runs, tmp_path, capsys):
     out = tmp_path / "int8"
     cli.main(["quantize", str(runs[0]), str(out), "--eval-batches", "2", "--bench-tokens", "16"])
     printed = capsys.readouterr().out
-    assert "size" in printed and "tokens/s" in printed and "held-out" in printed
+    assert "size" in printed and "tokens/s" in printed and "held-out" in printed and "greedy" in printed
     report = json.loads((out / "quantization_report.json").read_text())
+    assert report["library"].startswith("torchao") and report["scheme"] == "weight-only"
     assert report["after"]["bytes"] < 0.6 * report["before"]["bytes"]
     assert abs(report["after"]["heldout_loss"] - report["before"]["heldout_loss"]) < 0.05
+    assert len(report["after"]["greedy_tokens"]) == 16 and 0 <= report["greedy_tokens_equal"] <= 16
     assert {p.suffix for p in out.iterdir()} <= {".json", ".safetensors"}
-    model, ref = load_quantized(out), load_model(runs[0], device="cpu")
+    model, ref = load_model(out), load_model(runs[0], device="cpu")
+    assert type(model.blocks[0].attn.wqkv.weight).__name__ == "Int8Tensor"  # torchao's, not torch.ao's
     x = torch.randint(0, 500, (1, 24))
     assert (model(x).logits - ref(x).logits).abs().max() < 0.1
     text = generate_text(model, "Once upon a time", max_length=8, greedy=True)
@@ -71,6 +74,25 @@ def test_quantize_reports_and_reloads_without_pickle(runs, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["quantize", str(runs[0]), str(out), "--no-eval"])
     assert e.value.code == 2 and "is not empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["export", str(out), str(tmp_path / "hf")])
+    assert e.value.code == 2 and "export the checkpoint it was made from" in capsys.readouterr().err
+
+
+def _random_checkpoint(family, runs, tmp_path):
+    """Quick-preset weights of `family` with the tokenizer and data config of a trained run."""
+    src = ckpt_io.read_config(ckpt_io.resolve_checkpoint(runs[0]))
+    fam = get_family(family)
+    mcfg = fam.resolve("quick")[0].replace(vocab_size=512)
+    torch.manual_seed(0)
+    m = fam.model_class()(mcfg)
+    tok = load_model(runs[0], device="cpu").tokenizer
+    return ckpt_io.save_checkpoint(tmp_path / "run", 1, m, {**src, "family": family, "model": mcfg.to_dict(),
+                                                            "param_counts": m.param_counts()}, tok)
+
+
+def _relative_error(q, ref, x):
+    return ((q(x).logits - ref(x).logits).abs().max() / ref(x).logits.abs().max()).item()
 
 
 @pytest.mark.parametrize("family", available_families())
@@ -80,21 +102,12 @@ def test_quantize_and_stage_every_family(family, runs, tmp_path):
 
     from smolhub_hub.hub import stage
 
-    src = ckpt_io.read_config(ckpt_io.resolve_checkpoint(runs[0]))
-    fam = get_family(family)
-    mcfg = fam.resolve("quick")[0].replace(vocab_size=512)
-    torch.manual_seed(0)
-    m = fam.model_class()(mcfg)
-    tok = load_model(runs[0], device="cpu").tokenizer
-    ckpt = ckpt_io.save_checkpoint(tmp_path / "run", 1, m, {**src, "family": family, "model": mcfg.to_dict(),
-                                                             "param_counts": m.param_counts()}, tok)
-    kernel = "weight-only" if family == "SmolTransformer" else "auto"
-    report = quantize_checkpoint(str(ckpt), tmp_path / "q", evaluate=False, bench_tokens=4, kernel=kernel)
+    ckpt = _random_checkpoint(family, runs, tmp_path)
+    report = quantize_checkpoint(str(ckpt), tmp_path / "q", evaluate=False, bench_tokens=4)
     assert report["quantized_modules"] > 0 and (tmp_path / "q" / WEIGHTS).exists()
-    q, ref = load_quantized(tmp_path / "q", kernel=kernel), load_model(ckpt, device="cpu")
+    q, ref = load_quantized(tmp_path / "q"), load_model(ckpt, device="cpu")
     x = torch.randint(0, 500, (2, 16))
-    err = (q(x).logits - ref(x).logits).abs().max() / ref(x).logits.abs().max()
-    assert err < 0.05, err
+    assert _relative_error(q, ref, x) < 0.05
     assert len(generate_text(q, "Once", max_length=4, greedy=True)) > 0  # the KV-cache path too
     repo = stage(str(ckpt), tmp_path / "repo", "me/x")
     assert (repo / "smolhub" / "model.safetensors").exists()
@@ -105,25 +118,38 @@ def test_quantize_and_stage_every_family(family, runs, tmp_path):
     assert (hf(x).logits - ref(x).logits).abs().max() < 1e-3
 
 
-def test_a_quantized_folder_of_the_older_layout_is_refused_with_the_fix(runs, tmp_path):
-    """Folders quantized before q/k/v were fused hold wq/wk/wv: one clear line, never random weights."""
-    from safetensors.torch import load_file, save_file
+def test_dynamic_int8_activations_follow_fp32(runs, tmp_path):
+    ckpt = _random_checkpoint("StoryLlama", runs, tmp_path)
+    report = quantize_checkpoint(str(ckpt), tmp_path / "q", evaluate=False, bench_tokens=4, scheme="dynamic")
+    q = load_quantized(tmp_path / "q")
+    assert report["scheme"] == "dynamic" and q.checkpoint_config["quantization"]["config"].startswith("Int8Dynamic")
+    assert _relative_error(q, load_model(ckpt, device="cpu"), torch.randint(0, 500, (2, 16))) < 0.05
+
+
+def test_a_folder_quantized_by_an_older_smolhub_is_refused_with_the_fix(runs, tmp_path):
+    """Folders of the torch.ao layout (format smolhub-int8-1): one clear line, never random weights."""
+    from safetensors.torch import save_file
 
     from smolhub_hub.errors import UserError
 
     out = tmp_path / "int8"
-    quantize_checkpoint(str(runs[0]), out, evaluate=False, bench_tokens=4)
-    state = load_file(out / WEIGHTS)
-    cfg = json.loads((out / "config.json").read_text())
-    n_heads, n_kv, dim = cfg["model"]["n_heads"], cfg["model"]["n_kv_heads"], cfg["model"]["dim"]
-    sizes = [dim, dim * n_kv // n_heads, dim * n_kv // n_heads]
-    for key in [k for k in state if ".attn.wqkv." in k]:
-        for w, part in zip(("wq", "wk", "wv"), state.pop(key).split(sizes)):
-            state[key.replace("wqkv", w)] = part.contiguous()
-    save_file(state, out / WEIGHTS)
-    quant = cfg["quantization"]
-    quant["modules"] = [m for n in quant["modules"] for m in
-                        ([n.replace("wqkv", w) for w in ("wq", "wk", "wv")] if n.endswith("wqkv") else [n])]
+    out.mkdir()
+    cfg = ckpt_io.read_config(ckpt_io.resolve_checkpoint(runs[0]))
+    cfg["quantization"] = {"format": "smolhub-int8-1", "modules": ["lm_head"]}
     (out / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(UserError, match=r"missing \['blocks\.0\.attn\.wqkv\.weight.*quantize the checkpoint again"):
-        load_quantized(out)
+    save_file({"lm_head.q": torch.zeros(4, 4, dtype=torch.int8)}, out / WEIGHTS)
+    with pytest.raises(UserError, match="older SmolHub.*quantize the checkpoint again"):
+        load_model(out)
+
+
+def test_the_documented_transformers_int8_route_from_an_export(runs, tmp_path):
+    """docs: `smolhub export`, then transformers quantizes it with torchao on load, saves and reloads it."""
+    from torchao.quantization import Int8WeightOnlyConfig
+    from transformers import AutoModelForCausalLM, TorchAoConfig
+
+    out = cli.export_to_hf(str(runs[0]), tmp_path / "hf")
+    q = AutoModelForCausalLM.from_pretrained(out, quantization_config=TorchAoConfig(Int8WeightOnlyConfig()))
+    q.save_pretrained(tmp_path / "hf-int8")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "hf-int8").eval()
+    assert type(reloaded.model.layers[0].self_attn.q_proj.weight).__name__ == "Int8Tensor"
+    assert _relative_error(reloaded, load_model(runs[0], device="cpu"), torch.randint(0, 500, (1, 16))) < 0.05

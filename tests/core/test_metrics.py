@@ -1,5 +1,8 @@
 """metrics.csv survives a kill in the middle of a row: the cut row is dropped, resume and plots work."""
 
+import pytest
+
+from smolhub_hub.errors import UserError
 from smolhub_hub.training.metrics import MetricsLog, read_metrics, series
 
 
@@ -24,3 +27,11 @@ def test_resume_drops_rows_after_the_checkpoint(tmp_path):
         log.log(step, step * 128, {"train/loss": 1.0 / step})
     MetricsLog(tmp_path, resume_step=20)
     assert series(tmp_path / "metrics.csv")["train/loss"][0] == [10, 20]
+
+
+def test_a_header_cut_short_reads_as_empty_and_another_file_is_refused(tmp_path):
+    (tmp_path / "metrics.csv").write_text("step,tok")
+    assert read_metrics(tmp_path / "metrics.csv") == []
+    (tmp_path / "metrics.csv").write_text("epoch,loss\n1,2.0\n")
+    with pytest.raises(UserError, match="not a SmolHub metrics file"):
+        read_metrics(tmp_path / "metrics.csv")

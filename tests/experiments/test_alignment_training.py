@@ -11,9 +11,10 @@ from smol_experiments.alignment import build_preference_pairs, cpo, dpo, sft
 from smol_experiments.alignment.data import load_gec_examples, load_model_and_tokenizer, load_preference_pairs
 from smol_experiments.alignment.fixtures import write_synthetic_gec, write_tiny_model
 from smol_experiments.alignment.prompt_format import make_completion, make_prompt, strip_instruction
-from smol_experiments.alignment.run_dir import read_marker
-from tests.experiments.alignment_env import offline, one_torch_thread  # noqa: F401  (autouse)
+from smol_experiments.stages import StageInterrupted, read_marker
 from smolhub_hub.errors import UserError
+from tests.experiments.alignment_env import offline, one_torch_thread  # noqa: F401  (autouse)
+from tests.experiments.interrupt import signal_at_call
 
 FAST = ["--batch-size", "16", "--logging-steps", "1", "--save-steps", "1000"]
 
@@ -62,7 +63,8 @@ def test_sft_lowers_the_completion_loss(workdir, tmp_path):
 def test_sft_cli_writes_a_loadable_model_and_its_record(sft_dir):
     marker = read_marker(sft_dir)
     assert marker["stage"] == "sft" and marker["done"]
-    assert marker["metrics"]["eval_completion_loss"] < 6.0
+    assert marker["summary"]["eval_completion_loss"] < 6.0
+    assert marker["settings"]["learning_rate"] == 3e-3 and len(marker["settings"]["model_sha256"]) == 64
     model, tok = load_model_and_tokenizer(str(sft_dir))
     assert tok.eos_token == "<|endoftext|>"
 
@@ -122,16 +124,23 @@ def test_cpo_trains_without_a_reference_model(sft_dir, reference_pairs, tmp_path
     assert margins[-1] > margins[0]
 
 
-def test_an_interrupted_stage_resumes_from_its_last_checkpoint(workdir, tmp_path):
+def test_a_stage_stopped_by_sigterm_resumes_from_its_checkpoint(workdir, tmp_path, monkeypatch):
+    from trl import SFTTrainer
+
     out = tmp_path / "sft"
     argv = ["--model", str(workdir / "model"), "--dataset", str(workdir / "data"), "--output-dir", str(out),
-            "--max-samples", "32", "--batch-size", "8", "--save-steps", "2", "--eval-samples", "0"]
-    sft.run(argv)
-    marker = read_marker(out)
-    (out / "stage.json").write_text(json.dumps({**marker, "done": False}))  # as if killed after the last checkpoint
-    (out / "model.safetensors").unlink()
-    metrics = sft.run(argv)
-    assert metrics["resumed_from"].endswith("checkpoint-4") and metrics["global_step"] == 4
-    assert (out / "model.safetensors").is_file()
-    with pytest.raises(UserError, match="finished"):
+            "--max-samples", "32", "--batch-size", "8", "--save-steps", "100", "--eval-samples", "0"]
+    original = signal_at_call(monkeypatch, SFTTrainer, "training_step", 3)
+    with pytest.raises(StageInterrupted, match="SIGTERM at step 3 of 4"):
         sft.run(argv)
+    assert (out / "checkpoint-3").is_dir() and not read_marker(out)["done"]  # saved at the signal, not finished
+    assert not (out / "model.safetensors").exists()
+    monkeypatch.setattr(SFTTrainer, "training_step", original)
+    metrics = sft.run(argv)
+    assert metrics["resumed_from"].endswith("checkpoint-3") and metrics["global_step"] == 4
+    assert (out / "model.safetensors").is_file() and read_marker(out)["done"]
+
+    monkeypatch.setattr(SFTTrainer, "training_step", lambda *a, **k: pytest.fail("a finished run must not train"))
+    assert sft.run(argv) == metrics  # the same settings: reused
+    with pytest.raises(UserError, match=r"finished sft run made with other settings \(learning_rate 7e-05 → 0.001"):
+        sft.run(argv + ["--learning-rate", "1e-3"])

@@ -37,3 +37,16 @@ def test_domain_splits_are_disjoint_and_errors_are_clear(tmp_path):
         load_texts(str(tmp_path / "missing.jsonl"))
     with pytest.raises(UserError, match="nemotron"):
         domain_splits("wikipedia", 1, 1, 0)
+
+
+def test_local_data_mistakes_are_one_line_and_hidden_files_are_skipped(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "kept"}\n{"text": null}\n{"text": 7}\n')
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / ".ipynb_checkpoints" / "a.jsonl").write_text('{"text": "an editor copy"}\n')
+    assert load_texts(str(tmp_path)) == ["kept"]  # null and numbers are not text
+    with pytest.raises(UserError, match="no 'content' field; pass --text-column"):
+        load_texts(str(tmp_path), "content")
+    (tmp_path / "a.jsonl").write_text('{"text": "cut off\n')
+    with pytest.raises(UserError, match="a.jsonl line 1 is not JSON"):
+        load_texts(str(tmp_path))
+

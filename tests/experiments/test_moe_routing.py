@@ -13,6 +13,7 @@ from smol_experiments.moe.data import pad_batch
 from smol_experiments.moe.fixtures import save_tiny_moe
 from smol_experiments.moe.routing import RoutingStats, balance_loss, guidance_loss, router_parameters
 from smol_experiments.moe.specialize import SpecializeConfig, Specializer
+from smol_experiments.stages import StopRequests
 
 
 @pytest.fixture(autouse=True)
@@ -89,11 +90,12 @@ def test_stage_a_changes_only_router_weights(moe_dir, tmp_path):
     cfg = SpecializeConfig(model=str(moe_dir), output=str(tmp_path), data="synthetic", train_docs=12,
                            heldout_docs=3, max_len=48, docs_per_domain=2, stage_a_lr=1e-2, warmup_steps=1,
                            weight_decay=0.1, log_every=1, eval_every=100, precision="fp32")
-    s = Specializer(cfg)
+    s = Specializer(cfg, state=None)
+    s.open_logs()
     routers = {n for n, m in s.model.named_modules() if type(m).__name__ == "MixtralTopKRouter"}
     assert len(router_parameters(s.model)) == len(routers) == s.model.config.num_hidden_layers
     before = {k: v.clone() for k, v in s.model.state_dict().items()}
-    s.run_stage("A", steps=3, lr_peak=1e-2)
+    s.run_stage("A", first_step=0, steps=3, lr_peak=1e-2, stop=StopRequests())
     after = s.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {f"{r}.weight" for r in routers}

@@ -41,7 +41,8 @@ def demo_client(tmp_path_factory):
 
 
 def _ask(client, prompt: str, max_tokens: int = CAP, temperature: float = 0.0):
-    return client.predict(prompt, max_tokens, temperature, 0, 1.0, api_name="/run")
+    """(story, status) of one request; seed 0."""
+    return client.predict(prompt, max_tokens, temperature, 0, 1.0, 0, api_name="/run")
 
 
 def _rss_mb() -> float:
@@ -54,10 +55,10 @@ def test_twenty_simultaneous_requests_are_all_answered_within_the_caps(demo_clie
     with ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(lambda p: _ask(client, p), prompts))
     peak_after_first_wave = _rss_mb()
-    for prompt, answer in zip(prompts, answers):  # greedy: exactly what CAP new tokens give in-process
-        assert answer == generate_text(model, prompt, max_length=CAP, greedy=True)
+    for prompt, (story, _) in zip(prompts, answers):  # greedy: exactly what CAP new tokens give in-process
+        assert story == generate_text(model, prompt, max_length=CAP, greedy=True)
     with ThreadPoolExecutor(20) as pool:
-        assert all(pool.map(lambda p: _ask(client, p, temperature=0.8).startswith(p), prompts))
+        assert all(pool.map(lambda p: _ask(client, p, temperature=0.8)[0].startswith(p), prompts))
     assert _rss_mb() - peak_after_first_wave < 200  # a second wave does not grow memory
 
 
@@ -65,10 +66,8 @@ def test_limits_are_enforced_by_the_server(demo_client):
     client, _ = demo_client
     with pytest.raises(Exception, match="maximum value 16"):  # not only the slider in the browser
         _ask(client, "Once upon a time", max_tokens=10_000)
-    with pytest.raises(Exception, match="limit|max"):
-        _ask(client, "x" * (MAX_PROMPT_CHARS + 1))
-    with pytest.raises(Exception, match="prompt"):
-        _ask(client, "   ")
+    assert "the limit is" in _ask(client, "x" * (MAX_PROMPT_CHARS + 1))[1]
+    assert "Type a prompt" in _ask(client, "   ")[1]
 
 
 def test_default_bind_is_loopback():
