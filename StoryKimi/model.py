@@ -178,7 +178,8 @@ class DeepSeekRouter(nn.Module):
 
     def forward(self, x: torch.Tensor, with_probs: bool = True) -> RouterOutput:
         """`with_probs=False` (generation: no balance loss, no statistics) skips the normalised affinities."""
-        logits = F.linear(x.float(), self.weight.float())  # fp32: bf16 rounding never flips a choice
+        with torch.autocast(x.device.type, enabled=False):  # fp32 even under autocast: bf16 rounding would
+            logits = F.linear(x.float(), self.weight.float())  # flip choices and swallow the 1e-3 bias steps
         scores = logits.sigmoid()
         choice = scores.detach() + self.expert_bias
         if self.n_group > 1:

@@ -135,3 +135,37 @@ def test_routing_stats_name_blocks():
     assert "moe/layer1/load_e0" in stats and "moe/layer2/entropy" in stats
     assert not any(k.startswith("moe/layer0/") for k in stats)  # block 0 is dense
     assert sum(stats[f"moe/layer1/load_e{e}"] for e in range(8)) == pytest.approx(1.0)
+
+
+def test_bf16_autocast_routes_in_fp32():
+    """Reference bug: F.linear on fp32 inputs still ran in bf16 under autocast; with 64 experts / top-6 about
+    7% of tokens chose other experts, and a 1e-3 bias step was below bf16's spacing near 0.5."""
+    torch.manual_seed(0)
+    router = DeepSeekRouter(tiny_config(n_experts=64, top_k=6))
+    with torch.no_grad():
+        router.expert_bias.copy_(1e-3 * torch.randn(64).sign())  # one bias step, either way, per expert
+    x = torch.randn(512, router.weight.shape[1])
+    ref = router(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        r = router(x)
+    assert r.logits.dtype == r.weights.dtype == torch.float32
+    assert torch.equal(r.expert_ids, ref.expert_ids)
+    torch.testing.assert_close(r.weights, ref.weights)
+
+
+def test_loop_experts_train_under_bf16_autocast_close_to_grouped():
+    """Reference bug: the loop added bf16 expert outputs into an fp32 buffer (index_add_ dtype error)."""
+    torch.manual_seed(0)
+    model = StoryKimi(tiny_config(n_layers=2)).train()  # one MoE block, the last: identical router inputs
+    idx = torch.randint(0, 97, (2, 24))
+    results = []
+    for impl in ("grouped", "loop"):
+        model.zero_grad()
+        for m in model.moe_layers().values():
+            m.experts.impl = impl
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(idx, targets=idx)
+        out.loss.backward()
+        results.append((out.logits.float(), model.blocks[1].ffn.experts.w_down.grad.clone()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0.02, atol=0.02)

@@ -47,6 +47,24 @@ def test_grouped_and_loop_models_agree(tiny_model):
     torch.testing.assert_close(a.logits, b.logits, rtol=1e-5, atol=1e-5)
 
 
+def test_loop_experts_train_under_bf16_autocast_close_to_grouped():
+    """Reference bug: the loop added bf16 expert outputs into an fp32 buffer (index_add_ dtype error)."""
+    torch.manual_seed(0)
+    model = SmolMixtral(tiny_config(n_layers=1, noisy_topk=False)).train()  # one layer: identical router inputs
+    idx = torch.randint(0, 97, (2, 24))
+    results = []
+    for impl in ("grouped", "loop"):
+        model.zero_grad()
+        for m in model.moe_layers():
+            m.experts.impl = impl
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(idx, targets=idx)
+        out.loss.backward()
+        results.append((out.logits.float(), model.blocks[0].moe.experts.w_down.grad.clone()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0.02, atol=0.02)
+
+
 def test_eval_is_deterministic_with_dropout_and_noise():
     torch.manual_seed(0)
     model = SmolMixtral(tiny_config(dropout=0.2, noisy_topk=True)).eval()
