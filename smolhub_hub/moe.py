@@ -308,6 +308,9 @@ class MoEFeedForward(nn.Module):
         self.stats.update(r, balance)
         return y, aux
 
+    def on_step_skipped(self):
+        self.stats.reset()  # the skipped step's routing (NaN probabilities, say) must not reach the metrics
+
     def inactive_params_per_token(self) -> int:
         """Weights of the experts a token is not routed to."""
         return (self.experts.n_experts - self.router.top_k) * self.experts.params_per_expert()

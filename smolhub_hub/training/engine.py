@@ -169,9 +169,10 @@ class Trainer:
         if want == "auto":
             want = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if cuda else "float32"
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}[want]
-        if dtype is torch.float16 and not cuda:
-            raise UserError("--dtype float16 needs a GPU; use bfloat16 or float32 on CPU")
-        scaler = torch.amp.GradScaler("cuda") if dtype is torch.float16 else None
+        if dtype is torch.float16 and not cuda and self.dist.is_main:
+            print("note: --dtype float16 on a CPU exercises the loss-scaled fp16 path of GPUs without bf16; "
+                  "bfloat16 or float32 suit a CPU better")
+        scaler = torch.amp.GradScaler(self.device.split(":")[0]) if dtype is torch.float16 else None
         return dtype, scaler
 
     def _wrap(self, model):
@@ -296,9 +297,11 @@ class Trainer:
         if finite:
             for opt in self.optimizers:
                 (self.scaler.step(opt) if self.scaler else opt.step())
-            if self.scaler:
-                self.scaler.update()
             self.raw_model.on_optimizer_step()
+        else:
+            self.raw_model.on_step_skipped()
+        if self.scaler:
+            self.scaler.update()  # on skipped steps too: an overflow halves the scale, that is how fp16 backs off
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         return {"finite": finite, "loss": lm_sum / self.accum, "aux": aux_sum / self.accum, "norm": norm,
@@ -417,10 +420,20 @@ class Trainer:
             print(f"\nwarning: non-finite loss or gradient at step {step}; update skipped "
                   f"({self.state.bad_steps} in a row)")
         if self.state.bad_steps >= self.tcfg.max_bad_steps:
-            self.save()  # the weights are still the last good ones: nothing was applied
+            if self._state_is_finite():  # nothing was applied since the last good step, unless a hook broke it
+                self.save()
+                kept = f"the last good state is saved in {self.run_dir}"
+            else:
+                kept = f"the weights or optimizer state are not finite, so they were not saved; {self.run_dir} " \
+                       "keeps its earlier checkpoints"
             raise UserError(f"{self.state.bad_steps} non-finite steps in a row at step {step}: training stopped; "
-                            f"the last good state is saved in {self.run_dir}. Lower --lr or check the data, "
-                            "then --resume")
+                            f"{kept}. Lower --lr or check the data, then --resume")
+
+    def _state_is_finite(self) -> bool:
+        """Weights, buffers and optimizer state, all finite: only such a state may be saved as the last good one."""
+        tensors = list(self.raw_model.state_dict().values())
+        tensors += [t for opt in self.optimizers for st in opt.state.values() for t in st.values() if torch.is_tensor(t)]
+        return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
 
     def _summary(self, stopped: bool) -> dict:
         summary = {"out_dir": str(self.run_dir), "step": self.state.step, "tokens": self.state.tokens,

@@ -169,3 +169,16 @@ def test_loop_experts_train_under_bf16_autocast_close_to_grouped():
         results.append((out.logits.float(), model.blocks[1].ffn.experts.w_down.grad.clone()))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=0.02, atol=0.02)
+
+
+def test_a_skipped_step_drops_what_its_forwards_gathered():
+    """The trainer calls on_step_skipped instead of on_optimizer_step after a non-finite step: nothing that step
+    gathered (max attention logits, expert loads, routing statistics) may reach the next update or the metrics."""
+    torch.manual_seed(0)
+    model = StoryKimi(tiny_config(qk_clip_tau=100.0))
+    _train_forward(model, torch.randint(0, 97, (2, 16)))
+    assert all(b.attn.max_logit is not None for b in model.blocks)
+    model.on_step_skipped()
+    assert all(b.attn.max_logit is None for b in model.blocks)
+    assert all(m.step_load is None and m.stats.counts is None for m in model.moe_layers().values())
+    assert not any(k.startswith("moe/") for k in model.routing_stats())
