@@ -20,6 +20,21 @@ def tiny_run_args(out_dir, steps=20, extra=()):
             *TINY_DATA, *extra]
 
 
+def randomise_norms_and_biases(model, seed: int = 0):
+    """Give every vector parameter of `model` (ours or transformers') a random value: norm weights around 1
+    but never 1, biases around 0 but never 0. Initial values (all 1, all 0) would let a converter that
+    swaps two norms, or drops a bias, pass a parity test. Returns the model."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:  # norm weights and biases: the only vectors in these architectures
+                noise = 0.2 * torch.randn(p.shape, generator=g)
+                p.copy_(1.0 + noise if name.endswith("weight") else noise)
+    return model
+
+
 def run_cli(script: str, *args, timeout=600, env=None, check=False, cwd=None):
     """Run a folder's script (e.g. 'StoryLlama/trainer.py') as a user would, capturing its output."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}

@@ -6,6 +6,7 @@ import torch
 from smolhub_hub.export.mixtral import from_hf, to_hf
 from smolhub_hub.generation import SamplingConfig, generate
 from SmolMixtral.model import SmolMixtral
+from tests.helpers import randomise_norms_and_biases
 from tests.mixtral.conftest import tiny_config
 
 transformers = pytest.importorskip("transformers")
@@ -39,7 +40,7 @@ def test_from_hf_parity_of_a_transformers_initialised_mixtral(tmp_path):
     from smolhub_hub.export.mixtral import hf_config
 
     cfg = hf_config(tiny_config(tie_embeddings=False, rope_base=500.0))
-    transformers.MixtralForCausalLM(cfg).save_pretrained(tmp_path)
+    randomise_norms_and_biases(transformers.MixtralForCausalLM(cfg)).save_pretrained(tmp_path)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     ours = from_hf(hf)
     assert not ours.config.tie_embeddings and ours.config.rope_base == 500.0
@@ -60,7 +61,8 @@ def test_the_exported_model_computes_our_balance_loss(n_layers, router):
     losses, transformers pools the layers (see hf_aux_loss_coef): they are the same function, and must give the
     same value, for one layer and for layers that route alike (here: uniform router probabilities)."""
     torch.manual_seed(0)
-    ours = SmolMixtral(tiny_config(n_layers=n_layers, noisy_topk=False, balance_coef=0.02)).eval()
+    ours = randomise_norms_and_biases(SmolMixtral(tiny_config(n_layers=n_layers, noisy_topk=False,
+                                                              balance_coef=0.02))).eval()
     if router == "uniform":
         with torch.no_grad():
             for m in ours.moe_layers():
