@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -21,7 +22,7 @@ def opt(default, help: str, **kw):
 
 @dataclass
 class TrainConfig(ConfigMixin):
-    out_dir: str = opt("", "where checkpoints, metrics.csv and plots go (default runs/<family>-<preset>)")
+    out_dir: str = opt("", "where checkpoints, metrics.csv and plots go (default runs/<family>-<preset>)", path=True)
     max_steps: int = opt(5000, "optimizer steps to train for")
     batch_size: int = opt(32, "sequences per micro-batch on each process")
     seq_len: int = opt(0, "training sequence length (0 = the model's max_seq_len)")
@@ -53,7 +54,7 @@ class TrainConfig(ConfigMixin):
     max_bad_steps: int = opt(5, "stop after this many non-finite losses in a row (each is skipped)")
     resume: bool = opt(False, "continue the latest checkpoint in --out-dir exactly where it stopped")
     overwrite: bool = opt(False, "allow starting fresh in an --out-dir that already holds checkpoints")
-    init_from: str = opt("", "start from Hugging Face weights of the same architecture (path or Hub id)")
+    init_from: str = opt("", "start from Hugging Face weights of the same architecture (path or Hub id)", path=True)
     wandb: bool = opt(False, "log to Weights & Biases")
     wandb_project: str = opt("smolhub", "wandb project")
     wandb_mode: str = opt("online", "wandb mode", choices=["online", "offline", "disabled"])
@@ -62,15 +63,15 @@ class TrainConfig(ConfigMixin):
 @dataclass
 class DataConfig(ConfigMixin):
     dataset: str = opt("builtin", "'builtin' (offline stories), a local .txt/.jsonl/.parquet file or folder, "
-                                   "or a Hugging Face dataset id")
+                                   "or a Hugging Face dataset id", path=True)
     dataset_config: str = opt("", "Hugging Face dataset config name (e.g. sample-10BT for FineWeb)")
     text_field: str = opt("text", "field holding the text in .jsonl / .parquet / Hub datasets")
     max_documents: int = opt(0, "use at most this many documents (0 = all; Hub datasets are streamed)")
     builtin_stories: int = opt(10000, "stories to generate for --dataset builtin")
     val_fraction: float = opt(0.02, "share of documents held out for evaluation")
-    tokenizer: str = opt("bpe", "'bpe' (train a byte-level BPE on the corpus) or a tokenizer id / folder")
+    tokenizer: str = opt("bpe", "'bpe' (train a byte-level BPE on the corpus) or a tokenizer id / folder", path=True)
     vocab_size: int = opt(8192, "vocabulary size when training a BPE")
-    cache_dir: str = opt("", "where packed token files are cached (default ~/.cache/smolhub)")
+    cache_dir: str = opt("", "where packed token files are cached (default ~/.cache/smolhub)", path=True)
 
 
 @dataclass
@@ -130,6 +131,8 @@ def _add_fields(group, cls, defaults, skip=frozenset()):
             group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kw)
         else:
             py_type = {"int": int, "float": float, "str": str}.get(f.type, type(default))
+            if meta.get("path"):  # a path flag (path=True) reads ~ as the shell would, also where no shell ran
+                py_type = os.path.expanduser
             group.add_argument(_flag(f.name), type=py_type, metavar=f.name.upper(), **kw)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -64,6 +66,25 @@ def run_args(family: str, out_dir, steps: int = 30, extra=()) -> list[str]:
             "--seq-len", "64", "--eval-interval", str(steps), "--eval-batches", "2", "--sample-interval", "0",
             "--log-interval", "1", "--save-interval", "3", "--keep-last", "2", "--warmup-steps", "5",
             *TINY_DATA, *SMALL_MODEL[family], *extra]
+
+
+def run_cli(fn, argv) -> tuple[int, str]:
+    """Call a CLI entry point in-process: (exit code, stderr)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            fn(argv)
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+    return code, err.getvalue()
+
+
+def assert_clean(code: int, err: str):
+    assert "Traceback" not in err, err
+    assert code in (0, 2), (code, err)
+    if code == 2:
+        assert len([line for line in err.splitlines() if "error:" in line]) == 1, err
 
 
 def child_env(**extra) -> dict:
