@@ -35,6 +35,25 @@ def randomise_norms_and_biases(model, seed: int = 0):
     return model
 
 
+def assert_loop_experts_match_grouped_under_bf16(model, experts):
+    """One bf16-autocast training forward and backward with `experts` (every MoE layer's GroupedExperts) grouped,
+    then with the reference loop: logits and the last layer's expert gradient agree to bf16 accuracy."""
+    import torch
+
+    idx = torch.randint(0, model.config.vocab_size, (2, 24))
+    results = []
+    for impl in ("grouped", "loop"):
+        model.zero_grad()
+        for e in experts:
+            e.impl = impl
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(idx, targets=idx)
+        out.loss.backward()
+        results.append((out.logits.float(), experts[-1].w_down.grad.clone()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0.02, atol=0.02)
+
+
 def run_cli(script: str, *args, timeout=600, env=None, check=False, cwd=None):
     """Run a folder's script (e.g. 'StoryLlama/trainer.py') as a user would, capturing its output."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}

@@ -9,6 +9,7 @@ import torch.multiprocessing as mp
 
 from smolhub_hub.generation import SamplingConfig, generate
 from StoryKimi.model import DeepSeekRouter, StoryKimi, sequence_balance_loss
+from tests.helpers import assert_loop_experts_match_grouped_under_bf16
 
 from .conftest import tiny_config
 
@@ -157,18 +158,7 @@ def test_loop_experts_train_under_bf16_autocast_close_to_grouped():
     """Reference bug: the loop added bf16 expert outputs into an fp32 buffer (index_add_ dtype error)."""
     torch.manual_seed(0)
     model = StoryKimi(tiny_config(n_layers=2)).train()  # one MoE block, the last: identical router inputs
-    idx = torch.randint(0, 97, (2, 24))
-    results = []
-    for impl in ("grouped", "loop"):
-        model.zero_grad()
-        for m in model.moe_layers().values():
-            m.experts.impl = impl
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model(idx, targets=idx)
-        out.loss.backward()
-        results.append((out.logits.float(), model.blocks[1].ffn.experts.w_down.grad.clone()))
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=0.02, atol=0.02)
+    assert_loop_experts_match_grouped_under_bf16(model, [m.experts for m in model.moe_layers().values()])
 
 
 def test_a_skipped_step_drops_what_its_forwards_gathered():

@@ -7,6 +7,7 @@ from SmolMixtral.config import MixtralConfig
 from SmolMixtral.model import SmolMixtral
 from StoryMixtral.config import StoryMixtralConfig
 from StoryMixtral.model import StoryMixtral
+from tests.helpers import assert_loop_experts_match_grouped_under_bf16
 from tests.mixtral.conftest import tiny_config
 
 
@@ -51,18 +52,7 @@ def test_loop_experts_train_under_bf16_autocast_close_to_grouped():
     """Reference bug: the loop added bf16 expert outputs into an fp32 buffer (index_add_ dtype error)."""
     torch.manual_seed(0)
     model = SmolMixtral(tiny_config(n_layers=1, noisy_topk=False)).train()  # one layer: identical router inputs
-    idx = torch.randint(0, 97, (2, 24))
-    results = []
-    for impl in ("grouped", "loop"):
-        model.zero_grad()
-        for m in model.moe_layers():
-            m.experts.impl = impl
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model(idx, targets=idx)
-        out.loss.backward()
-        results.append((out.logits.float(), model.blocks[0].moe.experts.w_down.grad.clone()))
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=0.02, atol=0.02)
+    assert_loop_experts_match_grouped_under_bf16(model, [m.experts for m in model.moe_layers()])
 
 
 def test_eval_is_deterministic_with_dropout_and_noise():
