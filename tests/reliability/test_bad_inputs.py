@@ -150,7 +150,8 @@ UP_FRONT = {  # case: (flags, what the error line says)
     "empty prompt": (["--sample-prompt="], "--sample-prompt is empty"),
     "prompt beyond the context": (["--sample-prompt", "Lily " * 200], "--sample-prompt is 2"),
     "held-out split under one window": (["--builtin-stories", "40", "--val-fraction", "0.03", "--seq-len", "128"],
-                                        "the held-out split has 120 tokens, fewer than one window of 129"),
+                                        "fewer than one window of 129 (--seq-len 128 + 1); use more data, raise "
+                                        "--val-fraction"),
 }
 
 
