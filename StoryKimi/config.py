@@ -28,9 +28,10 @@ class StoryKimiConfig(ConfigMixin):
     # --- mixture of experts (DeepSeek-V3) ---
     n_experts: int = opt(8, "routed experts per MoE layer")
     top_k: int = opt(2, "routed experts per token")
-    n_shared_experts: int = opt(1, "shared experts every token goes through")
+    n_shared_experts: int = opt(1, "shared experts every token goes through (0 = none)")
     moe_hidden: int = opt(1088, "SwiGLU width of each routed (and each shared) expert")
-    first_k_dense: int = opt(1, "the first K blocks use a dense SwiGLU instead of MoE (DeepSeek's first_k_dense_replace)")
+    first_k_dense: int = opt(1, "the first K blocks use a dense SwiGLU instead of MoE (DeepSeek's "
+                                "first_k_dense_replace; 0 = every block is MoE)")
     dense_hidden: int = opt(2816, "SwiGLU width of the dense blocks")
     n_group: int = opt(1, "expert groups for group-limited routing (1 = off)")
     topk_group: int = opt(1, "groups a token may route into")

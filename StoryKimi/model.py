@@ -143,6 +143,9 @@ class LatentAttention(nn.Module):
         per_head = logits.masked_fill(~causal, float("-inf")).amax(dim=(0, 2, 3)).float()
         self.max_logit = per_head if self.max_logit is None else torch.maximum(self.max_logit, per_head)
 
+    def on_step_skipped(self):
+        self.max_logit = None  # a NaN or inf here would scale the weights by NaN or 0 at the next clip
+
     @torch.no_grad()
     def qk_clip(self, tau: float) -> torch.Tensor:
         """Kimi K2's QK-clip: a head whose max logit S exceeded tau gets its query/key weights scaled so that
@@ -178,7 +181,8 @@ class DeepSeekRouter(nn.Module):
 
     def forward(self, x: torch.Tensor, with_probs: bool = True) -> RouterOutput:
         """`with_probs=False` (generation: no balance loss, no statistics) skips the normalised affinities."""
-        logits = F.linear(x.float(), self.weight.float())  # fp32: bf16 rounding never flips a choice
+        with torch.autocast(x.device.type, enabled=False):  # fp32 even under autocast: bf16 rounding would
+            logits = F.linear(x.float(), self.weight.float())  # flip choices and swallow the 1e-3 bias steps
         scores = logits.sigmoid()
         choice = scores.detach() + self.expert_bias
         if self.n_group > 1:
@@ -244,6 +248,10 @@ class DeepSeekMoE(nn.Module):
         if self.track_stats and not generating:  # telemetry is for training and evaluation forwards
             self.stats.update(r)
         return y, aux
+
+    def on_step_skipped(self):
+        self.step_load = None  # the next bias update counts the tokens of applied steps only
+        self.stats.reset()
 
     def inactive_params_per_token(self) -> int:
         return (self.router.n_experts - self.router.top_k) * self.experts.params_per_expert()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -52,7 +53,7 @@ def describe(diffs: dict[str, tuple], old: str, new: str) -> str:
 
 @dataclass
 class TrainConfig(ConfigMixin):
-    out_dir: str = opt("", "where checkpoints, metrics.csv and plots go (default runs/<family>-<preset>)")
+    out_dir: str = opt("", "where checkpoints, metrics.csv and plots go (default runs/<family>-<preset>)", path=True)
     max_steps: int = opt(5000, "optimizer steps to train for")
     batch_size: int = opt(32, "sequences per micro-batch on each process")
     seq_len: int = opt(0, "training sequence length (0 = the model's max_seq_len)")
@@ -97,7 +98,7 @@ class TrainConfig(ConfigMixin):
                                          "started (its fingerprint differs)")
     overwrite: bool = opt(False, "allow starting fresh in an --out-dir that already holds checkpoints")
     init_from: str = opt("", "start from Hugging Face weights (path or Hub id): the architecture comes from "
-                             "them, training settings from this run's flags")
+                             "them, training settings from this run's flags", path=True)
     wandb: bool = opt(False, "log to Weights & Biases (--resume continues the same wandb run)")
     wandb_project: str = opt("smolhub", "wandb project")
     wandb_mode: str = opt("env", "wandb mode: env (wandb's own WANDB_MODE, else online), online, offline, "
@@ -107,15 +108,15 @@ class TrainConfig(ConfigMixin):
 @dataclass
 class DataConfig(ConfigMixin):
     dataset: str = opt("builtin", "'builtin' (offline stories), a local .txt/.jsonl/.parquet file or folder, "
-                                   "or a Hugging Face dataset id")
+                                   "or a Hugging Face dataset id", path=True)
     dataset_config: str = opt("", "Hugging Face dataset config name (e.g. sample-10BT for FineWeb)")
     text_field: str = opt("text", "field holding the text in .jsonl / .parquet / Hub datasets")
     max_documents: int = opt(0, "use at most this many documents (0 = all; Hub datasets are streamed)")
     builtin_stories: int = opt(10000, "stories to generate for --dataset builtin")
     val_fraction: float = opt(0.02, "share of documents held out for evaluation")
-    tokenizer: str = opt("bpe", "'bpe' (train a byte-level BPE on the corpus) or a tokenizer id / folder")
+    tokenizer: str = opt("bpe", "'bpe' (train a byte-level BPE on the corpus) or a tokenizer id / folder", path=True)
     vocab_size: int = opt(8192, "vocabulary size when training a BPE")
-    cache_dir: str = opt("", "where packed token files are cached (default ~/.cache/smolhub)")
+    cache_dir: str = opt("", "where packed token files are cached (default ~/.cache/smolhub)", path=True)
 
 
 # TrainConfig fields that belong to one invocation, not to the run: --resume never takes them from the checkpoint.
@@ -147,9 +148,9 @@ def check_flags_act(tcfg: TrainConfig, dcfg: DataConfig, explicit: dict[str, dic
     if "muon_lr" in given and tcfg.muon_adjust_lr == "match_rms_adamw":
         raise UserError("--muon-lr is not used with --muon-adjust-lr match_rms_adamw (Muon's base rate is then "
                         "AdamW's --lr); drop one of them")
-    for a, b in (("resume", "init_from"), ("resume", "overwrite")):
-        if tcfg.resume and b in given and getattr(tcfg, b):
-            raise UserError(f"{flag(a)} continues the run in --out-dir; {flag(b)} starts a new one: give one of them")
+    if tcfg.resume and given.get("init_from"):
+        raise UserError("--resume continues the run in --out-dir from its own weights; --init-from starts a new "
+                        "one: give one of them")
 
 
 def _has_records(path: Path) -> bool:
@@ -216,6 +217,8 @@ def _add_fields(group, cls, defaults, only=None):
             group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
         else:
             py_type = {"int": int, "float": float, "str": str}.get(f.type, type(default))
+            if meta.get("path"):  # a path flag (path=True) reads ~ as the shell would, also where no shell ran
+                py_type = os.path.expanduser
             group.add_argument(flag(f.name), type=py_type, metavar=f.name.upper(), **kw)
 
 

@@ -143,3 +143,11 @@ class CausalLM(nn.Module):
 
     def on_optimizer_step(self):
         """Called by the trainer after every optimizer step (never per micro-batch, never in eval)."""
+
+    def on_step_skipped(self):
+        """Called by the trainer instead of `on_optimizer_step` when a step's loss or gradient was not finite
+        and no update was applied. Every submodule with an `on_step_skipped` drops what that step's forwards
+        gathered (max attention logits, expert loads, routing statistics), so a skipped step leaves no trace."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "on_step_skipped"):
+                module.on_step_skipped()

@@ -151,7 +151,8 @@ class GroupedExperts(nn.Module):
                 continue
             gate, up = (x[token] @ self.w_gate_up[e]).chunk(2, dim=-1)
             y = (F.silu(gate) * up) @ self.w_down[e]
-            out = out.index_add(0, token, y * weights[token, slot, None].to(y.dtype))
+            # Under autocast y is bf16 while out keeps x's dtype; index_add needs one dtype (as forward_grouped).
+            out = out.index_add(0, token, (y * weights[token, slot, None].to(y.dtype)).to(out.dtype))
         return out
 
     def params_per_expert(self) -> int:
@@ -306,6 +307,9 @@ class MoEFeedForward(nn.Module):
             aux = z if aux is None else aux + z
         self.stats.update(r, balance)
         return y, aux
+
+    def on_step_skipped(self):
+        self.stats.reset()  # the skipped step's routing (NaN probabilities, say) must not reach the metrics
 
     def inactive_params_per_token(self) -> int:
         """Weights of the experts a token is not routed to."""

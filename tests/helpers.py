@@ -25,6 +25,40 @@ def tiny_run_args(out_dir, steps=20, extra=()):
             *tiny_data(extra), *extra]
 
 
+def randomise_norms_and_biases(model, seed: int = 0):
+    """Give every vector parameter of `model` (ours or transformers') a random value: norm weights around 1
+    but never 1, biases around 0 but never 0. Initial values (all 1, all 0) would let a converter that
+    swaps two norms, or drops a bias, pass a parity test. Returns the model."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:  # norm weights and biases: the only vectors in these architectures
+                noise = 0.2 * torch.randn(p.shape, generator=g)
+                p.copy_(1.0 + noise if name.endswith("weight") else noise)
+    return model
+
+
+def assert_loop_experts_match_grouped_under_bf16(model, experts):
+    """One bf16-autocast training forward and backward with `experts` (every MoE layer's GroupedExperts) grouped,
+    then with the reference loop: logits and the last layer's expert gradient agree to bf16 accuracy."""
+    import torch
+
+    idx = torch.randint(0, model.config.vocab_size, (2, 24))
+    results = []
+    for impl in ("grouped", "loop"):
+        model.zero_grad()
+        for e in experts:
+            e.impl = impl
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(idx, targets=idx)
+        out.loss.backward()
+        results.append((out.logits.float(), experts[-1].w_down.grad.clone()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0.02, atol=0.02)
+
+
 def run_cli(script: str, *args, timeout=600, env=None, check=False, cwd=None):
     """Run a folder's script (e.g. 'StoryLlama/trainer.py') as a user would, capturing its output."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}

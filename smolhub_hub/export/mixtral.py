@@ -27,6 +27,21 @@ TOP_MAP = [("tok_emb.weight", "model.embed_tokens.weight", False), ("norm.weight
            ("lm_head.weight", "lm_head.weight", False)]
 
 
+def hf_aux_loss_coef(balance_coef: float, top_k: int, n_layers: int) -> float:
+    """transformers' `router_aux_loss_coef` for SmolHub's `balance_coef`.
+
+    SmolHub adds each layer's Switch loss E * sum_e f_e P_e, computed on that layer's own routing (f: share of
+    the N*k token copies), summed over the layers: every layer is balanced on its own. transformers'
+    `load_balancing_loss_func` pools the router logits of all layers into one set of rows and normalises f by
+    rows, not copies: k * E * sum_e f̄_e P̄_e, with f̄, P̄ averaged over the layers. Pooled and per-layer are
+    different functions (layers may cancel each other's imbalance in the pooled one), so no coefficient makes
+    them equal for every routing. This one, balance_coef * n_layers / k, makes them equal exactly when the
+    layers' routing statistics agree: always for one layer (the case transformers' Switch formula describes),
+    and e.g. for uniform router probabilities at any depth. Elsewhere they stay on the same scale.
+    """
+    return balance_coef * n_layers / top_k
+
+
 def hf_config(c, **tokens):
     from transformers import MixtralConfig as HFMixtralConfig
 
@@ -36,8 +51,7 @@ def hf_config(c, **tokens):
         head_dim=c.head_dim, max_position_embeddings=c.max_seq_len, rms_norm_eps=c.norm_eps,
         rope_parameters={"rope_type": "default", "rope_theta": c.rope_base}, sliding_window=None,
         num_local_experts=c.n_experts, num_experts_per_tok=c.top_k, router_jitter_noise=0.0,
-        # transformers normalises the balance loss by tokens, not token copies: k times ours.
-        router_aux_loss_coef=c.balance_coef / c.top_k, output_router_logits=False,
+        router_aux_loss_coef=hf_aux_loss_coef(c.balance_coef, c.top_k, c.n_layers), output_router_logits=False,
         tie_word_embeddings=c.tie_embeddings, attention_dropout=0.0, **tokens)
 
 
@@ -84,7 +98,7 @@ def from_hf(hf, family: str | None = None):
         vocab_size=h.vocab_size, dim=h.hidden_size, n_layers=h.num_hidden_layers, n_heads=h.num_attention_heads,
         n_kv_heads=h.num_key_value_heads, n_experts=h.num_local_experts, top_k=h.num_experts_per_tok,
         expert_hidden=h.intermediate_size, noisy_topk=False,
-        balance_coef=h.router_aux_loss_coef * h.num_experts_per_tok,
+        balance_coef=h.router_aux_loss_coef / hf_aux_loss_coef(1.0, h.num_experts_per_tok, h.num_hidden_layers),
         max_seq_len=h.max_position_embeddings, rope_base=float(rope), norm_eps=h.rms_norm_eps,
         tie_embeddings=bool(h.tie_word_embeddings))
     model = fam.model_class()(cfg)

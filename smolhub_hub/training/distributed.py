@@ -38,18 +38,30 @@ class DistInfo:
 
 
 def pick_device(requested: str, local_rank: int) -> str:
+    """auto, cpu, cuda (this process's GPU under torchrun), cuda:N or mps, checked against this machine."""
+    kind, _, index = requested.partition(":")
     if requested == "auto":
         return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {requested} asked for, but no CUDA GPU is visible; use --device cpu")
-    if requested == "cuda":
-        return f"cuda:{local_rank}"
-    return requested
+    if requested in ("cpu", "mps") or (kind == "cuda" and (not index or index.isdigit())):
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"--device {requested} asked for, but no CUDA GPU is visible; use --device cpu")
+        if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+            raise UserError(f"--device {requested}: this machine has {torch.cuda.device_count()} GPU(s), "
+                            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        if kind == "mps" and not torch.backends.mps.is_available():
+            raise UserError("--device mps asked for, but this machine has no Apple GPU (MPS); use --device cpu")
+        return f"cuda:{local_rank}" if requested == "cuda" else requested
+    raise UserError(f"--device {requested!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+
+
+def global_rank() -> int:
+    """This process's rank among all of torchrun's (0 without torchrun), known before the process group exists."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def setup(requested_device: str) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local = global_rank(), int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(requested_device, local)
     if world > 1 and not dist.is_initialized():
         if device.startswith("cuda"):

@@ -4,15 +4,19 @@ DDP through torchrun, gradient accumulation to a token budget (all-reduce on the
 only), bf16 autocast on GPU (fp16 + GradScaler where bf16 is missing), clipping with the norm
 logged, warmup + cosine, optional sequence-length warmup, activation checkpointing and torch.compile,
 evaluation over many held-out batches, samples, CSV / wandb / plots, atomic checkpoints, exact
-resume, non-finite steps skipped, and a clean stop on SIGTERM.
+resume, non-finite steps skipped, and a clean stop on SIGTERM, SIGINT (Ctrl-C) or SIGHUP. Everything that
+can be checked is checked before the first step, and one trainer at a time owns a run folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
+import shutil
 import signal
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +30,14 @@ from smolhub_hub.data.packed import PackedData, cached_data, prepare_data, windo
 from smolhub_hub.data.tokenizer import check_fingerprint, folder_fingerprint, load_tokenizer
 from smolhub_hub.errors import UserError
 from smolhub_hub.training import distributed
-from smolhub_hub.training.metrics import MetricsLog, plot_run
+from smolhub_hub.training.metrics import RUN_FILES, MetricsLog, plot_run
 from smolhub_hub.training.optim import build_optimizers
 from smolhub_hub.training.schedule import SEQ_LEN_WARMUP_START, lr_factor, seq_len_at
 
 EVAL_SEED = 987_654_321
+LOCK_FILE = ".smolhub-run.lock"
+# Each saves a checkpoint at the next step boundary and exits 0: kill, Ctrl-C, a closed terminal.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 @dataclass
@@ -56,11 +63,12 @@ class Trainer:
                  explicit: dict | None = None):
         self.family, self.tcfg, self.dcfg = family, tcfg, dcfg
         self.explicit = {"model": {}, "train": {}, "data": {}, **(explicit or {})}
+        _check_model_config(mcfg)
         _check_train_config(tcfg)
         check_flags_act(tcfg, dcfg, self.explicit)
         self.dist = distributed.setup(tcfg.device)
         self.device = self.dist.device
-        self.run_dir = Path(tcfg.out_dir or f"runs/{family.name}-{preset}")
+        self.run_dir = run_dir_of(family, tcfg, preset)
         self.state = RunState()
         self._stop_signal = None
         self._saved_step = -1
@@ -79,9 +87,12 @@ class Trainer:
         self.accum = self._grad_accum_steps()
         self.amp_dtype, self.scaler = self._precision()
         self.model = self._wrap(self.raw_model)
+        self._check_before_first_step()
         torch.manual_seed(tcfg.seed + self.dist.rank)  # dropout / router noise differ per rank
         if resume_from is not None:
             self._load(resume_from)
+        elif tcfg.overwrite:
+            self._clear_previous_run()  # only now that every check has passed
         self.metrics = MetricsLog(self.run_dir, self.state.step if resume_from else None, self._wandb())
 
     # --- setup ---------------------------------------------------------------------------------------
@@ -94,9 +105,10 @@ class Trainer:
                 raise UserError(f"--resume: no checkpoint in {self.run_dir}; drop --resume to start a new run, "
                                 "or point --out-dir at the run to continue")
             return ckpt_io.resolve_checkpoint(self.run_dir)
-        if has_ckpt and not self.tcfg.overwrite:
-            raise UserError(f"{self.run_dir} already holds a checkpoint; pass --resume to continue it, "
-                            "--out-dir to start elsewhere, or --overwrite to replace it")
+        checkpoints = sorted(p.name for p in self.run_dir.glob("step_*") if p.is_dir())
+        if (has_ckpt or checkpoints) and not self.tcfg.overwrite:  # with LATEST lost, the folders still count
+            raise UserError(f"{self.run_dir} already holds a checkpoint ({', '.join(checkpoints) or ckpt_io.LATEST}); "
+                            "pass --resume to continue it, --out-dir to start elsewhere, or --overwrite to replace it")
         return None
 
     def _check_resume(self, mcfg) -> dict:
@@ -138,6 +150,31 @@ class Trainer:
                       "continuing on the new data (--allow-data-change)")
         data.tokenizer = tokenizer
         return data
+
+    def _check_before_first_step(self):
+        """What would otherwise fail at the first evaluation or sample, after steps that no checkpoint holds."""
+        for split, tokens in (("training", self.data.train), ("held-out", self.data.val)):
+            if len(tokens) <= self.seq_len + 1:
+                more = "raise --val-fraction, " if split == "held-out" else ""
+                raise UserError(f"the {split} split has {len(tokens):,} tokens, fewer than one window of "
+                                f"{self.seq_len + 1} (--seq-len {self.seq_len} + 1); use more data, {more}"
+                                "or lower --seq-len")
+        n = self._prompt_ids().shape[1]  # the run ends with a sample, whatever --sample-interval says
+        if n == 0:
+            raise UserError("--sample-prompt is empty; give a few words for the samples to continue")
+        if n >= self.mcfg.max_seq_len:
+            raise UserError(f"--sample-prompt is {n} tokens, and the model's context is {self.mcfg.max_seq_len}: "
+                            "no room to sample; shorten it")
+
+    def _clear_previous_run(self):
+        """--overwrite: the old run's checkpoints (complete or half-written), metrics and plots go, so none of
+        them is mistaken for this run's. Other files in the folder (the user's own, wandb's) stay."""
+        if self.dist.is_main:
+            for path in [*self.run_dir.glob("step_*"), *self.run_dir.glob(".step_*.tmp")]:
+                shutil.rmtree(path, ignore_errors=True)
+            for name in (ckpt_io.LATEST, *RUN_FILES):
+                (self.run_dir / name).unlink(missing_ok=True)
+        self.dist.barrier()
 
     def _model_config(self, mcfg, resume_from: Path | None):
         if resume_from is not None:  # the checkpoint's architecture, this run's training settings
@@ -220,9 +257,10 @@ class Trainer:
         if want == "auto":
             want = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if cuda else "float32"
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}[want]
-        if dtype is torch.float16 and not cuda:
-            raise UserError("--dtype float16 needs a GPU; use bfloat16 or float32 on CPU")
-        scaler = torch.amp.GradScaler("cuda") if dtype is torch.float16 else None
+        if dtype is torch.float16 and not cuda and self.dist.is_main:
+            print("note: --dtype float16 on a CPU exercises the loss-scaled fp16 path of GPUs without bf16; "
+                  "bfloat16 or float32 suit a CPU better")
+        scaler = torch.amp.GradScaler(self.device.split(":")[0]) if dtype is torch.float16 else None
         return dtype, scaler
 
     def _wrap(self, model):
@@ -400,9 +438,11 @@ class Trainer:
         if finite:
             for opt in self.optimizers:
                 (self.scaler.step(opt) if self.scaler else opt.step())
-            if self.scaler:
-                self.scaler.update()
             self.raw_model.on_optimizer_step()
+        else:
+            self.raw_model.on_step_skipped()
+        if self.scaler:
+            self.scaler.update()  # on skipped steps too: an overflow halves the scale, that is how fp16 backs off
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         return {"finite": finite, "loss": lm_sum / self.accum, "aux": aux_sum / self.accum, "norm": norm,
@@ -434,10 +474,13 @@ class Trainer:
         result.update({f"val/{k}": v / max(batches, 1) for k, v in stats.items()})
         return result
 
+    def _prompt_ids(self) -> torch.Tensor:
+        return self.tokenizer(self.tcfg.sample_prompt, return_tensors="pt")["input_ids"]
+
     def sample(self, max_new_tokens: int = 80) -> str:
         from smolhub_hub.generation import SamplingConfig, generate
 
-        ids = self.tokenizer(self.tcfg.sample_prompt, return_tensors="pt")["input_ids"].to(self.device)
+        ids = self._prompt_ids().to(self.device)
         limit = self.mcfg.max_seq_len - ids.shape[1]
         cfg = SamplingConfig(max_new_tokens=max(1, min(max_new_tokens, limit)), temperature=0.8, top_k=50)
         g = torch.Generator(device=self.device).manual_seed(self.tcfg.seed)
@@ -456,10 +499,18 @@ class Trainer:
         self._stop_signal = int(stop.item()) or None
         return self._stop_signal is not None
 
+    def _catch_stop_signals(self) -> dict:
+        """A signal that the launcher set to be ignored stays ignored (nohup ignores SIGHUP, a shell's background
+        job SIGINT). Returns the handlers to put back."""
+        if not _in_main_thread():
+            return {}
+        return {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS
+                if signal.getsignal(sig) is not signal.SIG_IGN}
+
     def fit(self) -> dict:
         t = self.tcfg
         is_main = self.dist.is_main
-        old_handler = signal.signal(signal.SIGTERM, self._on_signal) if _in_main_thread() else None
+        old_handlers = self._catch_stop_signals()
         if is_main:
             pc = self.raw_model.param_counts()
             print(f"{self.family.name}: {pc['total'] / 1e6:.2f}M parameters ({pc['active'] / 1e6:.2f}M active), "
@@ -471,7 +522,8 @@ class Trainer:
             while self.state.step < t.max_steps:
                 if self._stop_requested():
                     if is_main:
-                        print(f"\nreceived signal {self._stop_signal}: saving a checkpoint at step {self.state.step}")
+                        print(f"\nreceived signal {self._stop_signal} ({signal.Signals(self._stop_signal).name}): "
+                              f"saving a checkpoint at step {self.state.step}")
                     self.save()
                     return self._summary(stopped=True)
                 step = self.state.step
@@ -510,8 +562,8 @@ class Trainer:
                     self.save()
         finally:
             bar.close()
-            if old_handler is not None:
-                signal.signal(signal.SIGTERM, old_handler)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
         return self._summary(stopped=False)
 
     def _on_bad_step(self, step: int):
@@ -521,10 +573,21 @@ class Trainer:
             print(f"\nwarning: non-finite loss or gradient at step {step}; update skipped "
                   f"({self.state.bad_steps} in a row)")
         if self.state.bad_steps >= self.tcfg.max_bad_steps:
-            self.save()  # the weights are still the last good ones: nothing was applied
+            if self._state_is_finite():  # nothing was applied since the last good step, unless a hook broke it
+                self.save()
+                kept = f"the last good state is saved in {self.run_dir}"
+            else:
+                kept = f"the weights or optimizer state are not finite, so they were not saved; {self.run_dir} " \
+                       "keeps its earlier checkpoints"
             raise UserError(f"{self.state.bad_steps} non-finite steps in a row at step {step}: training stopped; "
-                            f"the last good state is saved in {self.run_dir}. Lower --lr or check the data, "
-                            "then --resume")
+                            f"{kept}. Lower --lr or check the data, then --resume")
+
+    def _state_is_finite(self) -> bool:
+        """Weights, buffers and optimizer state, all finite: only such a state may be saved as the last good one."""
+        tensors = list(self.raw_model.state_dict().values())
+        for opt in self.optimizers:
+            tensors += [t for state in opt.state.values() for t in state.values() if torch.is_tensor(t)]
+        return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
 
     def _summary(self, stopped: bool) -> dict:
         summary = {"out_dir": str(self.run_dir), "step": self.state.step, "tokens": self.state.tokens,
@@ -549,11 +612,68 @@ def _check_train_config(t: TrainConfig):
     for name, low in at_least.items():
         if getattr(t, name) < low:
             raise UserError(f"--{name.replace('_', '-')} must be >= {low} (got {getattr(t, name)})")
-    for name in ("lr", "min_lr", "grad_clip", "weight_decay", "beta1", "beta2"):
+    for name in ("lr", "min_lr", "grad_clip", "weight_decay"):
         value = getattr(t, name)
         if not (math.isfinite(value) and value >= 0) or (name == "lr" and value == 0):
             raise UserError(f"--{name.replace('_', '-')} must be a finite number {'> 0' if name == 'lr' else '>= 0'} "
                             f"(got {value})")
+    for name in ("beta1", "beta2"):
+        if not 0 <= getattr(t, name) < 1:
+            raise UserError(f"--{name} is a moving-average decay and must be in [0, 1) (got {getattr(t, name)})")
+    if t.resume and t.overwrite:
+        raise UserError("--resume continues the run in --out-dir and --overwrite replaces it; give one of them")
+
+
+def _check_model_config(mcfg):
+    """Model sizes and rates no model can use, named before anything is built. A number may be 0 only where its
+    declaration says so (a default of 0, or "0 = ..." in its help); none may be negative or non-finite."""
+    for f in dataclasses.fields(mcfg):
+        value = getattr(mcfg, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        zero_ok = f.default == 0 or "0 =" in f.metadata.get("help", "")
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+            raise UserError(f"--{f.name.replace('_', '-')} must be {'>= 0' if zero_ok else '> 0'} (got {value})")
+
+
+def run_dir_of(family: ModelFamily, tcfg: TrainConfig, preset: str) -> Path:
+    return Path(tcfg.out_dir or f"runs/{family.name}-{preset}").expanduser()
+
+
+@contextlib.contextmanager
+def _owning(run_dir: Path):
+    """One trainer per run folder: an exclusive flock on a file in it for the whole run, so that a second trainer
+    is refused instead of interleaving metrics and replacing checkpoints. The kernel drops the lock when the
+    process ends, however it ends (SIGKILL included): a dead run never blocks the folder."""
+    import fcntl
+
+    _make_writable_folder(run_dir)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            raise UserError(f"{run_dir} is in use by another trainer (pid {holder}); wait for it to finish, or "
+                            "give this run another --out-dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _make_writable_folder(run_dir: Path):
+    """--out-dir must be a folder this process can write (created if missing): found now, not at the first save."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out-dir {run_dir} is a file; give a folder (it is created if missing)")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as e:
+        raise UserError(f"--out-dir {run_dir} is not writable ({e.strerror or e}); give a folder you can write "
+                        "to") from None
 
 
 def _restarted_by_torchrun() -> bool:
@@ -576,8 +696,10 @@ def _progress(total: int, initial: int, disable: bool):
 
 def train(family: ModelFamily, mcfg, tcfg: TrainConfig, dcfg: DataConfig, preset: str = "default",
           explicit: dict | None = None) -> dict:
-    trainer = Trainer(family, mcfg, tcfg, dcfg, preset, explicit)
-    try:
-        return trainer.fit()
-    finally:
-        distributed.teardown()
+    is_first_process = distributed.global_rank() == 0  # torchrun's rank 0 owns the folder for all ranks
+    with _owning(run_dir_of(family, tcfg, preset)) if is_first_process else contextlib.nullcontext():
+        trainer = Trainer(family, mcfg, tcfg, dcfg, preset, explicit)
+        try:
+            return trainer.fit()
+        finally:
+            distributed.teardown()

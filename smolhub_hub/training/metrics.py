@@ -16,11 +16,13 @@ from tqdm import tqdm
 from smolhub_hub.errors import UserError
 
 FIELDS = ["step", "tokens", "name", "value"]
+METRICS_CSV, LOSS_PLOT, LOAD_PLOT = "metrics.csv", "loss_curve.png", "expert_load.png"
+RUN_FILES = (METRICS_CSV, LOSS_PLOT, LOAD_PLOT)  # what this module writes into a run folder
 
 
 class MetricsLog:
     def __init__(self, run_dir: Path, resume_step: int | None = None, wandb_run=None):
-        self.path = Path(run_dir) / "metrics.csv"
+        self.path = Path(run_dir) / METRICS_CSV
         self.wandb = wandb_run
         if resume_step is not None and self.path.exists():
             # Drop rows written after the checkpoint we resume from: they will be written again.
@@ -120,9 +122,9 @@ def plot_run(run_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    s = series(run_dir / "metrics.csv")
+    s = series(run_dir / METRICS_CSV)
     written = []
-    for name, fig in (("loss_curve.png", loss_figure(s, run_dir.name)), ("expert_load.png", expert_load_figure(s))):
+    for name, fig in ((LOSS_PLOT, loss_figure(s, run_dir.name)), (LOAD_PLOT, expert_load_figure(s))):
         if fig is not None:
             fig.savefig(run_dir / name, dpi=120)
             plt.close(fig)

@@ -9,6 +9,7 @@ from smolhub_hub import checkpoint as ckpt_io
 from smolhub_hub.data.builtin import generate_stories
 from smolhub_hub.data.tokenizer import train_bpe
 from smolhub_hub.registry import get_family
+from tests.helpers import randomise_norms_and_biases
 
 # family -> model overrides on top of its quick preset (2 layers; SmolTransformer as GPT-2 needs LayerNorm)
 ARCHITECTURES = {
@@ -27,12 +28,13 @@ def bpe_tokenizer():
 
 def make_checkpoint(path, family: str, tokenizer, weight_scale: float = 4.0, **overrides):
     """A checkpoint as the trainer writes it. Weights are the model's init times `weight_scale`, so that
-    attention is sharp and a wrong position encoding shows in the logits, as in a trained model."""
+    attention is sharp and a wrong position encoding shows in the logits, as in a trained model; norms and
+    biases are random, so that a swapped or dropped one shows too."""
     fam = get_family(family)
     mcfg, tcfg, dcfg = fam.resolve("quick")
     mcfg = mcfg.replace(vocab_size=len(tokenizer) + 48, n_layers=2, **{**ARCHITECTURES.get(family, {}), **overrides})
     torch.manual_seed(0)
-    model = fam.model_class()(mcfg)
+    model = randomise_norms_and_biases(fam.model_class()(mcfg))
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() > 1:

@@ -3,6 +3,7 @@ import torch
 
 from StoryKimi.config import StoryKimiConfig
 from StoryKimi.model import StoryKimi
+from tests.helpers import randomise_norms_and_biases
 
 
 @pytest.fixture(autouse=True)
@@ -23,10 +24,8 @@ def tiny_config(**kw) -> StoryKimiConfig:
 
 def perturb(model):
     """Non-trivial norm weights and expert biases, so that a mis-mapped one cannot hide."""
+    randomise_norms_and_biases(model)
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.normal_(1.0, 0.1)
         for m in model.moe_layers().values():
             m.router.expert_bias.normal_(0.0, 0.05)
     return model

@@ -6,6 +6,7 @@ import torch
 from smolhub_hub.export.deepseek_v3 import from_hf, hf_config, to_hf
 from smolhub_hub.generation import SamplingConfig, generate
 from StoryKimi.model import StoryKimi
+from tests.helpers import randomise_norms_and_biases
 
 from .conftest import perturb, tiny_config
 
@@ -57,7 +58,7 @@ def test_save_and_reload_with_auto_model(tiny_model, tmp_path):
 def test_from_hf_parity_of_a_transformers_initialised_model(tmp_path):
     torch.manual_seed(1)
     cfg = hf_config(tiny_config(q_lora_rank=24, rope_base=500.0, n_group=2, topk_group=1))
-    hf = transformers.DeepseekV3ForCausalLM(cfg)
+    hf = randomise_norms_and_biases(transformers.DeepseekV3ForCausalLM(cfg))
     with torch.no_grad():
         for layer in hf.model.layers[1:]:
             layer.mlp.gate.e_score_correction_bias.normal_(0, 0.05)

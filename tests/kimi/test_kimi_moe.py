@@ -9,6 +9,7 @@ import torch.multiprocessing as mp
 
 from smolhub_hub.generation import SamplingConfig, generate
 from StoryKimi.model import DeepSeekRouter, StoryKimi, sequence_balance_loss
+from tests.helpers import assert_loop_experts_match_grouped_under_bf16
 
 from .conftest import tiny_config
 
@@ -135,3 +136,39 @@ def test_routing_stats_name_blocks():
     assert "moe/layer1/load_e0" in stats and "moe/layer2/entropy" in stats
     assert not any(k.startswith("moe/layer0/") for k in stats)  # block 0 is dense
     assert sum(stats[f"moe/layer1/load_e{e}"] for e in range(8)) == pytest.approx(1.0)
+
+
+def test_bf16_autocast_routes_in_fp32():
+    """Reference bug: F.linear on fp32 inputs still ran in bf16 under autocast; with 64 experts / top-6 about
+    7% of tokens chose other experts, and a 1e-3 bias step was below bf16's spacing near 0.5."""
+    torch.manual_seed(0)
+    router = DeepSeekRouter(tiny_config(n_experts=64, top_k=6))
+    with torch.no_grad():
+        router.expert_bias.copy_(1e-3 * torch.randn(64).sign())  # one bias step, either way, per expert
+    x = torch.randn(512, router.weight.shape[1])
+    ref = router(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        r = router(x)
+    assert r.logits.dtype == r.weights.dtype == torch.float32
+    assert torch.equal(r.expert_ids, ref.expert_ids)
+    torch.testing.assert_close(r.weights, ref.weights)
+
+
+def test_loop_experts_train_under_bf16_autocast_close_to_grouped():
+    """Reference bug: the loop added bf16 expert outputs into an fp32 buffer (index_add_ dtype error)."""
+    torch.manual_seed(0)
+    model = StoryKimi(tiny_config(n_layers=2)).train()  # one MoE block, the last: identical router inputs
+    assert_loop_experts_match_grouped_under_bf16(model, [m.experts for m in model.moe_layers().values()])
+
+
+def test_a_skipped_step_drops_what_its_forwards_gathered():
+    """The trainer calls on_step_skipped instead of on_optimizer_step after a non-finite step: nothing that step
+    gathered (max attention logits, expert loads, routing statistics) may reach the next update or the metrics."""
+    torch.manual_seed(0)
+    model = StoryKimi(tiny_config(qk_clip_tau=100.0))
+    _train_forward(model, torch.randint(0, 97, (2, 16)))
+    assert all(b.attn.max_logit is not None for b in model.blocks)
+    model.on_step_skipped()
+    assert all(b.attn.max_logit is None for b in model.blocks)
+    assert all(m.step_load is None and m.stats.counts is None for m in model.moe_layers().values())
+    assert not any(k.startswith("moe/") for k in model.routing_stats())

@@ -3,7 +3,7 @@ import torch
 
 from SmolMixtral.config import MixtralConfig
 from SmolMixtral.model import SmolMixtral
-from tests.helpers import run_cli, tiny_run_args
+from tests.helpers import randomise_norms_and_biases, run_cli, tiny_run_args
 
 # Trainer flags for a model that trains in seconds on one thread.
 SMALL = ["--dim", "64", "--n-layers", "2", "--n-heads", "4", "--n-kv-heads", "2", "--expert-hidden", "64",
@@ -28,12 +28,7 @@ def tiny_config(**kw) -> MixtralConfig:
 @pytest.fixture
 def tiny_model():
     torch.manual_seed(0)
-    model = SmolMixtral(tiny_config())
-    with torch.no_grad():  # non-trivial norm weights, so a mis-mapped norm cannot hide
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.normal_(1.0, 0.1)
-    return model.eval()
+    return randomise_norms_and_biases(SmolMixtral(tiny_config())).eval()
 
 
 @pytest.fixture(scope="session")

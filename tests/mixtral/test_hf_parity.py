@@ -5,6 +5,8 @@ import torch
 
 from smolhub_hub.export.mixtral import from_hf, to_hf
 from smolhub_hub.generation import SamplingConfig, generate
+from SmolMixtral.model import SmolMixtral
+from tests.helpers import randomise_norms_and_biases
 from tests.mixtral.conftest import tiny_config
 
 transformers = pytest.importorskip("transformers")
@@ -38,7 +40,7 @@ def test_from_hf_parity_of_a_transformers_initialised_mixtral(tmp_path):
     from smolhub_hub.export.mixtral import hf_config
 
     cfg = hf_config(tiny_config(tie_embeddings=False, rope_base=500.0))
-    transformers.MixtralForCausalLM(cfg).save_pretrained(tmp_path)
+    randomise_norms_and_biases(transformers.MixtralForCausalLM(cfg)).save_pretrained(tmp_path)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     ours = from_hf(hf)
     assert not ours.config.tie_embeddings and ours.config.rope_base == 500.0
@@ -51,3 +53,26 @@ def test_story_mixtral_round_trip(tiny_model):
     idx = torch.randint(0, 97, (1, 12))
     with torch.no_grad():
         torch.testing.assert_close(story(idx).logits, tiny_model(idx).logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_layers, router", [(1, "random"), (3, "uniform")])
+def test_the_exported_model_computes_our_balance_loss(n_layers, router):
+    """Reference bug: the exported router_aux_loss_coef was n_layers times too small. SmolHub sums per-layer
+    losses, transformers pools the layers (see hf_aux_loss_coef): they are the same function, and must give the
+    same value, for one layer and for layers that route alike (here: uniform router probabilities)."""
+    torch.manual_seed(0)
+    ours = randomise_norms_and_biases(SmolMixtral(tiny_config(n_layers=n_layers, noisy_topk=False,
+                                                              balance_coef=0.02))).eval()
+    if router == "uniform":
+        with torch.no_grad():
+            for m in ours.moe_layers():
+                m.router.weight.zero_()
+    idx = torch.randint(0, 97, (2, 24))
+    targets = torch.cat([idx[:, 1:], torch.full((2, 1), -100)], 1)  # transformers shifts its labels itself
+    with torch.no_grad():
+        mine = ours(idx, targets)
+        hf = to_hf(ours)
+        theirs = hf(idx, labels=idx, output_router_logits=True)
+    torch.testing.assert_close(theirs.aux_loss * hf.config.router_aux_loss_coef, mine.aux_loss)
+    torch.testing.assert_close(theirs.loss, mine.loss)
+    assert from_hf(hf).config.balance_coef == pytest.approx(0.02)

@@ -7,6 +7,7 @@ from SmolMixtral.config import MixtralConfig
 from SmolMixtral.model import SmolMixtral
 from StoryMixtral.config import StoryMixtralConfig
 from StoryMixtral.model import StoryMixtral
+from tests.helpers import assert_loop_experts_match_grouped_under_bf16
 from tests.mixtral.conftest import tiny_config
 
 
@@ -45,6 +46,13 @@ def test_grouped_and_loop_models_agree(tiny_model):
         m.experts.impl = "loop"
     b = tiny_model(idx, targets=idx)
     torch.testing.assert_close(a.logits, b.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_loop_experts_train_under_bf16_autocast_close_to_grouped():
+    """Reference bug: the loop added bf16 expert outputs into an fp32 buffer (index_add_ dtype error)."""
+    torch.manual_seed(0)
+    model = SmolMixtral(tiny_config(n_layers=1, noisy_topk=False)).train()  # one layer: identical router inputs
+    assert_loop_experts_match_grouped_under_bf16(model, [m.experts for m in model.moe_layers()])
 
 
 def test_eval_is_deterministic_with_dropout_and_noise():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -19,7 +21,9 @@ from tests.helpers import REPO, tiny_data
 # Tiny enough for ~15 steps/s on one thread; every step logged and a checkpoint every 3 steps.
 SMALL_MODEL = {"StoryLlama": ["--dim", "64", "--n-layers", "2"],
                "SmolMixtral": ["--dim", "64", "--n-layers", "2", "--n-heads", "4", "--n-kv-heads", "2",
-                               "--n-experts", "4", "--expert-hidden", "64"]}
+                               "--n-experts", "4", "--expert-hidden", "64"],
+              "StoryKimi": ["--dim", "64", "--n-layers", "2", "--n-heads", "4", "--kv-lora-rank", "32",
+                            "--moe-hidden", "64"]}
 
 # Runs a family's trainer with test-only faults from the environment, so production code carries no
 # injection hooks: SMOLHUB_TEST_KILL_IN_SAVE=step_0000012 SIGKILLs the process right after that
@@ -62,6 +66,25 @@ def run_args(family: str, out_dir, steps: int = 30, extra=()) -> list[str]:
             "--seq-len", "64", "--eval-interval", str(steps), "--eval-batches", "2", "--sample-interval", "0",
             "--log-interval", "1", "--save-interval", "3", "--keep-last", "2", "--warmup-steps", "5",
             *tiny_data(extra), *SMALL_MODEL[family], *extra]
+
+
+def run_cli(fn, argv) -> tuple[int, str]:
+    """Call a CLI entry point in-process: (exit code, stderr)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            fn(argv)
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+    return code, err.getvalue()
+
+
+def assert_clean(code: int, err: str):
+    assert "Traceback" not in err, err
+    assert code in (0, 2), (code, err)
+    if code == 2:
+        assert len([line for line in err.splitlines() if "error:" in line]) == 1, err
 
 
 def child_env(**extra) -> dict:

@@ -2,8 +2,6 @@
 in a valid result or one clear `error:` line (exit 2), never a traceback, a hang or a crash.
 In-process calls keep the examples fast; example counts stay small on purpose."""
 
-import contextlib
-import io
 import tempfile
 from pathlib import Path
 
@@ -11,11 +9,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import torch
+
 from smolhub_hub import cli, inference
+from smolhub_hub.config import parse_cli
 from smolhub_hub.errors import UserError
 from smolhub_hub.training import main as train_main
 from StoryLlama.config import FAMILY
-from tests.reliability.conftest import run_args
+from tests.reliability.conftest import assert_clean, run_args, run_cli
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -26,25 +27,6 @@ texts = st.one_of(st.just(""), st.text(max_size=40), st.text(alphabet=st.charact
 floats = st.one_of(st.floats(allow_nan=True, allow_infinity=True).filter(lambda x: not 0 < x < 1e-6),
                    st.sampled_from([0.0, -1.0, 1.5, 2.0]))
 ints = st.one_of(st.integers(-3, 300), st.sampled_from([10**9, -10**9]))
-
-
-def run_cli(fn, argv) -> tuple[int, str]:
-    """Call a CLI entry point in-process: (exit code, stderr)."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            fn(argv)
-            code = 0
-        except SystemExit as e:
-            code = e.code or 0
-    return code, err.getvalue()
-
-
-def assert_clean(code: int, err: str):
-    assert "Traceback" not in err, err
-    assert code in (0, 2), (code, err)
-    if code == 2:
-        assert len([line for line in err.splitlines() if "error:" in line]) == 1, err
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +137,40 @@ def test_random_bytes_as_a_dataset(data):
     (root / "data.txt").write_bytes(data)
     assert_clean(*run_cli(lambda a: train_main(FAMILY, a),
                           run_args("StoryLlama", root / "run", 2, ["--dataset", str(root / "data.txt")])))
+
+
+# Each of these used to train first and then fail (or crash with a traceback at once): now one line, before step 1.
+UP_FRONT = {  # case: (flags, what the error line says)
+    "beta1 above 1": (["--beta1", "1.5"], "--beta1 is a moving-average decay and must be in [0, 1) (got 1.5)"),
+    "beta2 of 1": (["--beta2", "1"], "--beta2 is a moving-average decay and must be in [0, 1) (got 1.0)"),
+    "context of 0": (["--max-seq-len", "0"], "--max-seq-len must be > 0 (got 0)"),
+    "no heads": (["--n-heads", "0"], "--n-heads must be > 0 (got 0)"),
+    "unknown device": (["--device", "tpu"], "--device 'tpu' is not a device; use auto, cpu, cuda, cuda:N or mps"),
+    "no Apple GPU": (["--device", "mps"], "--device mps asked for, but this machine has no Apple GPU (MPS)"),
+    "empty prompt": (["--sample-prompt="], "--sample-prompt is empty"),
+    "prompt beyond the context": (["--sample-prompt", "Lily " * 200], "--sample-prompt is 2"),
+    "held-out split under one window": (["--builtin-stories", "40", "--val-fraction", "0.03", "--seq-len", "128"],
+                                        "fewer than one window of 129 (--seq-len 128 + 1); use more data, raise "
+                                        "--val-fraction"),
+}
+
+
+@pytest.mark.parametrize("case", UP_FRONT)
+def test_what_can_be_checked_is_checked_before_the_first_step(tmp_path, case):
+    flags, message = UP_FRONT[case]
+    if case == "no Apple GPU" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    out = tmp_path / "run"
+    code, err = run_cli(lambda a: train_main(FAMILY, a), [*run_args("StoryLlama", out, 2), *flags])
+    assert_clean(code, err)
+    assert code == 2 and message in err, err
+    assert not (out / "metrics.csv").exists() and not list(out.glob("step_*"))  # not one step trained
+
+
+def test_path_flags_read_the_home_folder_as_a_shell_would(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    paths = {"out_dir": "train", "init_from": "train", "dataset": "data", "tokenizer": "data", "cache_dir": "data"}
+    argv = [arg for name in paths for arg in ("--" + name.replace("_", "-"), f"~/{name}")]
+    configs = dict(zip(("model", "train", "data"), parse_cli(FAMILY, argv)[:3]))
+    for name, kind in paths.items():
+        assert getattr(configs[kind], name) == str(tmp_path / name)

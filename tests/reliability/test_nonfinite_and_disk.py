@@ -1,6 +1,7 @@
-"""In-process faults: NaN / inf losses and gradients, a really full disk (a small tmpfs, when run as root)
-under checkpoints and data caches, and a permission error after a checkpoint's rename. Training says
-what happened in one line, leaves nothing half-written behind, and never loses the last good checkpoint."""
+"""In-process faults: NaN / inf losses, gradients and activations, fp16 overflow, a really full disk (a small
+tmpfs, when run as root) under checkpoints and data caches, and a permission error after a checkpoint's rename.
+Training says what happened in one line, a skipped step leaves no trace, nothing half-written stays behind, and
+the last good checkpoint is never lost or replaced by a non-finite one."""
 
 import dataclasses
 import errno
@@ -12,35 +13,52 @@ import torch
 
 from smolhub_hub import checkpoint as ck
 from smolhub_hub.training import main
+from StoryKimi.config import FAMILY as KIMI
 from StoryLlama.config import FAMILY
 from StoryLlama.model import StoryLlama
-from tests.reliability.conftest import latest, run_args, weights
+from tests.reliability.conftest import assert_same_weights, latest, run_args, weights
 from tests.reliability.disk import fill, free_bytes, small_disk
 
 
-def faulty_family(nan_loss=(), inf_grad=()):
-    """StoryLlama whose n-th training forward (one per step attempt here) returns a NaN loss, or
-    whose n-th backward leaves an inf gradient while the loss stays finite."""
+def faulty_family(family=FAMILY, nan_loss=(), inf_grad=(), poisoned_input=None, poisoned_update=None):
+    """`family` whose n-th training forward (one per step attempt here) returns a NaN loss (`nan_loss`), leaves
+    an inf gradient while the loss stays finite (`inf_grad`), or runs on embeddings multiplied by
+    `poisoned_input[n]` (NaN or inf: every activation of that attempt, attention logits and router inputs
+    included, is non-finite); after optimizer step `poisoned_update`, a weight becomes NaN."""
+    poisoned_input = poisoned_input or {}
 
-    class Faulty(StoryLlama):
-        attempts = 0
+    class Faulty(family.model_class()):
+        attempts, updates, poison = 0, 0, None
 
         def forward(self, idx, targets=None, cache=None):
-            out = super().forward(idx, targets, cache)
             if not self.training or targets is None:
-                return out
+                return super().forward(idx, targets, cache)
             n, Faulty.attempts = Faulty.attempts, Faulty.attempts + 1
+            Faulty.poison = poisoned_input.get(n)
+            out = super().forward(idx, targets, cache)
+            Faulty.poison = None
             if n in nan_loss:
                 return dataclasses.replace(out, loss=out.loss * float("nan"), lm_loss=out.lm_loss * float("nan"))
             if n in inf_grad:
                 out.logits.register_hook(lambda g: g * float("inf"))
             return out
 
-    return dataclasses.replace(FAMILY, model_class=lambda: Faulty)
+        def embed(self, idx, start):
+            x = super().embed(idx, start)
+            return x if Faulty.poison is None else x * Faulty.poison
+
+        def on_optimizer_step(self):
+            super().on_optimizer_step()
+            Faulty.updates += 1
+            if Faulty.updates == poisoned_update:
+                with torch.no_grad():
+                    self.norm.weight.fill_(float("nan"))
+
+    return dataclasses.replace(family, model_class=lambda: Faulty)
 
 
 def train(family, out, steps, capsys, *extra):
-    summary = main(family, run_args("StoryLlama", out, steps, ["--max-bad-steps", "3", *extra]))
+    summary = main(family, run_args(family.name, out, steps, ["--max-bad-steps", "3", *extra]))
     return summary, capsys.readouterr()
 
 
@@ -140,3 +158,40 @@ def test_a_permission_error_after_the_rename_stops_clearly_and_keeps_the_last_ch
     assert not list(run.glob(".step_*.tmp"))
     from StoryLlama.inference import load_model
     assert load_model(str(run), device="cpu")
+
+
+def test_a_skipped_step_leaves_no_trace_in_qk_clip_or_expert_loads(tmp_path, capsys):
+    """Reference bug: a skipped step's NaN max logit and expert load stayed behind; the next good step's QK-clip
+    scaled the weights by NaN, every later step failed, and the NaN weights were saved as "the last good state".
+    Now the run equals one in which the poisoned attempts never happened."""
+    extra = ["--qk-clip-tau", "1", "--bias-update-rate", "0.01"]  # tau 1: every step clips some head
+    train(faulty_family(KIMI), tmp_path / "clean", 8, capsys, *extra)
+    family = faulty_family(KIMI, poisoned_input={2: float("nan"), 5: float("inf")})
+    summary, io = train(family, tmp_path / "skipped", 8, capsys, *extra)
+    assert summary["step"] == 8 and summary["skipped_steps"] == 2, io.out
+    assert_same_weights(tmp_path / "clean", tmp_path / "skipped")
+
+
+def test_a_non_finite_state_is_never_saved_as_the_last_good_one(tmp_path, capsys):
+    """Reference bug: the stop after --max-bad-steps saved whatever the weights were, NaN included."""
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        train(faulty_family(poisoned_update=4), run, 12, capsys)  # after step 4 every step is non-finite
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert "error: 3 non-finite steps in a row at step 4: training stopped; the weights or optimizer state are " \
+           f"not finite, so they were not saved; {run} keeps its earlier checkpoints" in err
+    assert latest(run).name == "step_0000003"
+    assert all(torch.isfinite(w).all() for w in weights(run).values())
+
+
+def test_an_fp16_overflow_is_skipped_and_the_loss_scale_backs_off(tmp_path, capsys):
+    """Reference bug: the GradScaler was not updated on a skipped step, so the next step crashed ("unscale_() has
+    already been called on this optimizer since the last update()"). fp16 runs on a CPU too (torch's CPU
+    autocast and GradScaler), so this is the engine's real fp16 path."""
+    summary, io = train(faulty_family(inf_grad={2}), tmp_path / "run", 6, capsys, "--dtype", "float16")
+    assert summary["step"] == 6 and summary["skipped_steps"] == 1, io.err
+    assert "non-finite loss or gradient at step 2; update skipped (1 in a row)" in io.out
+    scaler = ck.load_training_state(latest(tmp_path / "run"))["scaler"]
+    assert scaler["scale"] == 2.0 ** 15  # 2^16 halved once (growing again takes 2000 clean steps)
+    assert all(torch.isfinite(w).all() for w in weights(tmp_path / "run").values())

@@ -1,25 +1,48 @@
-"""SIGTERM saves and exits 0 at once; a torchrun rank killed mid-run is restarted (--max-restarts) and
-the job continues from the last checkpoint with every rank holding the same parameters."""
+"""SIGTERM, Ctrl-C (SIGINT) and SIGHUP save and exit 0 at once (a SIGHUP that nohup ignores stays ignored);
+while a trainer runs, a second one on its folder is refused; a torchrun rank killed mid-run is restarted
+(--max-restarts) and the job continues from the last checkpoint with every rank holding the same parameters."""
 
 import signal
 import sys
 import time
 
+import pytest
+
 from smolhub_hub import checkpoint as ck
-from tests.reliability.conftest import finish, latest, run_args, start, trainer_cmd, wait_for_step
+from smolhub_hub.training import main
+from StoryLlama.config import FAMILY
+from tests.reliability.conftest import (assert_clean, finish, latest, logged_steps, run_args, run_cli, start,
+                                        trainer_cmd, wait_for_step)
+
+STOPS = {  # case: (launcher, signals sent in turn, the one that stops the run)
+    "SIGTERM": ([], [signal.SIGTERM], signal.SIGTERM),
+    "SIGHUP": ([], [signal.SIGHUP], signal.SIGHUP),
+    "SIGHUP under nohup, then Ctrl-C": (["nohup"], [signal.SIGHUP, signal.SIGINT], signal.SIGINT),
+}
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_0_within_seconds(tmp_path):
+@pytest.mark.parametrize("case", STOPS)
+def test_a_stop_signal_saves_a_checkpoint_and_exits_0_within_seconds(tmp_path, case):
+    """Reference bugs: Ctrl-C and SIGHUP lost up to a save interval of steps; two trainers on one folder both ran."""
+    launcher, signals, stopper = STOPS[case]
     run = tmp_path / "run"
-    proc = start(trainer_cmd("StoryLlama", *run_args("StoryLlama", run, 400)))
+    proc = start([*launcher, *trainer_cmd("StoryLlama", *run_args("StoryLlama", run, 400))])
     wait_for_step(run, 4, proc)
+    code, err = run_cli(lambda a: main(FAMILY, a), run_args("StoryLlama", run, 400))
+    assert_clean(code, err)
+    assert code == 2 and f"{run} is in use by another trainer (pid {proc.pid})" in err
+    for sig in signals:
+        at = max(logged_steps(run))
+        proc.send_signal(sig)
+        if sig != stopper:  # ignored: the run goes on
+            wait_for_step(run, at + 2, proc)
     sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
     code, out, err = finish(proc, timeout=30)
     assert code == 0, err[-2000:]
     assert time.monotonic() - sent < 5
     step = int(out.split("saving a checkpoint at step ")[1].split()[0])
-    assert 4 <= step < 400 and "received signal 15" in out
+    assert 4 <= step < 400 and out.count("received signal") == 1
+    assert f"received signal {int(stopper)} ({stopper.name})" in out
     assert latest(run).name == f"step_{step:07d}" and ck.load_training_state(latest(run))["step"] == step
 
 

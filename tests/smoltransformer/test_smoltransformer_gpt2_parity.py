@@ -19,6 +19,7 @@ from smolhub_hub.export import converter_for  # noqa: E402
 from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
 from SmolTransformer.config import FAMILY  # noqa: E402
 from SmolTransformer.model import SmolTransformer  # noqa: E402
+from tests.helpers import randomise_norms_and_biases  # noqa: E402
 
 gpt2 = converter_for("SmolTransformer")
 VOCAB, CTX, NEW = 101, 48, 16
@@ -33,18 +34,10 @@ def _one_thread():
     torch.set_num_threads(prev)
 
 
-def randomise_small_params(model: torch.nn.Module):
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 1:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p) if name.endswith("weight") else 0.2 * torch.randn_like(p))
-    return model
-
-
 def tiny(**kw):
     cfg = FAMILY.build("gpt2", vocab_size=VOCAB, dim=64, n_layers=2, n_heads=4, max_seq_len=CTX).replace(**kw)
     torch.manual_seed(0)
-    return randomise_small_params(SmolTransformer(cfg)).eval()
+    return randomise_norms_and_biases(SmolTransformer(cfg)).eval()
 
 
 def save_and_reload(hf, path):
@@ -85,7 +78,7 @@ def random_hf_gpt2(tmp_path):
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=VOCAB, n_positions=CTX, n_embd=64, n_layer=3, n_head=4, bos_token_id=None,
                      eos_token_id=None)
-    return save_and_reload(randomise_small_params(GPT2LMHeadModel(cfg)), tmp_path)
+    return save_and_reload(randomise_norms_and_biases(GPT2LMHeadModel(cfg)), tmp_path)
 
 
 def test_import_from_gpt2(random_hf_gpt2, tmp_path):

@@ -10,6 +10,7 @@ from smolhub_hub.export.llama import from_hf, to_hf
 from smolhub_hub.generation import SamplingConfig, generate
 from smolhub_hub.inference import generate_text, load_model
 from tests.core.test_layers import tiny_llama
+from tests.helpers import randomise_norms_and_biases
 
 
 def _hf_greedy(hf, x, n):
@@ -17,7 +18,7 @@ def _hf_greedy(hf, x, n):
 
 
 def test_export_matches_transformers_llama():
-    m = tiny_llama(n_kv_heads=2, rope_base=5000.0)
+    m = randomise_norms_and_biases(tiny_llama(n_kv_heads=2, rope_base=5000.0))
     hf = to_hf(m)
     x = torch.randint(0, 97, (2, 30))
     assert (hf(x).logits - m(x).logits).abs().max() < 1e-4
@@ -30,7 +31,7 @@ def test_import_from_random_transformers_llama(tmp_path):
                       num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
                       tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 500.0})
     torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    randomise_norms_and_biases(LlamaForCausalLM(cfg)).save_pretrained(tmp_path)
     hf = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     m = from_hf(hf)
     assert m.config.n_kv_heads == 1 and not m.config.tie_embeddings
