@@ -20,6 +20,14 @@ from pathlib import Path
 from smolhub_hub.errors import exit_on_user_error
 
 
+def _param_counts(family, mcfg) -> dict[str, int]:
+    """Counted on the meta device: shapes only, no memory and no init (gpt2-xl would take a minute)."""
+    import torch
+
+    with torch.device("meta"):
+        return family.model_class()(mcfg).param_counts()
+
+
 def cmd_list(args):
     from smolhub_hub.registry import available_families, get_family
 
@@ -30,7 +38,7 @@ def cmd_list(args):
             mcfg, _, dcfg = fam.resolve(preset)
             # A Hub tokenizer's size is the config default (GPT-2: 50,304 padded; Llama-2: 32,000).
             vocab = dcfg.vocab_size if dcfg.tokenizer == "bpe" else mcfg.vocab_size
-            counts = fam.model_class()(mcfg.replace(vocab_size=vocab)).param_counts() if args.params else None
+            counts = _param_counts(fam, mcfg.replace(vocab_size=vocab)) if args.params else None
             rows.append((name, preset, counts, dcfg.dataset, dcfg.tokenizer, fam.hf_architecture))
     for name, preset, counts, ds, tok, arch in rows:
         size = f"{counts['total'] / 1e6:7.1f}M total {counts['active'] / 1e6:7.1f}M active" if counts else ""
