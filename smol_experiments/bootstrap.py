@@ -10,7 +10,7 @@ difference is significant only when that interval excludes 0, and identical syst
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 

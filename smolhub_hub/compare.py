@@ -1,7 +1,8 @@
 """`smolhub compare`: training runs side by side, one table and one plot of their loss curves.
 
 Numbers come from each run's metrics.csv (long format: step, tokens, name, value) and from the
-config.json of its LATEST checkpoint; nothing is recomputed, so comparing is instant.
+config.json of its LATEST checkpoint; nothing is recomputed, so comparing is instant. A folder with a
+metrics.csv and no SmolHub checkpoint (a smol_experiments stage) is compared by its metrics alone.
 """
 
 from __future__ import annotations
@@ -67,13 +68,32 @@ def summarize_checkpoint(ckpt: Path, run: Path | None, name: str | None = None) 
                                                for k, v in (cfg.get(section) or {}).items()})
 
 
+def summarize_metrics(run: Path, name: str | None = None) -> RunSummary:
+    """A run folder with a metrics.csv of this layout but no SmolHub checkpoint (a smol_experiments stage,
+    whose model is a transformers folder): its curves, last step and tokens; family and size are unknown."""
+    curves = read_curves(run / "metrics.csv")
+    step, tokens = max(((s[-1], t[-1]) for s, t, _ in curves.values()), default=(0, 0))
+    return RunSummary(name=name or run.name, family="-", params_total=0, params_active=0, steps=step, tokens=tokens,
+                      train_loss=_last(curves, "train/loss"), val_loss=_last(curves, "val/loss"),
+                      tokens_per_s=_typical_speed(curves), curves=curves)
+
+
+def _metrics_only(p: Path) -> bool:
+    """A folder with a metrics.csv and no SmolHub checkpoint in it."""
+    has_checkpoint = (p / ckpt_io.LATEST).exists() or (p / "model.safetensors").exists() or any(p.glob("step_*"))
+    return (p / "metrics.csv").is_file() and not has_checkpoint
+
+
 def summarize_run(path: str | Path) -> RunSummary:
-    """A run folder (its LATEST checkpoint), one of its step_* folders, or a pulled Hub repo."""
+    """A run folder (its LATEST checkpoint), one of its step_* folders, a pulled Hub repo, or a folder with only
+    a metrics.csv (`summarize_metrics`)."""
     from smolhub_hub.hub import checkpoint_in, run_dir_of
 
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"run folder '{path}' does not exist; pass the --out-dir of a training run")
+    if _metrics_only(p):
+        return summarize_metrics(p, name=p.resolve().name)
     ckpt = ckpt_io.resolve_checkpoint(checkpoint_in(p))
     run = run_dir_of(ckpt)
     if run is None:
@@ -84,7 +104,7 @@ def summarize_run(path: str | Path) -> RunSummary:
 def _unique_names(runs: list[RunSummary], paths: list[str]):
     """Two runs both called `run` in different folders are labelled with their parent folder too."""
     names = [r.name for r in runs]
-    for r, p in zip(runs, paths):
+    for r, p in zip(runs, paths, strict=True):
         if names.count(r.name) > 1:
             r.name = "/".join(Path(p).resolve().parts[-2:])
 
@@ -109,7 +129,7 @@ def differing_settings(runs: list[RunSummary]) -> list[str]:
 def _setting_names(keys: list[str]) -> list[str]:
     """`lr` for train.lr; the section stays where two sections share a name (model and data vocab_size)."""
     short = [k.split(".", 1)[1] for k in keys]
-    return [s if short.count(s) == 1 else k for k, s in zip(keys, short)]
+    return [s if short.count(s) == 1 else k for k, s in zip(keys, short, strict=True)]
 
 
 def _setting(value) -> str:
@@ -120,9 +140,9 @@ def _cells(r: RunSummary, settings: list[str]) -> list[str]:
     def num(x, fmt):
         return "-" if x is None else format(x, fmt)
 
-    return [r.name, r.family, *(_setting(r.settings.get(k)) for k in settings), _human(r.params_total),
-            _human(r.params_active), str(r.steps), _human(r.tokens), num(r.train_loss, ".4f"), num(r.val_loss, ".4f"),
-            num(r.tokens_per_s, ",.0f")]
+    size = [_human(n) if n else "-" for n in (r.params_total, r.params_active)]  # 0: not known (metrics only)
+    return [r.name, r.family, *(_setting(r.settings.get(k)) for k in settings), *size, str(r.steps), _human(r.tokens),
+            num(r.train_loss, ".4f"), num(r.val_loss, ".4f"), num(r.tokens_per_s, ",.0f")]
 
 
 def _human(n: int) -> str:
@@ -149,7 +169,7 @@ def format_table(runs: list[RunSummary], fmt: str = "text") -> str:
         return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in rows])
     widths = [max(len(h), *(len(c[i]) for c in rows)) for i, h in enumerate(header)]
     fmt_row = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)  # noqa: E731
-                                      for i, (c, w) in enumerate(zip(cells, widths)))
+                                      for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
     return "\n".join([fmt_row(header), fmt_row(["-" * w for w in widths]), *map(fmt_row, rows)])
 
 
@@ -162,11 +182,11 @@ def loss_curves_figure(runs: list[RunSummary], x: str = "tokens"):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     col = 1 if x == "tokens" else 0
     for i, r in enumerate(runs):
-        for ax, name in zip(axes, ("train/loss", "val/loss")):
+        for ax, name in zip(axes, ("train/loss", "val/loss"), strict=True):
             if name in r.curves:
                 ax.plot(r.curves[name][col], r.curves[name][2], color=f"C{i % 10}", label=r.name,
                         **({"marker": "o", "markersize": 5} if name == "val/loss" else {"linewidth": 1}))
-    for ax, title in zip(axes, ("train loss", "held-out loss")):
+    for ax, title in zip(axes, ("train loss", "held-out loss"), strict=True):
         ax.set_title(title)
         log_y(ax)
         ax.set_xlabel("tokens seen" if x == "tokens" else "step")

@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from smolhub_hub.modeling import ConfigMixin
 
@@ -204,7 +205,11 @@ RULE = ("--resume continues a run: architecture and data flags must equal the ch
         "from this run's flags.")
 
 
-def _add_fields(group, cls, defaults, only=None):
+def add_fields(group, cls, defaults, only=None):
+    """One flag per field of the dataclass `cls` (or of the names in `only`): `--field-name`, typed by the
+    field, help from `opt(..., help)` with the value in `defaults`, `--x / --no-x` for booleans, `~` expanded
+    for `path=True`. A flag not given is absent from the parsed namespace, so what was given is known.
+    The trainers' flags and smol_experiments' stage flags are both made here."""
     for f in dataclasses.fields(cls):
         if only is not None and f.name not in only:
             continue
@@ -228,12 +233,12 @@ def build_parser(family: ModelFamily, prog: str | None = None) -> argparse.Argum
     p.add_argument("--preset", default="default", choices=family.preset_names,
                    help="named configuration; flags below override it")
     cls, defaults = family.model_config, family.model_config()
-    _add_fields(p.add_argument_group("model architecture (must match on --resume; from SOURCE on --init-from)"),
+    add_fields(p.add_argument_group("model architecture (must match on --resume; from SOURCE on --init-from)"),
                 cls, defaults, set(architecture_fields(cls)) - DERIVED_MODEL_FIELDS)
-    _add_fields(p.add_argument_group("model training settings (may change on --resume)"), cls, defaults,
+    add_fields(p.add_argument_group("model training settings (may change on --resume)"), cls, defaults,
                 training_settings(cls))
-    _add_fields(p.add_argument_group("training (may change on --resume)"), TrainConfig, family.train)
-    _add_fields(p.add_argument_group("data (must match on --resume)"), DataConfig, family.data)
+    add_fields(p.add_argument_group("training (may change on --resume)"), TrainConfig, family.train)
+    add_fields(p.add_argument_group("data (must match on --resume)"), DataConfig, family.data)
     return p
 
 

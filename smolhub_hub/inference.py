@@ -15,6 +15,7 @@ import torch
 from smolhub_hub import checkpoint as ckpt_io
 from smolhub_hub.errors import UserError, exit_on_user_error
 from smolhub_hub.generation import SamplingConfig, generate, generate_tokens
+from smolhub_hub.training.distributed import pick_device
 
 
 def resolve_source(path_or_hub_id: str) -> Path:
@@ -51,9 +52,8 @@ def _could_be_hub_id(text: str) -> bool:
 def load_model(path_or_hub_id: str, family: str | None = None, device: str = "auto"):
     """A model in eval mode with `.tokenizer` attached. `family` refuses checkpoints of other models."""
     from smolhub_hub.data.tokenizer import check_fingerprint, load_tokenizer
-    from smolhub_hub.registry import get_family
-
     from smolhub_hub.quantize import is_quantized, load_quantized
+    from smolhub_hub.registry import get_family
 
     if is_quantized(Path(path_or_hub_id)):  # `smolhub quantize` output: int8 weights, CPU only
         model = load_quantized(path_or_hub_id)
@@ -68,7 +68,7 @@ def load_model(path_or_hub_id: str, family: str | None = None, device: str = "au
     fam = get_family(cfg["family"])
     model = ckpt_io.build_model(ckpt, fam.model_class(), ckpt_io.model_config(ckpt, cfg, fam.model_config))
     ckpt_io.load_weights(ckpt, model)
-    model = model.to(_pick_device(device)).eval()
+    model = model.to(pick_device(device)).eval()
     model.tokenizer = load_tokenizer(str(ckpt), fix="use an earlier checkpoint")
     check_fingerprint(model.tokenizer, cfg.get(ckpt_io.TOKENIZER_KEY), str(ckpt),
                       "copy in the tokenizer files of the run that trained these weights, or use another checkpoint")
@@ -78,18 +78,6 @@ def load_model(path_or_hub_id: str, family: str | None = None, device: str = "au
         raise UserError(f"{ckpt}: the tokenizer has {len(model.tokenizer)} ids but the model embeds "
                         f"{model.config.vocab_size}; the checkpoint's files do not belong together")
     return model
-
-
-def _pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise UserError(f"--device '{device}' is not a device; use cpu, cuda, cuda:N, mps or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
-    return dev
 
 
 def _device_of(model) -> torch.device:

@@ -16,16 +16,24 @@ import argparse
 import json
 from pathlib import Path
 
-from smolhub_hub.errors import UserError
-
 from smol_experiments.alignment.cli import DATASET, add_output_flags
 from smol_experiments.alignment.data import load_gec_examples, load_model_and_tokenizer
 from smol_experiments.alignment.generation import generate_corrections
 from smol_experiments.alignment.prompt_format import PROMPT_TEMPLATE, make_completion, make_prompt
 from smol_experiments.alignment.run_dir import data_fingerprint
 from smol_experiments.flags import Parser, non_negative_int, path, positive_float, positive_int
-from smol_experiments.stages import (FRESH, REUSE, begin, claim, mark_done, model_fingerprint, reused, stage_main,
-                                     write_atomic)
+from smol_experiments.stages import (
+    FRESH,
+    REUSE,
+    begin,
+    claim,
+    mark_done,
+    model_fingerprint,
+    reused,
+    stage_main,
+    write_atomic,
+)
+from smolhub_hub.errors import UserError
 
 STAGE = "pairs"
 CHUNK_DIR = "samples"
@@ -78,7 +86,7 @@ def sample_chunk(model, tokenizer, rows, args, chunk_index: int) -> list[dict]:
                                     desc=f"chunk {chunk_index} T={t}")
                for k, t in enumerate(args.temperatures)]
     return [{"src": src, "tgt": tgt, "samples": [s[i] for s in samples]}
-            for i, (src, tgt) in enumerate(zip(rows["src"], rows["tgt"]))]
+            for i, (src, tgt) in enumerate(zip(rows["src"], rows["tgt"], strict=True))]
 
 
 def pairs_from_samples(sampled: list[dict]) -> list[dict]:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from smolhub_hub.errors import UserError
-
 from smol_experiments.flags import Parser, non_negative_float, non_negative_int, path, positive_float, positive_int
+from smolhub_hub.errors import UserError
 
 BASE_MODEL = "HuggingFaceTB/SmolLM-135M"
 DATASET = "grammarly/coedit"
@@ -63,10 +62,14 @@ def add_output_flags(p: argparse.ArgumentParser) -> None:
 
 
 def training_kwargs(args: argparse.Namespace) -> dict:
-    """Keyword arguments every TRL config here takes (they all derive from TrainingArguments)."""
+    """Keyword arguments every TRL config here takes (they all derive from TrainingArguments). Mixed precision by
+    smolhub_hub's rule: bf16 on a GPU that has it; fp32 elsewhere (fp16 would need loss scaling for little gain)."""
     import torch
 
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    from smolhub_hub.training.distributed import pick_device
+    from smolhub_hub.training.precision import amp_dtype
+
+    bf16 = amp_dtype("auto", pick_device()) is torch.bfloat16
     return dict(
         output_dir=args.output_dir,
         learning_rate=args.learning_rate,

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smolhub_hub.errors import UserError
-
 from smol_experiments.alignment.prompt_format import make_completion, make_prompt
+from smolhub_hub.errors import UserError
 
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 REQUIRED_FIELDS = ("src", "tgt")

@@ -19,9 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from smolhub_hub.errors import UserError
-from smolhub_hub.extras import require
-
 from smol_experiments.alignment.cli import DATASET
 from smol_experiments.alignment.data import load_gec_examples, load_model_and_tokenizer
 from smol_experiments.alignment.generation import generate_corrections
@@ -29,8 +26,16 @@ from smol_experiments.alignment.prompt_format import make_prompt, strip_instruct
 from smol_experiments.alignment.run_dir import data_fingerprint
 from smol_experiments.bootstrap import LEVEL, RESAMPLES, paired_bootstrap, ratio, verdict
 from smol_experiments.flags import Parser, non_negative_int, path, positive_int
-from smol_experiments.stages import (check_output_folder, model_fingerprint, read_marker, stage_main, write_atomic,
-                                     write_marker)
+from smol_experiments.stages import (
+    check_output_folder,
+    model_fingerprint,
+    read_marker,
+    stage_main,
+    write_atomic,
+    write_marker,
+)
+from smolhub_hub.errors import UserError
+from smolhub_hub.extras import require
 
 STAGE = "eval"
 COPY_BASELINE = "copy-input"
@@ -50,7 +55,7 @@ def sentence_statistics(hypotheses: list[str], references: list[str]) -> dict[st
     hyps = [h.strip() for h in hypotheses]
     refs = [r.strip() for r in references]
     stats = {m: np.array(_sacrebleu_metric(m)._extract_corpus_statistics(hyps, [refs])) for m in ("bleu", "chrf")}
-    return {**stats, "exact_match": np.array([[h == r, 1] for h, r in zip(hyps, refs)])}
+    return {**stats, "exact_match": np.array([[h == r, 1] for h, r in zip(hyps, refs, strict=True)])}
 
 
 def score_from_sums(metric: str, sums: np.ndarray) -> float:
@@ -141,7 +146,7 @@ def score_systems(predictions: dict[str, list[str]], references: list[str], comp
             systems[name].update({metric: entry["score"], f"{metric}_ci": entry["ci"]})
         for name in comparisons:
             comparisons[name][metric] = boot["vs"][name]
-    for name, diffs in comparisons.items():
+    for diffs in comparisons.values():
         diffs["verdict"] = verdict({METRIC_NAMES[m]: diffs[m] for m in METRICS})
     return systems, comparisons
 
@@ -177,7 +182,7 @@ def plot_results(results: dict, path: Path) -> None:
     for i, name in enumerate(systems):
         scores = results["systems"][name]
         values = [scores[m] for m in METRICS]
-        errors = np.array([[v - scores[f"{m}_ci"][0], scores[f"{m}_ci"][1] - v] for m, v in zip(METRICS, values)]).T
+        errors = np.array([[scores[m] - scores[f"{m}_ci"][0], scores[f"{m}_ci"][1] - scores[m]] for m in METRICS]).T
         bars = ax.bar([j + i * width for j in range(len(METRICS))], values, width, yerr=errors, capsize=2,
                       label=name)
         ax.bar_label(bars, fmt="%.3f", fontsize=7)

@@ -13,13 +13,13 @@ import random
 import re
 from pathlib import Path
 
+from smol_experiments.alignment.prompt_format import make_completion, make_prompt
 from smolhub_hub.data.builtin import generate_stories
 from smolhub_hub.data.tokenizer import train_bpe
 
-from smol_experiments.alignment.prompt_format import make_completion, make_prompt
-
 INSTRUCTIONS = ["Fix grammar", "Fix grammatical errors in this sentence",
-                "Remove all grammatical errors from this text", "Fix the grammar mistakes", "Improve the grammaticality"]
+                "Remove all grammatical errors from this text", "Fix the grammar mistakes",
+                "Improve the grammaticality"]
 AGREEMENT_SWAPS = {"was": "were", "were": "was", "is": "are", "are": "is", "has": "have", "does": "do"}
 
 

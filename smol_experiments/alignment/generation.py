@@ -5,10 +5,7 @@ from __future__ import annotations
 import torch
 
 from smol_experiments.alignment.prompt_format import encode_prompt
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from smolhub_hub.training.distributed import pick_device
 
 
 @torch.no_grad()
@@ -40,6 +37,6 @@ def generate_corrections(model, tokenizer, prompts: list[str], *, batch_size: in
         new_tokens = min(max_new_tokens, width + 16)
         generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=new_tokens,
                                    eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, **sampling)
-        for i, ids in zip(rows, generated[:, width:].tolist()):
+        for i, ids in zip(rows, generated[:, width:].tolist(), strict=True):
             outputs[i] = tokenizer.decode(ids, skip_special_tokens=True)
     return outputs

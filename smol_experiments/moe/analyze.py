@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import base64
-import csv
 import html
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -26,6 +26,10 @@ import torch  # noqa: E402
 from smol_experiments.flags import Parser, path, positive_int  # noqa: E402
 from smol_experiments.stages import check_output_folder, stage_main  # noqa: E402
 from smolhub_hub.errors import UserError  # noqa: E402
+from smolhub_hub.training.metrics import METRICS_CSV, series  # noqa: E402
+
+Series = dict[str, tuple[list[int], list[float]]]  # metric name -> (steps, values), as metrics.series reads them
+LOAD = re.compile(r"val/moe/layer(\d+)/load_e(\d+)")
 
 EXPERT_COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#76b7b2", "#edc948", "#ff9da7"]
 
@@ -34,14 +38,8 @@ def _color(expert: int) -> str:
     return EXPERT_COLORS[expert % len(EXPERT_COLORS)]
 
 
-def _read_csv(path: Path) -> list[dict]:
-    with path.open() as f:
-        return list(csv.DictReader(f))
-
-
-def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
-    pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key, "") != ""]
-    return [p[0] for p in pts], [p[1] for p in pts]
+def _series(metrics: Series, name: str) -> tuple[list[int], list[float]]:
+    return metrics.get(name, ([], []))
 
 
 def _save(fig, path: Path) -> Path:
@@ -56,16 +54,23 @@ def _integer_ticks(axis):
     axis.set_major_locator(MaxNLocator(integer=True))
 
 
-def expert_load_figure(run_dir: Path, metrics: list[dict]):
-    """Load per expert (mean over layers, band = min..max layer) plus active share and router entropy."""
-    loads = _read_csv(run_dir / "expert_load.csv")
-    steps = sorted({int(r["step"]) for r in loads})
-    n_layers = 1 + max(int(r["layer"]) for r in loads)
-    n_experts = 1 + max(int(r["expert"]) for r in loads)
+def expert_loads(metrics: Series) -> tuple[list[int], np.ndarray]:
+    """The evaluations' steps and each expert's load at them, (steps, layers, experts), from `val/moe/...` rows."""
+    found = {tuple(map(int, m.groups())): metrics[name] for name in metrics if (m := LOAD.fullmatch(name))}
+    steps = sorted({s for xs, _ in found.values() for s in xs})
+    n_layers, n_experts = 1 + max(layer for layer, _ in found), 1 + max(expert for _, expert in found)
     grid = np.zeros((len(steps), n_layers, n_experts))
     index = {s: i for i, s in enumerate(steps)}
-    for r in loads:
-        grid[index[int(r["step"])], int(r["layer"]), int(r["expert"])] = float(r["load"])
+    for (layer, expert), (xs, ys) in found.items():
+        for s, load in zip(xs, ys, strict=True):
+            grid[index[s], layer, expert] = load
+    return steps, grid
+
+
+def expert_load_figure(metrics: Series):
+    """Load per expert (mean over layers, band = min..max layer) plus active share and router entropy."""
+    steps, grid = expert_loads(metrics)
+    n_experts = grid.shape[2]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
     for e in range(n_experts):
         ax1.plot(steps, grid[:, :, e].mean(1), marker="o", color=_color(e), label=f"expert {e}")
@@ -75,8 +80,7 @@ def expert_load_figure(run_dir: Path, metrics: list[dict]):
             ylim=(0, min(1.0, 1.25 * max(grid.max(), 1 / n_experts))))
     ax1.legend(fontsize=8)
     for key, style in (("active_share", "-o"), ("router_entropy", "-s")):
-        x, y = _series(metrics, key)
-        ax2.plot(x, y, style, label=key.replace("_", " "))
+        ax2.plot(*_series(metrics, f"val/{key}"), style, label=key.replace("_", " "))
     ax2.set(title="share of active experts, router entropy", xlabel="step", ylabel="share / entropy ÷ log E",
             ylim=(0, 1.05))
     ax2.legend(fontsize=8)
@@ -88,13 +92,13 @@ EXPERT_LOAD_CAPTION = ("Expert load over training: each expert's share of the to
                        "receive tokens, and the router entropy normalised by its maximum log E.")
 
 
-def training_curves_figure(metrics: list[dict]):
+def training_curves_figure(metrics: Series):
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
-    for key, label in (("train_lm_loss", "train"), ("val_loss", "held-out")):
-        ax1.plot(*_series(metrics, key), marker="." if key == "train_lm_loss" else "o", label=label)
+    for key, label in (("train/lm_loss", "train"), ("val/loss", "held-out")):
+        ax1.plot(*_series(metrics, key), marker="." if key == "train/lm_loss" else "o", label=label)
     ax1.set(title="LM loss", xlabel="step", ylabel="cross-entropy (nats/token)")
     ax1.legend()
-    for key, label in (("train_balance_loss", "train"), ("val_balance_loss", "held-out")):
+    for key, label in (("train/balance_loss", "train"), ("val/balance_loss", "held-out")):
         ax2.plot(*_series(metrics, key), marker="o", label=label)
     ax2.set(title="load-balancing loss", xlabel="step", ylabel="balance loss (1.0 = balanced)")
     ax2.legend()
@@ -104,47 +108,47 @@ def training_curves_figure(metrics: list[dict]):
 def plot_pretraining(run_dir: str | Path) -> list[tuple[Path, str]]:
     """The continued-pretraining pictures, written next to the run: (path, caption) each."""
     run_dir = Path(run_dir)
-    metrics = _read_csv(run_dir / "metrics.csv")
+    metrics = series(run_dir / METRICS_CSV)
     return [(_save(training_curves_figure(metrics), run_dir / "training_curves.png"),
              "Continued pretraining: language-model loss on training batches and held-out documents (left); "
              "load-balancing loss, 1.0 when the tokens are spread evenly over the experts (right)."),
-            (_save(expert_load_figure(run_dir, metrics), run_dir / "expert_load.png"), EXPERT_LOAD_CAPTION)]
+            (_save(expert_load_figure(metrics), run_dir / "expert_load.png"), EXPERT_LOAD_CAPTION)]
 
 
-def specialization_figure(metrics: list[dict], domains: list[str]):
+def specialization_figure(metrics: Series, domains: list[str], stage_a_steps: int):
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), layout="constrained")
     for key in ("lm_loss", "guide_loss", "balance_loss"):
-        axes[0].plot(*_series(metrics, key), label=key.replace("_", " "))
+        axes[0].plot(*_series(metrics, f"train/{key}"), label=key.replace("_", " "))
     axes[0].set(title="training losses", xlabel="step", ylabel="loss")
     axes[0].legend(fontsize=8)
     for d, name in enumerate(domains):
-        axes[1].plot(*_series(metrics, f"acc_{name}"), marker="o", color=_color(d), label=name)
-        axes[2].plot(*_series(metrics, f"heldout_loss_{name}"), marker="o", color=_color(d), label=name)
+        axes[1].plot(*_series(metrics, f"val/routing_accuracy/{name}"), marker="o", color=_color(d), label=name)
+        axes[2].plot(*_series(metrics, f"val/loss/{name}"), marker="o", color=_color(d), label=name)
     axes[1].axhline(0.9, color="gray", ls="--", lw=1)
     axes[1].set(title="held-out routing accuracy (mean over layers)", xlabel="step", ylabel="routing accuracy",
                 ylim=(0, 1.02))
     axes[2].set(title="held-out LM loss per domain", xlabel="step", ylabel="cross-entropy (nats/token)")
     for ax in axes[1:]:
         ax.legend(fontsize=8)
-    stage_a = [int(r["step"]) for r in metrics if r["stage"] in ("before", "A")]
     for ax in axes:
-        ax.axvline(max(stage_a) + 0.5, color="k", lw=0.8, ls=":")  # stage A | stage B
+        ax.axvline(stage_a_steps + 0.5, color="k", lw=0.8, ls=":")  # stage A | stage B
     return fig
 
 
 def plot_specialization(run_dir: str | Path) -> list[tuple[Path, str]]:
     """The specialization pictures, written next to the run: (path, caption) each."""
     run_dir = Path(run_dir)
-    metrics = _read_csv(run_dir / "metrics.csv")
+    metrics = series(run_dir / METRICS_CSV)
+    stage_a_steps = json.loads((run_dir / "config.json").read_text())["stage_a_steps"]
     before = json.loads((run_dir / "routing_before.json").read_text())
     after = json.loads((run_dir / "routing_after.json").read_text())
     domains = before["domains"]
     mean_map, layer_maps = heatmap_figures(domains, before, after)
     return [
-        (_save(specialization_figure(metrics, domains), run_dir / "specialization_curves.png"),
+        (_save(specialization_figure(metrics, domains, stage_a_steps), run_dir / "specialization_curves.png"),
          "Specialization: training losses (left); held-out routing accuracy per domain, mean over layers, dashed at "
          "90% (middle); held-out LM loss per domain (right). The dotted line ends stage A (routers only)."),
-        (_save(expert_load_figure(run_dir, metrics), run_dir / "expert_load.png"), EXPERT_LOAD_CAPTION),
+        (_save(expert_load_figure(metrics), run_dir / "expert_load.png"), EXPERT_LOAD_CAPTION),
         (_save(mean_map, run_dir / "routing_heatmap_mean.png"),
          "Share of each domain's held-out tokens whose top-1 expert is E0, E1, …, averaged over layers: before "
          "(left) and after (right) specialization."),
@@ -171,7 +175,7 @@ def heatmap_figures(domains: list[str], before: dict, after: dict):
     """domain × expert top-1 shares: averaged over layers, and one small map per layer; before | after."""
     b, a = np.array(before["domain_expert_share"]), np.array(after["domain_expert_share"])  # (D, L, E)
     mean_map, axes = plt.subplots(1, 2, figsize=(8, 3.4), layout="constrained")
-    for ax, share, title in zip(axes, (b, a), ("before", "after")):
+    for ax, share, title in zip(axes, (b, a), ("before", "after"), strict=True):
         image = _heatmap(ax, share.mean(1), domains, f"{title}: mean over layers")
         ax.set_xlabel("top-1 expert")
     axes[0].set_ylabel("domain")
@@ -206,7 +210,7 @@ def token_routing(model, tokenizer, text: str, layer: int, max_tokens: int) -> l
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[:, :max_tokens]
     out = model(input_ids=ids.to(model.device), output_router_logits=True, use_cache=False)
     experts = out.router_logits[layer].argmax(-1).tolist()
-    return [(tokenizer.decode([t]), e) for t, e in zip(ids[0].tolist(), experts)]
+    return [(tokenizer.decode([t]), e) for t, e in zip(ids[0].tolist(), experts, strict=True)]
 
 
 def routing_html(tokens: list[tuple[str, int]]) -> str:
@@ -312,7 +316,8 @@ def build_report(cpt_dir: Path | None, spec_dir: Path | None, output: Path, laye
             png = _save(token_routing_figure(rows, model.config.num_local_experts, caption),
                         output / f"token_routing_{label}.png")
             parts.append(f"<h3>Token-level routing {label} specialization (layer {at})</h3>" + _img(png, caption))
-            parts += [f"<p><b>{html.escape(d)}</b> (expert {i})</p>{routing_html(t)}" for i, (d, t) in enumerate(rows.items())]
+            parts += [f"<p><b>{html.escape(d)}</b> (expert {i})</p>{routing_html(t)}"
+                      for i, (d, t) in enumerate(rows.items())]
     parts.append("</body></html>")
     path = output / "report.html"
     path.write_text("\n".join(parts), encoding="utf-8")
@@ -331,7 +336,7 @@ def run(argv=None) -> Path:
     if not args.cpt and not args.specialize:
         raise UserError("give --cpt DIR and/or --specialize DIR (folders written by the training scripts).")
     dirs = [Path(d) if d else None for d in (args.cpt, args.specialize)]
-    for d, needed in zip(dirs, ("metrics.csv", "routing_after.json")):
+    for d, needed in zip(dirs, (METRICS_CSV, "routing_after.json"), strict=True):
         if d is not None and not (d / needed).exists():
             raise UserError(f"{d} has no {needed}; is it the output folder of the matching script?")
     check_output_folder(Path(args.output), "--output")

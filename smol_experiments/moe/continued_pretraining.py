@@ -4,7 +4,8 @@
     python -m smol_experiments.moe.continued_pretraining --preset quick      # offline, tiny, CPU
 
 Each evaluation runs over the whole held-out set (up to --eval-batches) and logs val loss, balance loss,
-expert load per layer (expert_load.csv), share of active experts and router entropy (metrics.csv).
+expert load per layer, share of active experts and router entropy to metrics.csv (smolhub_hub's layout:
+step, tokens, name, value; the same reader, plots and `smolhub compare` curves as the trainers' runs).
 A checkpoint is saved at every evaluation and when a stop signal arrives; rerunning the same command
 resumes it (the same settings and inputs only: anything else is refused, naming what differs).
 """
@@ -22,17 +23,30 @@ import torch
 
 from smol_experiments.moe import data, engine, outputs
 from smol_experiments.moe.cli import field, parse_config, recorded_settings
+from smol_experiments.moe.engine import BETAS, StageConfig
 from smol_experiments.moe.routing import RoutingStats, balance_loss
-from smol_experiments.stages import (FRESH, RESUME, REUSE, StopRequests, begin, claim, mark_done, model_fingerprint,
-                                     reused, stage_main)
+from smol_experiments.stages import (
+    FRESH,
+    RESUME,
+    REUSE,
+    StopRequests,
+    begin,
+    claim,
+    mark_done,
+    model_fingerprint,
+    reused,
+    stage_main,
+)
 from smolhub_hub.errors import UserError
+from smolhub_hub.training.metrics import MetricsLog
+from smolhub_hub.training.optim import adamw
+from smolhub_hub.training.schedule import lr_factor
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(StageConfig):
     model: str = field("runs/moe/upcycled", "upcycled MoE folder (output of upcycle)", path=True)
-    output: str = field("runs/moe/cpt", "folder for the model, metrics.csv, expert_load.csv and plots", path=True,
-                        recorded=False)
+    output: str = field("runs/moe/cpt", "folder for the model, metrics.csv and plots", path=True, recorded=False)
     data: str = field("HuggingFaceTB/cosmopedia-100k", "Hub dataset id, local file/folder, 'builtin' or 'synthetic'",
                       path=True)
     text_column: str = field("text", "text column for .jsonl/.parquet/Hub data")
@@ -46,19 +60,9 @@ class PretrainConfig:
     min_lr_ratio: float = field(0.1, "final learning rate as a share of the peak", within=(0, 1))
     warmup_steps: int = field(100, "linear warmup steps", non_negative=True)
     weight_decay: float = field(0.1, "AdamW weight decay (matrices only)", non_negative=True)
-    grad_clip: float = field(1.0, "max gradient norm", positive=True)
-    balance_coef: float = field(0.01, "weight of the load-balancing loss", non_negative=True)
-    log_every: int = field(10, "steps between training-loss rows", positive=True, recorded=False)
     eval_every: int = field(200, "steps between evaluations (and checkpoints)", positive=True)
     eval_batches: int = field(50, "held-out batches per evaluation (all of val if fewer)", positive=True)
-    active_min_share: float = field(0.01, "an expert is active if chosen for at least this share of tokens",
-                                    within=(0, 1))
-    precision: str = field("auto", "auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32",
-                           choices=("auto", "bf16", "fp32"))
     seed: int = field(0, "seed for the split, batch order and init", non_negative=True)
-    wandb_project: str = field("", "log to this wandb project (empty: off)", recorded=False)
-    overwrite: bool = field(False, "redo the run if --output holds one made with other settings (otherwise "
-                            "refused; a finished run with the same settings is reused)", recorded=False)
 
 
 STAGE = "continued_pretraining"
@@ -67,10 +71,6 @@ PRESETS = {
                   max_documents=900, val_fraction=0.1, seq_len=128, batch_size=8, grad_accum=1, steps=120,
                   lr=2e-3, warmup_steps=10, log_every=10, eval_every=40, eval_batches=8),
 }
-
-METRIC_COLUMNS = ["step", "tokens", "lr", "train_loss", "train_lm_loss", "train_balance_loss", "grad_norm",
-                  "val_loss", "val_balance_loss", "active_share", "router_entropy"]
-
 
 @torch.no_grad()
 def evaluate(model, windows: torch.Tensor, cfg: PretrainConfig, device, ctx) -> dict:
@@ -91,14 +91,12 @@ def evaluate(model, windows: torch.Tensor, cfg: PretrainConfig, device, ctx) -> 
     return {"val_loss": float(loss_sum) / count, **stats.summary(cfg.active_min_share)}
 
 
-def _log_eval(step: int, result: dict, log: engine.MetricsLog, load_csv: Path):
-    log.log({"step": step, "val_loss": result["val_loss"], "val_balance_loss": result["balance_loss"],
-             "active_share": result["active_share"], "router_entropy": result["router_entropy"]})
-    log.log_wandb_only({f"load/layer{l}/expert{e}": v for l, loads in enumerate(result["expert_load"])
-                        for e, v in enumerate(loads)}, step)
-    with load_csv.open("a") as f:
-        for layer, loads in enumerate(result["expert_load"]):
-            f.writelines(f"{step},{layer},{e},{v:.6f}\n" for e, v in enumerate(loads))
+def _tokens(step: int, cfg: PretrainConfig) -> int:
+    return step * cfg.grad_accum * cfg.batch_size * cfg.seq_len
+
+
+def _log_eval(step: int, result: dict, log: MetricsLog, cfg: PretrainConfig):
+    log.log(step, _tokens(step, cfg), {"val/loss": result["val_loss"], **engine.routing_metrics(result)})
     print(f"step {step:>6} | val loss {result['val_loss']:.4f} | balance {result['balance_loss']:.4f} | "
           f"active {result['active_share']:.2f} | entropy {result['router_entropy']:.3f}", flush=True)
 
@@ -120,8 +118,7 @@ def _val_set_id(windows: torch.Tensor) -> str:
 
 def train(cfg: PretrainConfig) -> dict:
     out = Path(cfg.output)
-    device = engine.pick_device()
-    ctx = engine.autocast(device, cfg.precision)
+    device, ctx = engine.device_and_autocast(cfg.precision)
     settings = recorded_settings(cfg, model_sha256=model_fingerprint(cfg.model),
                                  data_sha256=outputs.data_fingerprint(cfg.data))
     status = claim(out, STAGE, settings, overwrite=cfg.overwrite, flag="--output")
@@ -136,8 +133,7 @@ def train(cfg: PretrainConfig) -> dict:
     val_set = _val_set_id(val_windows[: cfg.eval_batches * cfg.batch_size])
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     params = list(model.parameters())
-    optimizer = engine.make_optimizer(params, cfg.lr, cfg.weight_decay, device)
-    load_csv = out / "expert_load.csv"
+    optimizer = adamw(params, cfg.lr, cfg.weight_decay, BETAS, device)
     start = 0
     if resume:
         state = outputs.load_state(out)
@@ -148,33 +144,30 @@ def train(cfg: PretrainConfig) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         start, val_loss_before = state["step"], state["val_loss_before"]
-        for csv_file in (out / "metrics.csv", load_csv):
-            outputs.truncate_csv(csv_file, start)
         print(f"resuming from the checkpoint at step {start}", flush=True)
-    log = engine.MetricsLog(out / "metrics.csv", METRIC_COLUMNS, cfg.wandb_project, asdict(cfg), append=resume)
-    if not resume:
-        load_csv.write_text("step,layer,expert,load\n")
-        first = evaluate(model, val_windows, cfg, device, ctx)
-        _log_eval(0, first, log, load_csv)
-        val_loss_before = first["val_loss"]
-    batches = data.random_batches(train_windows, cfg.batch_size, cfg.seed)
-    for _ in itertools.islice(batches, start * cfg.grad_accum):  # same batch order as an unbroken run
-        pass
-    save = lambda step: outputs.save_checkpoint(out, model, tokenizer, {  # noqa: E731
-        "optimizer": optimizer.state_dict(), "step": step, "rng": torch.get_rng_state(),
-        "val_loss_before": val_loss_before, "val_set": val_set})
-    try:
+    with engine.metrics_log(out, start if resume else None, cfg) as log:
+        if not resume:
+            first = evaluate(model, val_windows, cfg, device, ctx)
+            _log_eval(0, first, log, cfg)
+            val_loss_before = first["val_loss"]
+        batches = data.random_batches(train_windows, cfg.batch_size, cfg.seed)
+        for _ in itertools.islice(batches, start * cfg.grad_accum):  # same batch order as an unbroken run
+            pass
+
+        def save(step: int):
+            outputs.save_checkpoint(out, model, tokenizer, {
+                "optimizer": optimizer.state_dict(), "step": step, "rng": torch.get_rng_state(),
+                "val_loss_before": val_loss_before, "val_set": val_set})
+
         with StopRequests() as stop:
-            last = _train_steps(model, optimizer, params, batches, val_windows, cfg, start, log, load_csv,
-                                save, stop, device, ctx)
-    finally:
-        log.close()
+            last = _train_steps(model, optimizer, params, batches, val_windows, cfg, start, log, save, stop,
+                                device, ctx)
     last = last or evaluate(model, val_windows, cfg, device, ctx)
     return _finish(model, tokenizer, out, {"val_loss_before": val_loss_before, "val_loss_after": last["val_loss"],
                                            "val_set_sha256": val_set}, last)
 
 
-def _train_steps(model, optimizer, params, batches, val_windows, cfg, start, log, load_csv, save, stop,
+def _train_steps(model, optimizer, params, batches, val_windows, cfg, start, log, save, stop,
                  device, ctx) -> dict | None:
     """Steps start+1..cfg.steps, evaluating and checkpointing every eval_every; returns the last evaluation.
     A stop signal ends the current step, saves a checkpoint and raises StageInterrupted."""
@@ -183,9 +176,8 @@ def _train_steps(model, optimizer, params, batches, val_windows, cfg, start, log
     window_sum = torch.zeros(3, device=device)  # loss, lm, balance summed since the last log (no per-step sync)
     window_steps, last = 0, None
     for step in range(start + 1, cfg.steps + 1):
-        lr = engine.lr_at(step - 1, cfg.steps, cfg.warmup_steps, cfg.lr, cfg.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = cfg.lr * lr_factor(step - 1, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        engine.set_lr(optimizer, lr)
         for batch in itertools.islice(batches, cfg.grad_accum):
             batch = batch.to(device)
             logits, router_logits = engine.forward(model, batch, None, ctx)
@@ -202,11 +194,11 @@ def _train_steps(model, optimizer, params, batches, val_windows, cfg, start, log
             engine.check_finite(loss + grad_norm, step)
             window_sum.zero_()
             window_steps = 0
-            log.log({"step": step, "tokens": step * cfg.grad_accum * cfg.batch_size * cfg.seq_len, "lr": lr,
-                     "train_loss": loss, "train_lm_loss": lm, "train_balance_loss": bal, "grad_norm": grad_norm})
+            log.log(step, _tokens(step, cfg), {"train/loss": loss, "train/lm_loss": lm, "train/balance_loss": bal,
+                                               "train/grad_norm": grad_norm, "train/lr": lr})
         if step % cfg.eval_every == 0 or step == cfg.steps:
             last = evaluate(model, val_windows, cfg, device, ctx)
-            _log_eval(step, last, log, load_csv)
+            _log_eval(step, last, log, cfg)
         if step < cfg.steps and (step % cfg.eval_every == 0 or stop.signum is not None):
             save(step)
         if stop.signum is not None and step < cfg.steps:

@@ -8,7 +8,6 @@ per document, with a mask so that padding counts in no loss and no statistic.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -16,51 +15,21 @@ import numpy as np
 import torch
 
 from smolhub_hub.data.builtin import generate_stories
+from smolhub_hub.data.sources import LOCAL_SUFFIXES, SourceStats, read_local
 from smolhub_hub.errors import UserError
-
-LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
-
-
-def _jsonl_texts(f: Path, text_column: str) -> list:
-    texts = []
-    for number, line in enumerate(f.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{f} line {number} is not JSON ({e.msg}); fix or remove that line.") from None
-        if not isinstance(row, dict) or text_column not in row:
-            raise UserError(f"{f} line {number} has no '{text_column}' field; pass --text-column.")
-        texts.append(row[text_column])
-    return texts
 
 
 def _local_texts(path: Path, text_column: str) -> list[str]:
-    """Documents of a file or of the data files under a folder (hidden files and folders are skipped)."""
-    files = sorted(p for p in path.rglob("*") if p.suffix in LOCAL_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts)) \
-        if path.is_dir() else [path]
-    if not files:
-        raise UserError(f"no {'/'.join(LOCAL_SUFFIXES)} files under {path}.")
-    texts = []
-    for f in files:
-        if f.suffix == ".txt":
-            texts.append(f.read_text(encoding="utf-8"))  # one document per file
-        elif f.suffix == ".jsonl":
-            texts += _jsonl_texts(f, text_column)
-        elif f.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            if text_column not in pq.read_schema(f).names:
-                raise UserError(f"{f} has no column '{text_column}'; pass --text-column.")
-            texts += pq.read_table(f, columns=[text_column]).column(text_column).to_pylist()
-        else:
-            raise UserError(f"{f}: unsupported file type; use {', '.join(LOCAL_SUFFIXES)}.")
-    not_text = sum(not isinstance(t, str) for t in texts)
-    if not_text:
-        print(f"skipped {not_text} values of '{text_column}' that are not text (null, numbers, lists)", flush=True)
-    return [t for t in texts if isinstance(t, str)]
+    """Documents of a file or a folder, read by smolhub_hub's rules (the trainers' --dataset PATH): hidden files
+    and folders skipped, UTF-8 with or without a BOM or CRLF, `.txt` split at blank lines or <|endoftext|>,
+    values of `text_column` that are not text (null, numbers, lists) skipped and counted."""
+    stats = SourceStats()
+    values = list(read_local(path, text_column, stats, field_flag="--text-column"))
+    texts = [v for v in values if isinstance(v, str)]
+    if len(texts) < len(values):
+        print(f"skipped {len(values) - len(texts)} values of '{text_column}' that are not text (null, numbers, "
+              "lists)", flush=True)
+    return texts
 
 
 def _hub_texts(dataset_id: str, text_column: str, max_documents: int, seed: int) -> list[str]:
@@ -150,7 +119,7 @@ def pad_batch(docs: list[list[int]], domains: list[int], pad_id: int) -> dict[st
     ids = torch.full((len(docs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(docs), width), dtype=torch.long)
     dom = torch.full((len(docs), width), -1, dtype=torch.long)
-    for row, (doc, d) in enumerate(zip(docs, domains)):
+    for row, (doc, d) in enumerate(zip(docs, domains, strict=True)):
         ids[row, :len(doc)], mask[row, :len(doc)], dom[row, :len(doc)] = torch.tensor(doc), 1, d
     return {"input_ids": ids, "attention_mask": mask, "domains": dom}
 

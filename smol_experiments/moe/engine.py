@@ -1,5 +1,9 @@
 """Training pieces shared by continued pretraining and specialization.
 
+Device, precision, AdamW and its learning-rate schedule, and the metrics file are smolhub_hub's, as the
+trainers of the model folders use them: one toolkit. What is particular to these stages lives here: their
+shared settings, the losses, and loading an upcycled model.
+
 Weights stay fp32 (the optimizer's master copy); on a GPU the forward pass runs under bf16 autocast.
 Losses are computed here rather than by `labels=`: transformers' Mixtral adds its own aux loss (pooled
 over all layers) to `loss`, and we want the LM loss and a per-layer, padding-aware balance loss apart.
@@ -8,47 +12,80 @@ over all layers) to `loss`, and we want the LM loss and a per-layer, padding-awa
 from __future__ import annotations
 
 import contextlib
-import csv
+import dataclasses
 import math
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from smol_experiments.moe.cli import field
 from smolhub_hub.errors import UserError
+from smolhub_hub.training.distributed import pick_device
+from smolhub_hub.training.metrics import MetricsLog
+from smolhub_hub.training.precision import amp_dtype, autocast
+
+PRECISIONS = {"auto": "auto", "bf16": "bfloat16", "fp32": "float32"}  # --precision → smolhub_hub's dtype names
+BETAS = (0.9, 0.95)
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+@dataclass
+class StageConfig:
+    """The settings continued pretraining and specialization share; each stage's config adds its own."""
+
+    grad_clip: float = field(1.0, "max gradient norm", positive=True)
+    balance_coef: float = field(0.01, "weight of the load-balancing loss", non_negative=True)
+    log_every: int = field(10, "steps between training-loss rows", positive=True, recorded=False)
+    active_min_share: float = field(0.01, "an expert is active if chosen for at least this share of tokens",
+                                    within=(0, 1))
+    precision: str = field("auto", "auto (bf16 autocast on a GPU that has it, else fp32), bf16 or fp32",
+                           choices=tuple(PRECISIONS))
+    wandb_project: str = field("", "log to this wandb project (empty: off)", recorded=False)
+    overwrite: bool = field(False, "redo the run if --output holds one made with other settings (otherwise "
+                            "refused; a finished run with the same settings is reused)", recorded=False)
 
 
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast on a GPU for 'auto'/'bf16'; plain fp32 otherwise (CPU bf16 is slower, not faster)."""
-    if precision not in ("auto", "bf16", "fp32"):
-        raise UserError(f"--precision must be auto, bf16 or fp32, not '{precision}'.")
-    if device.type == "cuda" and precision in ("auto", "bf16") and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if precision == "bf16" and device.type != "cuda":
-        raise UserError("--precision bf16 needs a GPU with bf16; use --precision auto on CPU.")
-    return contextlib.nullcontext()
+def device_and_autocast(precision: str) -> tuple[torch.device, contextlib.AbstractContextManager]:
+    """This machine's device (a GPU if there is one) and the autocast for --precision. Never fp16: these loops
+    keep no loss scaler, so a GPU without bf16 trains in fp32."""
+    device = pick_device()
+    dtype = amp_dtype(PRECISIONS[precision], device)
+    return torch.device(device), autocast(device, None if dtype is torch.float16 else dtype)
 
 
-def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float, device: torch.device):
-    """AdamW; no weight decay on vectors (norms); fused kernel on GPU."""
-    params = [p for p in params if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
-def lr_at(step: int, total: int, warmup: int, peak: float, min_ratio: float) -> float:
-    """Linear warmup then cosine decay to `min_ratio * peak`."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+@contextlib.contextmanager
+def metrics_log(out: Path, resume_step: int | None, cfg) -> Iterator[MetricsLog]:
+    """smolhub_hub's MetricsLog on `out`/metrics.csv (rows after `resume_step` dropped: they are logged again),
+    mirrored to wandb when --wandb-project is set."""
+    run = None
+    if cfg.wandb_project:
+        from smolhub_hub.extras import require
+
+        wandb = require("wandb", "--wandb-project (leave it empty to log locally only)")
+        run = wandb.init(project=cfg.wandb_project, config=dataclasses.asdict(cfg),
+                         mode=os.environ.get("WANDB_MODE", "online"))
+    try:
+        yield MetricsLog(out, resume_step, run)
+    finally:
+        if run is not None:
+            run.finish()
+
+
+def routing_metrics(result: dict) -> dict[str, float]:
+    """An evaluation's routing as metric rows: the balance loss, active share, router entropy and the load of
+    every layer's experts (`val/moe/layer<l>/load_e<e>`, the names smolhub_hub's trainers log)."""
+    loads = {f"val/moe/layer{layer}/load_e{e}": v for layer, shares in enumerate(result["expert_load"])
+             for e, v in enumerate(shares)}
+    return {"val/balance_loss": result["balance_loss"], "val/active_share": result["active_share"],
+            "val/router_entropy": result["router_entropy"], **loads}
 
 
 def forward(model, input_ids: torch.Tensor, mask: torch.Tensor | None, ctx):
@@ -81,42 +118,6 @@ def clip_and_step(model_params, optimizer, max_norm: float) -> torch.Tensor:
 def check_finite(value: float, step: int):
     if not math.isfinite(value):
         raise UserError(f"non-finite loss or gradient norm by step {step}; lower the learning rate.")
-
-
-class MetricsLog:
-    """One CSV row per logged step (blank where a column does not apply), mirrored to wandb if enabled."""
-
-    def __init__(self, path: Path, columns: list[str], wandb_project: str = "", run_config: dict | None = None,
-                 append: bool = False):
-        self.path, self.columns = Path(path), columns
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not append:
-            with self.path.open("w", newline="") as f:
-                csv.writer(f).writerow(columns)
-        self.wandb = None
-        if wandb_project:
-            from smolhub_hub.extras import require
-
-            wandb = require("wandb", "--wandb-project (leave it empty to log locally only)")
-            self.wandb = wandb.init(project=wandb_project, config=run_config or {},
-                                    mode=os.environ.get("WANDB_MODE", "online"))
-
-    def log(self, row: dict):
-        unknown = set(row) - set(self.columns)
-        assert not unknown, f"columns missing from the log: {unknown}"
-        with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow([row.get(c, "") for c in self.columns])
-        if self.wandb is not None:
-            self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
-
-    def log_wandb_only(self, values: dict, step: int):
-        """Values too many for the CSV columns (e.g. load of every layer × expert)."""
-        if self.wandb is not None:
-            self.wandb.log(values, step=step)
-
-    def close(self):
-        if self.wandb is not None:
-            self.wandb.finish()
 
 
 def load_moe(path: str, device: torch.device):

@@ -1,7 +1,7 @@
 """Checkpoints of the MoE training stages (their folders are claimed through `smol_experiments.stages`).
 
 A checkpoint is written to a temporary folder and renamed, so a crash while saving never destroys the
-previous one. A resumed run drops the metric rows logged after its checkpoint.
+previous one. A resumed run drops the metric rows logged after its checkpoint (smolhub_hub's MetricsLog).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from smol_experiments.stages import fingerprint
+from smolhub_hub.data.sources import LOCAL_SUFFIXES
 
 CHECKPOINT = "checkpoint"
 STATE = "training_state.pt"
@@ -19,7 +20,7 @@ STATE = "training_state.pt"
 
 def data_fingerprint(source: str) -> str:
     """sha256 of a local text file or folder (what `data.load_texts` reads); a Hub id or a name stands for itself."""
-    return fingerprint(source, ("**/*.txt", "**/*.jsonl", "**/*.parquet"))
+    return fingerprint(source, tuple(f"**/*{suffix}" for suffix in LOCAL_SUFFIXES))
 
 
 def has_checkpoint(out: Path) -> bool:
@@ -42,9 +43,3 @@ def save_checkpoint(out: Path, model, tokenizer, state: dict):
 
 def load_state(out: Path) -> dict:
     return torch.load(out / CHECKPOINT / STATE, weights_only=True)
-
-
-def truncate_csv(path: Path, last_step: int):
-    """Drop rows logged after the checkpoint, so a resumed run does not log a step twice."""
-    lines = path.read_text().splitlines(keepends=True)
-    path.write_text("".join(lines[:1] + [l for l in lines[1:] if int(l.split(",", 1)[0]) <= last_step]))

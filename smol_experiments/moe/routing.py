@@ -20,7 +20,7 @@ def router_parameters(model) -> list[torch.nn.Parameter]:
 
 
 def _stack(router_logits) -> torch.Tensor:
-    return torch.stack([l.float() for l in router_logits])  # (layers, tokens, experts)
+    return torch.stack([layer.float() for layer in router_logits])  # (layers, tokens, experts)
 
 
 def balance_loss(router_logits, mask: torch.Tensor, top_k: int) -> torch.Tensor:

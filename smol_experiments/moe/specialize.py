@@ -14,6 +14,7 @@ and on a stop signal; rerunning the same command resumes it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import shutil
@@ -27,15 +28,34 @@ from smol_experiments.bootstrap import LEVEL, RESAMPLES, paired_bootstrap, ratio
 from smol_experiments.moe import data, engine, outputs
 from smol_experiments.moe.cli import field, parse_config, recorded_settings
 from smol_experiments.moe.domains import domain_splits
-from smol_experiments.moe.routing import (RoutingStats, balance_loss, domain_hits_per_row, guidance_loss,
-                                          router_parameters)
-from smol_experiments.stages import (FRESH, RESUME, REUSE, StopRequests, begin, claim, mark_done, model_fingerprint,
-                                     reused, stage_main, write_atomic)
+from smol_experiments.moe.engine import BETAS, StageConfig
+from smol_experiments.moe.routing import (
+    RoutingStats,
+    balance_loss,
+    domain_hits_per_row,
+    guidance_loss,
+    router_parameters,
+)
+from smol_experiments.stages import (
+    FRESH,
+    RESUME,
+    REUSE,
+    StopRequests,
+    begin,
+    claim,
+    mark_done,
+    model_fingerprint,
+    reused,
+    stage_main,
+    write_atomic,
+)
 from smolhub_hub.errors import UserError
+from smolhub_hub.training.optim import adamw
+from smolhub_hub.training.schedule import lr_factor
 
 
 @dataclass
-class SpecializeConfig:
+class SpecializeConfig(StageConfig):
     model: str = field("runs/moe/cpt/model", "MoE folder (upcycled or continued-pretrained)", path=True)
     output: str = field("runs/moe/specialize", "folder for the model, metrics.csv and routing_*.json", path=True,
                         recorded=False)
@@ -53,19 +73,9 @@ class SpecializeConfig:
     warmup_steps: int = field(20, "linear warmup steps in each stage", non_negative=True)
     guide_weight: float = field(1.0, "weight of the KL router guidance", non_negative=True)
     target_mass: float = field(0.7, "target router probability of the domain's expert (between 0 and 1)")
-    balance_coef: float = field(0.01, "weight of the load-balancing loss", non_negative=True)
     weight_decay: float = field(0.0, "AdamW weight decay (matrices only)", non_negative=True)
-    grad_clip: float = field(1.0, "max gradient norm", positive=True)
-    log_every: int = field(10, "steps between training-loss rows", positive=True, recorded=False)
     eval_every: int = field(100, "steps between held-out evaluations (and checkpoints)", positive=True)
-    active_min_share: float = field(0.01, "an expert is active if chosen for at least this share of tokens",
-                                    within=(0, 1))
-    precision: str = field("auto", "auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32",
-                           choices=("auto", "bf16", "fp32"))
     seed: int = field(0, "seed for data sampling and order", non_negative=True)
-    wandb_project: str = field("", "log to this wandb project (empty: off)", recorded=False)
-    overwrite: bool = field(False, "redo the run if --output holds one made with other settings (otherwise "
-                            "refused; a finished run with the same settings is reused)", recorded=False)
 
 
 STAGE = "specialize"
@@ -115,15 +125,15 @@ def set_trainable(model, stage: str) -> list[torch.nn.Parameter]:
 class Specializer:
     """Holds the model, data and logs; `run_stage` trains one stage, `evaluate` measures held-out routing.
 
-    `self.step` counts steps over both stages (A: 1..stage_a_steps, then B); `state` is the training state of
-    the checkpoint to resume from, or None.
+    `self.step` counts steps over both stages (A: 1..stage_a_steps, then B) and `self.tokens` the real tokens
+    they trained on; `state` is the training state of the checkpoint to resume from, or None. Metrics are
+    logged inside `with self.open_logs():`.
     """
 
     def __init__(self, cfg: SpecializeConfig, state: dict | None):
         self.cfg, self.state = cfg, state
         self.out = Path(cfg.output)
-        self.device = engine.pick_device()
-        self.ctx = engine.autocast(self.device, cfg.precision)
+        self.device, self.ctx = engine.device_and_autocast(cfg.precision)
         checkpoint = str(self.out / outputs.CHECKPOINT)
         self.model, self.tokenizer = engine.load_moe(checkpoint if state else cfg.model, self.device)
         splits = domain_splits(cfg.data, cfg.train_docs, cfg.heldout_docs, cfg.seed)
@@ -132,45 +142,34 @@ class Specializer:
             raise UserError(f"{len(self.domains)} domains need at least {len(self.domains)} experts; the model "
                             f"has {self.model.config.num_local_experts}. Upcycle with --num-experts "
                             f"{len(self.domains)}.")
-        tok = lambda docs: data.tokenize_documents(docs, self.tokenizer, cfg.max_len)
-        self.train_docs = [tok(splits[d][0]) for d in self.domains]
-        self.heldout = [tok(splits[d][1]) for d in self.domains]
+        def tokenize(docs: list[str]) -> list[list[int]]:
+            return data.tokenize_documents(docs, self.tokenizer, cfg.max_len)
+
+        self.train_docs = [tokenize(splits[d][0]) for d in self.domains]
+        self.heldout = [tokenize(splits[d][1]) for d in self.domains]
         self.samples = {d: splits[d][1][0] for d in self.domains}  # for the token-level routing picture
         self.pad_id = self.tokenizer.pad_token_id
-        self.step = state["step"] if state else 0
-        self.load_csv = self.out / "expert_load.csv"
-
-    def open_logs(self):
-        """metrics.csv and expert_load.csv: new, or cut back to the checkpoint's step when resuming."""
-        state = self.state
+        self.step, self.tokens = (state["step"], state.get("tokens", 0)) if state else (0, 0)
+        self.log = None
         if state:
             torch.set_rng_state(state["rng"])
-            for csv_file in (self.out / "metrics.csv", self.load_csv):
-                outputs.truncate_csv(csv_file, self.step)
             print(f"resuming from the checkpoint at step {self.step} (stage {state['stage']})", flush=True)
-        else:
-            self.load_csv.write_text("step,layer,expert,load\n")
-        eval_cols = [f"acc_{d}" for d in self.domains] + [f"heldout_loss_{d}" for d in self.domains]
-        self.log = engine.MetricsLog(
-            self.out / "metrics.csv",
-            ["step", "stage", "lr", "loss", "lm_loss", "guide_loss", "balance_loss", "grad_norm", *eval_cols,
-             "eval_balance_loss", "active_share", "router_entropy"], self.cfg.wandb_project, asdict(self.cfg),
-            append=state is not None)
+
+    @contextlib.contextmanager
+    def open_logs(self):
+        """metrics.csv for the `with` block: new, or cut back to the checkpoint's step when resuming."""
+        with engine.metrics_log(self.out, self.step if self.state else None, self.cfg) as self.log:
+            yield
 
     def evaluate(self, stage: str) -> dict:
         r = evaluate_domains(self.model, self.heldout, self.cfg, self.pad_id, self.device, self.ctx)
-        row = {"step": self.step, "stage": stage, "eval_balance_loss": r["balance_loss"],
-               "active_share": r["active_share"], "router_entropy": r["router_entropy"]}
+        row = engine.routing_metrics(r)
         for d, name in enumerate(self.domains):
-            row[f"acc_{name}"], row[f"heldout_loss_{name}"] = r["routing_accuracy_mean"][d], r["heldout_loss"][d]
-        self.log.log(row)
-        self.log.log_wandb_only({f"load/layer{l}/expert{e}": v for l, loads in enumerate(r["expert_load"])
-                                 for e, v in enumerate(loads)}, self.step)
-        with self.load_csv.open("a") as f:
-            for layer, loads in enumerate(r["expert_load"]):
-                f.writelines(f"{self.step},{layer},{e},{v:.6f}\n" for e, v in enumerate(loads))
-        accs = " ".join(f"{n} {a:.1%}" for n, a in zip(self.domains, r["routing_accuracy_mean"]))
-        losses = " ".join(f"{n} {l:.3f}" for n, l in zip(self.domains, r["heldout_loss"]))
+            row[f"val/routing_accuracy/{name}"] = r["routing_accuracy_mean"][d]
+            row[f"val/loss/{name}"] = r["heldout_loss"][d]
+        self.log.log(self.step, self.tokens, row)
+        accs = " ".join(f"{n} {a:.1%}" for n, a in zip(self.domains, r["routing_accuracy_mean"], strict=True))
+        losses = " ".join(f"{n} {loss:.3f}" for n, loss in zip(self.domains, r["heldout_loss"], strict=True))
         print(f"step {self.step:>5} [{stage}] held-out routing accuracy: {accs} | loss: {losses}", flush=True)
         return r
 
@@ -190,7 +189,7 @@ class Specializer:
         if done == steps:
             return
         params = set_trainable(model, stage)
-        optimizer = engine.make_optimizer(params, lr_peak, cfg.weight_decay, self.device)
+        optimizer = adamw(params, lr_peak, cfg.weight_decay, BETAS, self.device)
         if self.state is not None and self.state["stage"] == stage:
             optimizer.load_state_dict(self.state["optimizer"])
         batches = data.balanced_domain_batches(self.train_docs, cfg.docs_per_domain, self.pad_id,
@@ -201,9 +200,8 @@ class Specializer:
         for i, batch in enumerate(itertools.islice(batches, steps)):
             if i < done:  # the same batches as an unbroken run
                 continue
-            lr = engine.lr_at(i, steps, cfg.warmup_steps, lr_peak, 0.1)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = lr_peak * lr_factor(i, cfg.warmup_steps, steps, min_ratio=0.1)
+            engine.set_lr(optimizer, lr)
             ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
             logits, router_logits = engine.forward(model, ids, mask, self.ctx)
             lm = engine.lm_loss(logits, ids, mask)
@@ -214,18 +212,20 @@ class Specializer:
             grad_norm = engine.clip_and_step(params, optimizer, cfg.grad_clip)
             window_sum += torch.stack([loss, lm, guide, bal]).detach()
             self.step += 1
+            self.tokens += int(batch["attention_mask"].sum())  # counted on the CPU copy: no device sync
             if (i + 1) % cfg.log_every == 0:
                 loss_v, lm_v, guide_v, bal_v = (window_sum / cfg.log_every).tolist()
                 engine.check_finite(loss_v + float(grad_norm), self.step)
                 window_sum.zero_()
-                self.log.log({"step": self.step, "stage": stage, "lr": lr, "loss": loss_v, "lm_loss": lm_v,
-                              "guide_loss": guide_v, "balance_loss": bal_v, "grad_norm": float(grad_norm)})
+                self.log.log(self.step, self.tokens, {
+                    "train/loss": loss_v, "train/lm_loss": lm_v, "train/guide_loss": guide_v,
+                    "train/balance_loss": bal_v, "train/grad_norm": float(grad_norm), "train/lr": lr})
             evaluation_point = (i + 1) % cfg.eval_every == 0 and i + 1 < steps
             if evaluation_point:
                 self.evaluate(stage)
             if evaluation_point or stop.signum is not None:
                 outputs.save_checkpoint(self.out, model, self.tokenizer, {
-                    "stage": stage, "step": self.step, "optimizer": optimizer.state_dict(),
+                    "stage": stage, "step": self.step, "tokens": self.tokens, "optimizer": optimizer.state_dict(),
                     "rng": torch.get_rng_state()})
             if stop.signum is not None:
                 set_trainable(model, "B")
@@ -233,7 +233,6 @@ class Specializer:
         set_trainable(model, "B")  # leave every weight trainable, as loaded
 
     def save(self, after: dict):
-        self.log.close()
         self.model.save_pretrained(self.out / "model")
         self.tokenizer.save_pretrained(self.out / "model")
         (self.out / "routing_after.json").write_text(json.dumps({"domains": self.domains, **after}))
@@ -295,10 +294,9 @@ def specialize(cfg: SpecializeConfig) -> dict:
     s = Specializer(cfg, outputs.load_state(out) if status == RESUME and outputs.has_checkpoint(out) else None)
     if status == FRESH:
         begin(out, STAGE, settings)
-    s.open_logs()
     print(f"domains → experts: {', '.join(f'{d}→{i}' for i, d in enumerate(s.domains))}; "
           f"{sum(map(len, s.heldout))} held-out documents", flush=True)
-    with StopRequests() as stop:
+    with s.open_logs(), StopRequests() as stop:
         before = s.routing("before", "before", 0)
         s.run_stage("A", 0, cfg.stage_a_steps, cfg.stage_a_lr, stop)
         s.routing("after_stage_a", "A", cfg.stage_a_steps)

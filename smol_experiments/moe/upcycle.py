@@ -9,7 +9,7 @@ Why the default is 3 experts, top-2 (not the reference's top-1):
 - Mixtral renormalises the top-k probabilities. With top-1 the single weight is p/p = 1, a constant, so
   the language-model loss sends the router *no gradient*; only auxiliary losses could ever train it.
   With top-2 the output is w·E_a(x) + (1-w)·E_b(x), so once experts differ the LM loss tells the router
-  which expert helps (d loss / d w ∝ E_a(x) - E_b(x)). `tests/experiments/test_moe_upcycle.py` checks both.
+  which expert helps (d loss / d w ∝ E_a(x) - E_b(x)). `tests/smol_experiments/moe/test_upcycle.py` checks both.
 
     python -m smol_experiments.moe.upcycle --model HuggingFaceTB/SmolLM-135M --output runs/moe/upcycled
 """
@@ -74,7 +74,7 @@ def upcycle(dense, num_experts: int = 3, top_k: int = 2, router_std: float | Non
     # A fixed generator: the same seed gives the same routers, whatever else used the global RNG.
     gen = torch.Generator().manual_seed(seed)
     std = config.initializer_range if router_std is None else router_std
-    for s, d in zip(src.layers, dst.layers):
+    for s, d in zip(src.layers, dst.layers, strict=True):
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
             getattr(d.self_attn, name).weight.copy_(getattr(s.self_attn, name).weight)
         d.input_layernorm.weight.copy_(s.input_layernorm.weight)
@@ -94,7 +94,7 @@ def parameter_counts(moe) -> dict[str, int]:
     """Total parameters and those active for one token (top-k of the experts)."""
     c = moe.config
     total = sum(p.numel() for p in moe.parameters())
-    per_expert = sum(p[0].numel() for l in moe.model.layers for p in l.mlp.experts.parameters())
+    per_expert = sum(p[0].numel() for layer in moe.model.layers for p in layer.mlp.experts.parameters())
     active = total - per_expert * (c.num_local_experts - c.num_experts_per_tok)
     return {"total": total, "active_per_token": active}
 

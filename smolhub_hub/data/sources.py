@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import codecs
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from smolhub_hub.config import DataConfig
 from smolhub_hub.errors import UserError
@@ -59,7 +59,7 @@ def _iter_source(cfg: DataConfig, stats: SourceStats) -> Iterator:
         return
     path = Path(cfg.dataset).expanduser()
     if path.exists():
-        yield from _iter_local(path, cfg.text_field, stats)
+        yield from read_local(path, cfg.text_field, stats)
         return
     if cfg.dataset.startswith((".", "/", "~")) or Path(cfg.dataset).suffix in LOCAL_SUFFIXES:
         raise UserError(f"dataset path '{cfg.dataset}' does not exist; check the path, or {OFFLINE_HINT}")
@@ -82,13 +82,17 @@ def _scan(path: Path) -> tuple[list[Path], int]:
     return files, len(found) - len(files)
 
 
-def _iter_local(path: Path, text_field: str, stats: SourceStats) -> Iterator:
+def read_local(path: Path, text_field: str, stats: SourceStats, field_flag: str = "--text-field") -> Iterator:
+    """The values of a local file or folder, by these rules: hidden paths skipped (counted in `stats`), UTF-8
+    only (a BOM and CRLF are fine), `.txt` split into documents, `.jsonl` / `.parquet` read at `text_field`.
+    Values that are not text are yielded as they are, for the caller to skip and count. `field_flag` names the
+    flag that sets the field, for the messages (smol_experiments' stages call it --text-column)."""
     files, stats.hidden_files = _scan(path)
     for f in files:
         if f.suffix == ".parquet":
-            yield from _iter_parquet(f, text_field)
+            yield from _iter_parquet(f, text_field, field_flag)
         elif f.suffix in (".jsonl", ".json"):
-            yield from _iter_jsonl(f, text_field)
+            yield from _iter_jsonl(f, text_field, field_flag)
         elif f.suffix == ".txt":
             yield from _split_txt(_read_text(f))
         else:
@@ -104,7 +108,7 @@ def _read_text(f: Path) -> str:
                             f"UTF-8: convert it, e.g. `iconv -f {encoding.lower()} -t utf-8 {f} > "
                             f"{f.stem}-utf8{f.suffix}`")
     if b"\x00" in raw[:8192]:
-        raise UserError(f"'{f}' looks like a binary file, not text; point --dataset at text files")
+        raise UserError(f"'{f}' looks like a binary file, not text; use text files")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -121,20 +125,21 @@ def _split_txt(text: str) -> Iterator[str]:
             yield p.strip()
 
 
-def _iter_jsonl(f: Path, text_field: str) -> Iterator:
+def _iter_jsonl(f: Path, text_field: str, field_flag: str) -> Iterator:
     for lineno, line in enumerate(_read_text(f).splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise UserError(f"{f}:{lineno} is not valid JSON ({e.msg}); each line of a .jsonl file is one object") from None
+            raise UserError(f"{f}:{lineno} is not valid JSON ({e.msg}); each line of a .jsonl file is one "
+                            "object") from None
         if not isinstance(row, dict) or text_field not in row:
-            raise UserError(f"{f}:{lineno} has no field '{text_field}'; set --text-field to the field holding the text")
+            raise UserError(f"{f}:{lineno} has no field '{text_field}'; set {field_flag} to the field holding the text")
         yield row[text_field]
 
 
-def _iter_parquet(f: Path, text_field: str) -> Iterator:
+def _iter_parquet(f: Path, text_field: str, field_flag: str) -> Iterator:
     import pyarrow.parquet as pq
 
     try:
@@ -143,10 +148,10 @@ def _iter_parquet(f: Path, text_field: str) -> Iterator:
         raise UserError(f"cannot read parquet file '{f}': {e}") from None
     if text_field not in pf.schema_arrow.names:
         raise UserError(f"'{f}' has no column '{text_field}' (columns: {', '.join(pf.schema_arrow.names)}); "
-                        "set --text-field")
+                        f"set {field_flag}")
     column_type = pf.schema_arrow.field(text_field).type
     if not _is_string_type(column_type):
-        raise UserError(f"column '{text_field}' of '{f}' holds {column_type}, not text; set --text-field to a "
+        raise UserError(f"column '{text_field}' of '{f}' holds {column_type}, not text; set {field_flag} to a "
                         "string column")
     for batch in pf.iter_batches(columns=[text_field], batch_size=4096):
         yield from batch.column(0).to_pylist()  # nulls are None: skipped and counted as non-text

@@ -37,8 +37,10 @@ class DistInfo:
         return t
 
 
-def pick_device(requested: str, local_rank: int) -> str:
-    """auto, cpu, cuda (this process's GPU under torchrun), cuda:N or mps, checked against this machine."""
+def pick_device(requested: str = "auto", local_rank: int = 0) -> str:
+    """auto, cpu, cuda (this process's GPU under torchrun), cuda:N or mps, checked against this machine.
+
+    The one device rule of the repository: the trainers, inference, the demos and smol_experiments use it."""
     kind, _, index = requested.partition(":")
     if requested == "auto":
         return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"

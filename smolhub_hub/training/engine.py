@@ -24,14 +24,26 @@ from pathlib import Path
 import torch
 
 from smolhub_hub import checkpoint as ckpt_io
-from smolhub_hub.config import (DERIVED_MODEL_FIELDS, INVOCATION_FIELDS, DataConfig, ModelFamily, TrainConfig,
-                                architecture_fields, check_flags_act, describe, differences, flag, training_settings)
+from smolhub_hub.config import (
+    DERIVED_MODEL_FIELDS,
+    INVOCATION_FIELDS,
+    DataConfig,
+    ModelFamily,
+    TrainConfig,
+    architecture_fields,
+    check_flags_act,
+    describe,
+    differences,
+    flag,
+    training_settings,
+)
 from smolhub_hub.data.packed import PackedData, cached_data, prepare_data, window_starts, windows_to_batch
 from smolhub_hub.data.tokenizer import check_fingerprint, folder_fingerprint, load_tokenizer
 from smolhub_hub.errors import UserError
 from smolhub_hub.training import distributed
 from smolhub_hub.training.metrics import RUN_FILES, MetricsLog, plot_run
 from smolhub_hub.training.optim import build_optimizers
+from smolhub_hub.training.precision import amp_dtype, autocast
 from smolhub_hub.training.schedule import SEQ_LEN_WARMUP_START, lr_factor, seq_len_at
 
 EVAL_SEED = 987_654_321
@@ -207,7 +219,8 @@ class Trainer:
                 model = self.family.model_class()(self.mcfg)
             except (AssertionError, ValueError, ZeroDivisionError, RuntimeError) as e:  # e.g. heads not dividing dim
                 raise UserError(f"{self.family.name} cannot be built with these settings ({type(e).__name__}: "
-                                f"{str(e)[:160] or 'inconsistent sizes'}); check --dim, --n-heads and related flags") from None
+                                f"{str(e)[:160] or 'inconsistent sizes'}); check --dim, --n-heads and related "
+                                "flags") from None
         if self.data.meta["vocab_size"] > self.mcfg.vocab_size:
             raise UserError(f"the tokenizer has {self.data.meta['vocab_size']} ids but the model embeds only "
                             f"{self.mcfg.vocab_size}; use the tokenizer the model was trained with (--tokenizer)")
@@ -253,10 +266,7 @@ class Trainer:
         return accum
 
     def _precision(self):
-        want, cuda = self.tcfg.dtype, self.device.startswith("cuda")
-        if want == "auto":
-            want = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if cuda else "float32"
-        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}[want]
+        dtype, cuda = amp_dtype(self.tcfg.dtype, self.device), self.device.startswith("cuda")
         if dtype is torch.float16 and not cuda and self.dist.is_main:
             print("note: --dtype float16 on a CPU exercises the loss-scaled fp16 path of GPUs without bf16; "
                   "bfloat16 or float32 suit a CPU better")
@@ -328,6 +338,13 @@ class Trainer:
         return states
 
     def _load(self, path: Path):
+        """--resume continues a run where its checkpoint left it. The rule: what the network computes and the data
+        it learns from must be the checkpoint's (`_check_resume` refuses a flag that differs); how it is trained
+        may change, and each changed setting is printed. Restored: the weights; each optimizer's state (AdamW's
+        moments and step counts, Muon's momentum) under this run's lr / weight decay / betas; the fp16 loss
+        scale; the step and token count, which is all the data position there is (a step's windows are a pure
+        function of seed and step, `window_starts`) and where the LR schedule continues; every rank's RNG
+        (dropout, router noise). So a run resumed with the same flags continues exactly as if never stopped."""
         changed = self._changed_training_settings()
         self._check_same_parameters(changed)
         ckpt_io.load_weights(path, self.raw_model)
@@ -367,10 +384,10 @@ class Trainer:
         if len(st["optimizers"]) != len(self.optimizers):
             raise UserError(f"{path} was trained with {len(st['optimizers'])} optimizer(s), this run builds "
                             f"{len(self.optimizers)}; resume with the same --optimizer")
-        for opt, sd in zip(self.optimizers, st["optimizers"]):
+        for opt, sd in zip(self.optimizers, st["optimizers"], strict=True):
             settings = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
             opt.load_state_dict(sd)
-            for group, mine in zip(opt.param_groups, settings):
+            for group, mine in zip(opt.param_groups, settings, strict=True):
                 group.update(mine)  # this run's lr, weight decay, betas...: only the state comes from the checkpoint
         if self.scaler and st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])
@@ -399,6 +416,7 @@ class Trainer:
         return self.tcfg.lr * f
 
     def _micro_batches(self, step: int, seq: int):
+        """This rank's share of the step's windows: the same draw on every rank, each taking its own slices."""
         b, world = self.tcfg.batch_size, self.dist.world_size
         starts = window_starts(len(self.data.train), seq, b * self.accum * world, self.tcfg.seed, step)
         for m in range(self.accum):
@@ -406,34 +424,46 @@ class Trainer:
             yield m, windows_to_batch(self.data.train, starts[lo:lo + b], seq, self.device)
 
     def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.split(":")[0], dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     def train_step(self, step: int) -> dict:
+        """One optimizer step over `self.accum` micro-batches on every rank, or none if it is not finite."""
         seq = seq_len_at(step, self.seq_len, self.tcfg.seq_len_warmup)
         lm_sum = torch.zeros((), device=self.device)
         aux_sum = torch.zeros((), device=self.device)
         has_aux = False
         for m, (x, y) in self._micro_batches(step, seq):
+            # DDP all-reduces the gradients during backward(). Between micro-steps they only need to add up
+            # locally in .grad, so every backward but the last runs under no_sync(): one all-reduce per
+            # step, of the accumulated sum, instead of one per micro-batch (nanoGPT toggles
+            # require_backward_grad_sync for the same reason).
             last = m == self.accum - 1
             sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.model.no_sync()
             with sync:
                 with self._autocast():
                     out = self.model(x, y)
+                # backward() adds into .grad, so each micro-batch's loss is divided by their number: the sum
+                # is then the gradient of the mean loss over the step's whole batch, as one big batch would
+                # give; DDP's all-reduce averages over ranks on top. (fp16: scaled up first, so that small
+                # gradients do not flush to zero.)
                 loss = out.loss / self.accum
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
-            lm_sum += out.lm_loss.detach()
+            lm_sum += out.lm_loss.detach()  # stays on the device: no sync per micro-step
             if out.aux_loss is not None:
                 aux_sum += out.aux_loss.detach()
                 has_aux = True
+        # The order matters. 1. unscale: clipping must see the true gradients, not fp16's scaled ones (and
+        # scaler.step below then knows they are unscaled). 2. clip: the global norm, returned for the log.
+        # 3. the finite check, on that norm. 4. step, only when finite. 5. scaler.update, on every step.
         if self.scaler:
             for opt in self.optimizers:
                 self.scaler.unscale_(opt)
         clip = self.tcfg.grad_clip if self.tcfg.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
-        # One host sync per step: a non-finite loss or gradient skips the update instead of
-        # poisoning the weights.
+        # The one host sync per step (bool() waits for the GPU): whether to apply this update must be known
+        # before it is applied. A non-finite loss or gradient (one inf in any gradient makes the norm inf)
+        # skips the update instead of poisoning the weights; everything else stays on the device until a
+        # logged step reads it.
         finite = bool(torch.isfinite(norm) & torch.isfinite(lm_sum))
         if finite:
             for opt in self.optimizers:
@@ -444,7 +474,7 @@ class Trainer:
         if self.scaler:
             self.scaler.update()  # on skipped steps too: an overflow halves the scale, that is how fp16 backs off
         for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)  # the next backward writes .grad instead of adding to it
         return {"finite": finite, "loss": lm_sum / self.accum, "aux": aux_sum / self.accum, "norm": norm,
                 "seq": seq, "has_aux": has_aux}
 
@@ -488,10 +518,14 @@ class Trainer:
         return self.tokenizer.decode(out[0], skip_special_tokens=True)
 
     def _on_signal(self, signum, frame):
+        # Only noted here: the loop checks at the next step boundary, where the weights, optimizer and data
+        # position agree, and saves there. Stopping mid-step would save half an update.
         self._stop_signal = signum
 
     def _stop_requested(self) -> bool:
-        """Ranks see a signal at different steps; save() has a barrier, so all must stop at the same one."""
+        """Ranks see a signal at different steps (torchrun forwards it to each process, which may be anywhere in
+        its step); save() gathers every rank's RNG and ends in a barrier, so all must stop at the same step: the
+        flags are max-reduced, and if any rank was signalled, every rank stops and saves now."""
         if not self.dist.enabled:
             return self._stop_signal is not None
         stop = torch.tensor(float(self._stop_signal or 0), device=self.device)
@@ -537,7 +571,7 @@ class Trainer:
                 self.state.tokens += t.batch_size * out["seq"] * self.accum * self.dist.world_size
                 bar.update(1)
                 done = self.state.step == t.max_steps
-                if self.state.step % t.log_interval == 0 or done:
+                if self.state.step % t.log_interval == 0 or done:  # .item() waits for the device: logged steps only
                     now = time.perf_counter()
                     tps = (self.state.tokens - tokens_at_log) / max(now - time_at_log, 1e-9)
                     tokens_at_log, time_at_log = self.state.tokens, now
@@ -696,6 +730,9 @@ def _progress(total: int, initial: int, disable: bool):
 
 def train(family: ModelFamily, mcfg, tcfg: TrainConfig, dcfg: DataConfig, preset: str = "default",
           explicit: dict | None = None) -> dict:
+    """One run. Under torchrun every rank runs this; they are one run, so only global rank 0 takes the run
+    folder's lock (a second trainer, not a second rank, is refused) and only it writes metrics and checkpoints,
+    while the others join the collective calls (evaluation means, the stop decision, the RNG gather in save)."""
     is_first_process = distributed.global_rank() == 0  # torchrun's rank 0 owns the folder for all ranks
     with _owning(run_dir_of(family, tcfg, preset)) if is_first_process else contextlib.nullcontext():
         trainer = Trainer(family, mcfg, tcfg, dcfg, preset, explicit)

@@ -18,12 +18,13 @@ import torch
 from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, DEFAULT_NS_STEPS, EPS, _adjust_lr
 
 
-def adamw_param_groups(named_params, weight_decay: float):
-    decay, no_decay = [], []
-    for _, p in named_params:
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def adamw_param_groups(params, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices (and stacks of them) only: norms' gains and biases are not shrunk toward 0.
+    Frozen parameters are left out, and so is a group that would be empty."""
+    params = [p for p in params if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 FUSED_ADAMW_DEVICES = ("cpu", "cuda", "mps")
@@ -35,14 +36,18 @@ def fused_adamw(device) -> bool:
     return torch.device(device).type in FUSED_ADAMW_DEVICES
 
 
-def _adamw(named_params, cfg, device) -> torch.optim.AdamW:
-    groups = adamw_param_groups(named_params, cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused_adamw(device))
+def adamw(params, lr: float, weight_decay: float, betas: tuple[float, float], device) -> torch.optim.AdamW:
+    """AdamW with `adamw_param_groups`, fused wherever torch has the kernel (used by smol_experiments too)."""
+    return torch.optim.AdamW(adamw_param_groups(params, weight_decay), lr=lr, betas=betas, fused=fused_adamw(device))
+
+
+def _adamw(params, cfg, device) -> torch.optim.AdamW:
+    return adamw(params, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device)
 
 
 def build_adamw(model, cfg, device: str) -> torch.optim.AdamW:
-    # named_parameters() yields a tied matrix once, so it sits in exactly one group.
-    return _adamw(model.named_parameters(), cfg, device)
+    # parameters() yields a tied matrix once, so it sits in exactly one group.
+    return _adamw(model.parameters(), cfg, device)
 
 
 def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:
@@ -65,7 +70,7 @@ def build_muon(model, cfg, device: str) -> list[torch.optim.Optimizer]:
     opts: list[torch.optim.Optimizer] = [torch.optim.Muon(matrices, **kw)] if matrices else []
     if stacks:
         opts.append(ExpertMuon(stacks, **kw))
-    opts.append(_adamw([(n, p) for n, p in named if not is_hidden_matrix(n, p)], cfg, device))
+    opts.append(_adamw([p for n, p in named if not is_hidden_matrix(n, p)], cfg, device))
     return opts
 
 

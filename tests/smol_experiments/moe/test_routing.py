@@ -10,30 +10,16 @@ import pytest
 import torch
 
 from smol_experiments.moe.data import pad_batch
-from smol_experiments.moe.fixtures import save_tiny_moe
 from smol_experiments.moe.routing import RoutingStats, balance_loss, guidance_loss, router_parameters
 from smol_experiments.moe.specialize import SpecializeConfig, Specializer
 from smol_experiments.stages import StopRequests
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def moe_dir(tmp_path_factory):
-    return save_tiny_moe(tmp_path_factory.mktemp("moe"))
-
-
-@pytest.fixture(scope="module")
-def moe(moe_dir):
+def moe(tiny_moe):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(moe_dir).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_moe).eval()
     with torch.no_grad():  # routers with some contrast, so the statistics are not trivially uniform
         for p in router_parameters(model):
             p.normal_(0, 1.0)
@@ -67,7 +53,7 @@ def test_balance_loss_and_stats_ignore_padding(moe):
 
     stats_padded, stats_single = RoutingStats(4, 3, 2, 3), RoutingStats(4, 3, 2, 3)
     stats_padded.update(_router_logits(moe, batch), batch["attention_mask"], batch["domains"])
-    for b, logits in zip(singles, per_doc):
+    for b, logits in zip(singles, per_doc, strict=True):
         stats_single.update(logits, b["attention_mask"], b["domains"])
     assert stats_padded.tokens == stats_single.tokens == sum(map(len, docs))
     assert torch.allclose(stats_padded.expert_load(), stats_single.expert_load(), atol=1e-6)
@@ -86,16 +72,16 @@ def test_balance_loss_is_one_when_balanced_and_guidance_zero_on_target():
     assert float(guidance_loss(uniform, torch.ones(tokens), target_expert, 0.9)) > 0.1
 
 
-def test_stage_a_changes_only_router_weights(moe_dir, tmp_path):
-    cfg = SpecializeConfig(model=str(moe_dir), output=str(tmp_path), data="synthetic", train_docs=12,
+def test_stage_a_changes_only_router_weights(tiny_moe, tmp_path):
+    cfg = SpecializeConfig(model=str(tiny_moe), output=str(tmp_path), data="synthetic", train_docs=12,
                            heldout_docs=3, max_len=48, docs_per_domain=2, stage_a_lr=1e-2, warmup_steps=1,
                            weight_decay=0.1, log_every=1, eval_every=100, precision="fp32")
     s = Specializer(cfg, state=None)
-    s.open_logs()
     routers = {n for n, m in s.model.named_modules() if type(m).__name__ == "MixtralTopKRouter"}
     assert len(router_parameters(s.model)) == len(routers) == s.model.config.num_hidden_layers
     before = {k: v.clone() for k, v in s.model.state_dict().items()}
-    s.run_stage("A", first_step=0, steps=3, lr_peak=1e-2, stop=StopRequests())
+    with s.open_logs():
+        s.run_stage("A", first_step=0, steps=3, lr_peak=1e-2, stop=StopRequests())
     after = s.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {f"{r}.weight" for r in routers}

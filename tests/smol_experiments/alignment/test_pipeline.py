@@ -8,18 +8,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 
 from smol_experiments.alignment import run_pipeline
-from smol_experiments.alignment.fixtures import force_offline_hub, torch_threads
 from smol_experiments.stages import StageInterrupted, read_marker
 from smolhub_hub.errors import UserError
-from tests.experiments.interrupt import signal_at_call
+from tests.smol_experiments.interrupt import signal_at_call
 
 SYSTEMS = ["copy-input", "base", "sft", "sft+dpo", "sft+cpo"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    with torch_threads(1):
-        yield
 
 
 def weights_times(root):
@@ -29,7 +22,6 @@ def weights_times(root):
 def test_quick_pipeline_resumes_after_sigterm_and_redoes_only_changed_stages(tmp_path, monkeypatch):
     from trl import SFTTrainer
 
-    force_offline_hub(monkeypatch)
     monkeypatch.setattr(run_pipeline, "QUICK_MODEL", {"hidden_size": 64, "num_layers": 2})  # the test checks plumbing
     monkeypatch.setattr(run_pipeline, "QUICK_TRAIN_ROWS", 200)
     root = tmp_path / "quick"

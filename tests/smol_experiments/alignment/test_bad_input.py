@@ -15,7 +15,6 @@ from smol_experiments.alignment.fixtures import write_synthetic_gec
 from smol_experiments.alignment.run_dir import prepare_output_dir
 from smol_experiments.stages import claim, write_marker
 from smolhub_hub.errors import UserError
-from tests.experiments.alignment_env import offline, one_torch_thread  # noqa: F401  (autouse)
 
 
 @pytest.fixture(scope="module")

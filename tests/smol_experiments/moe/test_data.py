@@ -7,11 +7,13 @@ import pytest
 from smol_experiments.moe.data import load_texts, pack, split_by_document
 from smol_experiments.moe.domains import domain_splits
 from smol_experiments.moe.fixtures import tiny_tokenizer
+from smolhub_hub.config import DataConfig
+from smolhub_hub.data.sources import iter_documents
 from smolhub_hub.errors import UserError
 
 
 def test_local_files_split_by_document_and_pack(tmp_path):
-    docs = [f"document number {i}: " + "word " * (i % 7 + 3) for i in range(40)]
+    docs = [f"document number {i}: " + " ".join(["word"] * (i % 7 + 3)) for i in range(40)]
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in docs[:30]))
     for i, d in enumerate(docs[30:]):
         (tmp_path / f"doc{i}.txt").write_text(d)
@@ -44,9 +46,20 @@ def test_local_data_mistakes_are_one_line_and_hidden_files_are_skipped(tmp_path)
     (tmp_path / ".ipynb_checkpoints").mkdir()
     (tmp_path / ".ipynb_checkpoints" / "a.jsonl").write_text('{"text": "an editor copy"}\n')
     assert load_texts(str(tmp_path)) == ["kept"]  # null and numbers are not text
-    with pytest.raises(UserError, match="no 'content' field; pass --text-column"):
+    with pytest.raises(UserError, match="no field 'content'; set --text-column"):
         load_texts(str(tmp_path), "content")
     (tmp_path / "a.jsonl").write_text('{"text": "cut off\n')
-    with pytest.raises(UserError, match="a.jsonl line 1 is not JSON"):
+    with pytest.raises(UserError, match="a.jsonl:1 is not valid JSON"):
         load_texts(str(tmp_path))
+
+
+def test_local_data_is_read_by_the_trainers_rules(tmp_path):
+    """The stages read a folder as `--dataset FOLDER` of the trainers does: a BOM and CRLF line ends dropped,
+    .txt files split into documents at blank lines, .json read as JSON lines, hidden files and non-text skipped."""
+    (tmp_path / "notes.txt").write_bytes("\ufeffFirst story.\r\nIt rained.\r\n\r\nSecond story.\r\n".encode())
+    (tmp_path / "rows.json").write_text('{"text": "from json"}\n{"text": null}\n')
+    (tmp_path / ".hidden.jsonl").write_text('{"text": "an editor copy"}\n')
+    texts = load_texts(str(tmp_path))
+    assert texts == ["First story.\nIt rained.", "Second story.", "from json"]
+    assert texts == list(iter_documents(DataConfig(dataset=str(tmp_path))))
 

@@ -13,21 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from smol_experiments.moe import continued_pretraining, engine, specialize
-from smol_experiments.moe.fixtures import save_tiny_moe
-from tests.experiments.interrupt import signal_at_call
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def moe(tmp_path_factory):
-    return save_tiny_moe(tmp_path_factory.mktemp("moe") / "upcycled")
+from smolhub_hub.training.metrics import read_metrics
+from tests.smol_experiments.interrupt import signal_at_call
 
 
 def signal_at_step(monkeypatch, step: int, signum=signal.SIGTERM):
@@ -39,9 +26,11 @@ def same_weights(a, b) -> bool:
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_sigterm_checkpoint_then_resume_matches_unbroken_run(tmp_path, moe, monkeypatch, capsys):
-    args = lambda out: ["--preset", "quick", "--model", str(moe), "--output", str(out), "--steps", "12",
-                        "--eval-every", "4", "--log-every", "2", "--max-documents", "300", "--seq-len", "64"]
+def test_sigterm_checkpoint_then_resume_matches_unbroken_run(tmp_path, tiny_moe, monkeypatch, capsys):
+    def args(out):
+        return ["--preset", "quick", "--model", str(tiny_moe), "--output", str(out), "--steps", "12",
+                "--eval-every", "4", "--log-every", "2", "--max-documents", "300", "--seq-len", "64"]
+
     unbroken = continued_pretraining.main(args(tmp_path / "a"))
 
     real_step = signal_at_step(monkeypatch, 7)
@@ -58,10 +47,11 @@ def test_sigterm_checkpoint_then_resume_matches_unbroken_run(tmp_path, moe, monk
     assert "resuming from the checkpoint at step 7" in capsys.readouterr().out
     assert resumed == unbroken and resumed["val_set_sha256"]
     assert same_weights(tmp_path / "a", tmp_path / "b")
-    rows = [(tmp_path / d / "metrics.csv").read_text().splitlines() for d in ("a", "b")]
-    assert [r.split(",")[0] for r in rows[0]] == [r.split(",")[0] for r in rows[1]]  # no step lost or repeated
+    rows = [read_metrics(tmp_path / d / "metrics.csv") for d in ("a", "b")]
+    assert [(r["step"], r["name"]) for r in rows[0]] == [(r["step"], r["name"]) for r in rows[1]]  # none lost/repeated
     # Evaluations match exactly; only the training-loss row that straddles the restart averages fewer steps.
-    assert [r for r in rows[0] if ",,,,,,," in r] == [r for r in rows[1] if ",,,,,,," in r]
+    evaluations = [[r for r in run if r["name"].startswith("val/")] for run in rows]
+    assert evaluations[0] == evaluations[1]
     assert not (tmp_path / "b" / "checkpoint").exists()
 
     # The same command again reuses the finished run; other settings are refused, naming what differs.
@@ -76,9 +66,9 @@ def test_sigterm_checkpoint_then_resume_matches_unbroken_run(tmp_path, moe, monk
     assert "lr 0.002 → 0.001" in err and "--overwrite" in err
 
 
-def test_an_interrupted_run_with_other_settings_is_refused(tmp_path, moe, monkeypatch, capsys):
-    args = ["--preset", "quick", "--model", str(moe), "--output", str(tmp_path), "--steps", "6", "--eval-every", "3",
-            "--max-documents", "300", "--seq-len", "64"]
+def test_an_interrupted_run_with_other_settings_is_refused(tmp_path, tiny_moe, monkeypatch, capsys):
+    args = ["--preset", "quick", "--model", str(tiny_moe), "--output", str(tmp_path), "--steps", "6",
+            "--eval-every", "3", "--max-documents", "300", "--seq-len", "64"]
     signal_at_step(monkeypatch, 2, signal.SIGINT)  # Ctrl-C saves like SIGTERM does
     with pytest.raises(SystemExit) as exit_info:
         continued_pretraining.main(args)
@@ -91,10 +81,12 @@ def test_an_interrupted_run_with_other_settings_is_refused(tmp_path, moe, monkey
     assert (tmp_path / "checkpoint").is_dir()
 
 
-def test_specialization_resumes_exactly_across_its_stages(tmp_path, moe, monkeypatch, capsys):
-    args = lambda out: ["--preset", "quick", "--model", str(moe), "--output", str(out), "--train-docs", "40",
-                        "--heldout-docs", "6", "--max-len", "48", "--eval-batch-size", "18", "--stage-a-steps", "4",
-                        "--stage-b-steps", "4", "--eval-every", "2", "--log-every", "2", "--precision", "fp32"]
+def test_specialization_resumes_exactly_across_its_stages(tmp_path, tiny_moe, monkeypatch, capsys):
+    def args(out):
+        return ["--preset", "quick", "--model", str(tiny_moe), "--output", str(out), "--train-docs", "40",
+                "--heldout-docs", "6", "--max-len", "48", "--eval-batch-size", "18", "--stage-a-steps", "4",
+                "--stage-b-steps", "4", "--eval-every", "2", "--log-every", "2", "--precision", "fp32"]
+
     unbroken = specialize.main(args(tmp_path / "a"))
     real_step = signal_at_step(monkeypatch, 6)  # the second step of stage B
     with pytest.raises(SystemExit):
@@ -104,9 +96,9 @@ def test_specialization_resumes_exactly_across_its_stages(tmp_path, moe, monkeyp
     assert specialize.main(args(tmp_path / "b")) == unbroken
     assert "resuming from the checkpoint at step 6 (stage B)" in capsys.readouterr().out
     assert same_weights(tmp_path / "a", tmp_path / "b")
-    steps = [[row.split(",")[:2] for row in (tmp_path / d / "metrics.csv").read_text().splitlines()] for d in "ab"]
-    assert steps[0] == steps[1]  # every row once, in order: nothing lost or repeated
-    for d, row in unbroken["domains"].items():
+    rows = [[(r["step"], r["tokens"], r["name"]) for r in read_metrics(tmp_path / d / "metrics.csv")] for d in "ab"]
+    assert rows[0] == rows[1]  # every row once, in order, with the same token counts: nothing lost or repeated
+    for row in unbroken["domains"].values():
         low, high = row["routing_accuracy_after_ci"]
         assert low <= row["routing_accuracy_after"] <= high and row["heldout_loss_change_ci"][0] <= row[
             "heldout_loss_change"] <= row["heldout_loss_change_ci"][1]

@@ -13,8 +13,7 @@ from smol_experiments.alignment.fixtures import write_synthetic_gec, write_tiny_
 from smol_experiments.alignment.prompt_format import make_completion, make_prompt, strip_instruction
 from smol_experiments.stages import StageInterrupted, read_marker
 from smolhub_hub.errors import UserError
-from tests.experiments.alignment_env import offline, one_torch_thread  # noqa: F401  (autouse)
-from tests.experiments.interrupt import signal_at_call
+from tests.smol_experiments.interrupt import signal_at_call
 
 FAST = ["--batch-size", "16", "--logging-steps", "1", "--save-steps", "1000"]
 

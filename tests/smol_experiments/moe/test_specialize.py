@@ -7,24 +7,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import json
 
 import pytest
-import torch
 
 from smol_experiments.moe.analyze import build_report
-from smol_experiments.moe.fixtures import save_tiny_moe
 from smol_experiments.moe.specialize import SpecializeConfig, specialize
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def run(tmp_path_factory, tiny_moe):
     root = tmp_path_factory.mktemp("specialize")
-    cfg = SpecializeConfig(model=str(save_tiny_moe(root / "upcycled")), output=str(root / "run"),
+    cfg = SpecializeConfig(model=str(tiny_moe), output=str(root / "run"),
                            data="synthetic", train_docs=200, heldout_docs=30, max_len=96, docs_per_domain=4,
                            eval_batch_size=45, stage_a_steps=40, stage_b_steps=40, stage_a_lr=1e-2,
                            stage_b_lr=5e-4, warmup_steps=5, log_every=10, eval_every=20, precision="fp32")
     summary = specialize(cfg)
-    torch.set_num_threads(threads)
     return root / "run", summary
 
 

@@ -5,7 +5,6 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import csv
 import json
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 import torch
 
 from smol_experiments.moe import analyze, continued_pretraining, run_pipeline, specialize, upcycle
+from smolhub_hub.training import metrics
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,14 +63,12 @@ def test_quick_pipeline_stops_on_sigterm_and_the_same_command_continues(tmp_path
     assert summary["parity"]["greedy_identical"] and summary["parity"]["max_abs_logit_diff"] < 1e-5
     cpt = summary["continued_pretraining"]
     assert cpt["val_loss_after"] < cpt["val_loss_before"]
-    with (tmp_path / "cpt" / "metrics.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    assert [int(r["step"]) for r in rows if r["val_loss"]] == [0, 10, 20, 30, 40]
-    assert [int(r["step"]) for r in rows if r["train_loss"]] == list(range(5, 41, 5))  # none lost or repeated
-    evals = [r for r in rows if r["val_loss"]]
-    assert all(0 < float(r["active_share"]) <= 1 and 0 < float(r["router_entropy"]) <= 1 for r in evals)
-    loads = (tmp_path / "cpt" / "expert_load.csv").read_text().splitlines()
-    assert len(loads) == 1 + 5 * 4 * 3  # header + evals x layers x experts
+    curves = metrics.curves(tmp_path / "cpt" / "metrics.csv")  # smolhub_hub's reader, as for the trainers' runs
+    assert curves["val/loss"][0] == [0, 10, 20, 30, 40]
+    assert curves["train/loss"][0] == list(range(5, 41, 5))  # none lost or repeated
+    assert all(0 < v <= 1 for name in ("val/active_share", "val/router_entropy") for v in curves[name][2])
+    loads = [name for name in curves if name.startswith("val/moe/layer")]
+    assert len(loads) == 4 * 3 and all(curves[name][0] == [0, 10, 20, 30, 40] for name in loads)  # layers x experts
     assert (tmp_path / "report" / "report.html").stat().st_size > 50_000
     from transformers import AutoModelForCausalLM
 

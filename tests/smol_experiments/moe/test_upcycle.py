@@ -10,19 +10,11 @@ import torch
 
 from smol_experiments.moe.fixtures import tiny_llama, tiny_tokenizer
 from smol_experiments.moe.upcycle import main as upcycle_main
-from smol_experiments.moe.upcycle import parity_report, parameter_counts, upcycle
+from smol_experiments.moe.upcycle import parameter_counts, parity_report, upcycle
 from smolhub_hub.errors import UserError
 
 PROMPTS = ["def compute_list(total, key):\n    for i in", "Question: What is 12 + 7?\nAnswer:",
            "Once upon a time, Lily went to the park"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +44,14 @@ def test_upcycled_logits_and_greedy_text_match_dense(dense, tokenizer):
 
 def test_every_expert_is_the_dense_mlp_and_parameter_counts(dense):
     moe = upcycle(dense, num_experts=4, top_k=2)
-    for s, d in zip(dense.model.layers, moe.model.layers):
+    for s, d in zip(dense.model.layers, moe.model.layers, strict=True):
         gate_up = torch.cat([s.mlp.gate_proj.weight, s.mlp.up_proj.weight])
         for e in range(4):
             assert torch.equal(d.mlp.experts.gate_up_proj[e], gate_up)
             assert torch.equal(d.mlp.experts.down_proj[e], s.mlp.down_proj.weight)
     counts = parameter_counts(moe)
-    mlp = sum(p.numel() for l in dense.model.layers for p in l.mlp.parameters())
-    routers = sum(l.mlp.gate.weight.numel() for l in moe.model.layers)
+    mlp = sum(p.numel() for layer in dense.model.layers for p in layer.mlp.parameters())
+    routers = sum(layer.mlp.gate.weight.numel() for layer in moe.model.layers)
     dense_total = sum(p.numel() for p in dense.parameters())
     assert counts["total"] == dense_total + 3 * mlp + routers
     assert counts["active_per_token"] == dense_total + mlp + routers
@@ -83,8 +75,8 @@ def test_saved_moe_loads_with_automodel_and_no_custom_code(dense, tokenizer, tmp
 def _router_grad_norm(moe, ids) -> float:
     moe.zero_grad()
     moe(ids, labels=ids).loss.backward()  # output_router_logits is off: the LM loss alone
-    return sum(float(l.mlp.gate.weight.grad.abs().sum()) if l.mlp.gate.weight.grad is not None else 0.0
-               for l in moe.model.layers)
+    grads = [layer.mlp.gate.weight.grad for layer in moe.model.layers]
+    return sum(float(g.abs().sum()) for g in grads if g is not None)
 
 
 def test_top2_router_learns_from_lm_loss_top1_cannot(dense, tokenizer):

@@ -14,19 +14,13 @@ import torch
 from smol_experiments.alignment import cpo, dpo, sft
 from smol_experiments.alignment.build_preference_pairs import pairs_from_samples
 from smol_experiments.alignment.data import load_model_and_tokenizer
-from smol_experiments.alignment.fixtures import torch_threads, write_synthetic_gec, write_tiny_model
+from smol_experiments.alignment.fixtures import write_synthetic_gec, write_tiny_model
 from smol_experiments.alignment.generation import generate_corrections
 from smol_experiments.alignment.prompt_format import encode_completion, encode_prompt, make_completion, make_prompt
 
 SRC = "Fix grammar: Lily were happy in the park."
 TGT = "Lily was happy in the park."
 REJECTED = "Lily were happy in the park."
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +108,7 @@ def test_evaluation_and_pair_sampling_feed_the_format(tiny, expected):
 
     class RecordingModel(torch.nn.Module):
         def generate(self, input_ids, attention_mask, **kwargs):
-            seen.extend(ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask))
+            seen.extend(ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask, strict=True))
             return torch.cat([input_ids, torch.full((len(input_ids), 1), tok.eos_token_id)], dim=1)
 
     generate_corrections(RecordingModel(), tok, [make_prompt(SRC), make_prompt("Fix: a b")], temperature=0.0)

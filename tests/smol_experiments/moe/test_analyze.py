@@ -3,32 +3,24 @@ no blank space."""
 
 from __future__ import annotations
 
-import csv
-
 import matplotlib
 import pytest
 
 from smol_experiments.moe import analyze
+from smolhub_hub.training.metrics import MetricsLog, series
 
 matplotlib.use("Agg")
 DOMAINS = ["code", "math", "stories"]
 LAYERS, EXPERTS = 4, 3
 
 
-def _write_csv(path, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-
-
 @pytest.fixture
 def cpt_dir(tmp_path):
-    _write_csv(tmp_path / "metrics.csv", [
-        {"step": s, "train_lm_loss": 3 - s / 100, "val_loss": 3.1 - s / 100, "train_balance_loss": 1.01,
-         "val_balance_loss": 1.0, "active_share": 1.0, "router_entropy": 0.9} for s in (0, 40, 80)])
-    _write_csv(tmp_path / "expert_load.csv", [{"step": s, "layer": layer, "expert": e, "load": 1 / EXPERTS}
-                                              for s in (0, 40, 80) for layer in range(LAYERS) for e in range(EXPERTS)])
+    log = MetricsLog(tmp_path)  # the layout continued pretraining writes
+    for s in (0, 40, 80):
+        loads = {f"val/moe/layer{layer}/load_e{e}": 1 / EXPERTS for layer in range(LAYERS) for e in range(EXPERTS)}
+        log.log(s, 1000 * s, {"train/lm_loss": 3 - s / 100, "val/loss": 3.1 - s / 100, "train/balance_loss": 1.01,
+                              "val/balance_loss": 1.0, "val/active_share": 1.0, "val/router_entropy": 0.9, **loads})
     return tmp_path
 
 
@@ -43,12 +35,14 @@ def _labelled(fig) -> bool:
 
 
 def test_every_panel_has_labelled_axes(cpt_dir):
-    metrics = analyze._read_csv(cpt_dir / "metrics.csv")
+    metrics = series(cpt_dir / "metrics.csv")
     assert _labelled(analyze.training_curves_figure(metrics))
-    assert _labelled(analyze.expert_load_figure(cpt_dir, metrics))
-    rows = [{"step": s, "stage": "A" if s < 50 else "B", "lm_loss": 2, "guide_loss": 0.1, "balance_loss": 1,
-             **{f"acc_{d}": 0.5 for d in DOMAINS}, **{f"heldout_loss_{d}": 2 for d in DOMAINS}} for s in (0, 40, 80)]
-    assert _labelled(analyze.specialization_figure(rows, DOMAINS))
+    assert _labelled(analyze.expert_load_figure(metrics))
+    steps = [0, 40, 80]
+    spec = {**{f"train/{k}": (steps, [v] * 3) for k, v in (("lm_loss", 2), ("guide_loss", 0.1), ("balance_loss", 1))},
+            **{f"val/routing_accuracy/{d}": (steps, [0.5] * 3) for d in DOMAINS},
+            **{f"val/loss/{d}": (steps, [2] * 3) for d in DOMAINS}}
+    assert _labelled(analyze.specialization_figure(spec, DOMAINS, stage_a_steps=40))
     mean_map, layer_maps = analyze.heatmap_figures(DOMAINS, _routing(0.4), _routing(0.95))
     assert [ax.get_xlabel() for ax in mean_map.axes[:2]] == ["top-1 expert"] * 2
     assert mean_map.axes[0].get_ylabel() == "domain" and layer_maps.axes[0].get_ylabel() == "domain"
