@@ -72,6 +72,7 @@ PRESETS = {
                   lr=2e-3, warmup_steps=10, log_every=10, eval_every=40, eval_batches=8),
 }
 
+
 @torch.no_grad()
 def evaluate(model, windows: torch.Tensor, cfg: PretrainConfig, device, ctx) -> dict:
     """Token-weighted val loss and routing statistics over the held-out windows, in eval mode."""

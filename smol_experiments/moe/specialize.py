@@ -142,6 +142,7 @@ class Specializer:
             raise UserError(f"{len(self.domains)} domains need at least {len(self.domains)} experts; the model "
                             f"has {self.model.config.num_local_experts}. Upcycle with --num-experts "
                             f"{len(self.domains)}.")
+
         def tokenize(docs: list[str]) -> list[list[int]]:
             return data.tokenize_documents(docs, self.tokenizer, cfg.max_len)
 
