@@ -40,7 +40,7 @@ from smol_experiments.stages import (
 from smolhub_hub.errors import UserError
 from smolhub_hub.training.metrics import MetricsLog
 from smolhub_hub.training.optim import adamw
-from smolhub_hub.training.schedule import lr_factor
+from smolhub_hub.training.schedule import lr_factor, scale_lr
 
 
 @dataclass
@@ -177,8 +177,7 @@ def _train_steps(model, optimizer, params, batches, val_windows, cfg, start, log
     window_sum = torch.zeros(3, device=device)  # loss, lm, balance summed since the last log (no per-step sync)
     window_steps, last = 0, None
     for step in range(start + 1, cfg.steps + 1):
-        lr = cfg.lr * lr_factor(step - 1, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
-        engine.set_lr(optimizer, lr)
+        scale_lr([optimizer], lr_factor(step - 1, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio))
         for batch in itertools.islice(batches, cfg.grad_accum):
             batch = batch.to(device)
             logits, router_logits = engine.forward(model, batch, None, ctx)
@@ -196,7 +195,8 @@ def _train_steps(model, optimizer, params, batches, val_windows, cfg, start, log
             window_sum.zero_()
             window_steps = 0
             log.log(step, _tokens(step, cfg), {"train/loss": loss, "train/lm_loss": lm, "train/balance_loss": bal,
-                                               "train/grad_norm": grad_norm, "train/lr": lr})
+                                               "train/grad_norm": grad_norm,
+                                               "train/lr": optimizer.param_groups[0]["lr"]})
         if step % cfg.eval_every == 0 or step == cfg.steps:
             last = evaluate(model, val_windows, cfg, device, ctx)
             _log_eval(step, last, log, cfg)

@@ -56,11 +56,6 @@ def device_and_autocast(precision: str) -> tuple[torch.device, contextlib.Abstra
     return torch.device(device), autocast(device, None if dtype is torch.float16 else dtype)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
 @contextlib.contextmanager
 def metrics_log(out: Path, resume_step: int | None, cfg) -> Iterator[MetricsLog]:
     """smolhub_hub's MetricsLog on `out`/metrics.csv (rows after `resume_step` dropped: they are logged again),

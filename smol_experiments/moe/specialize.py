@@ -51,7 +51,7 @@ from smol_experiments.stages import (
 )
 from smolhub_hub.errors import UserError
 from smolhub_hub.training.optim import adamw
-from smolhub_hub.training.schedule import lr_factor
+from smolhub_hub.training.schedule import lr_factor, scale_lr
 
 
 @dataclass
@@ -201,8 +201,7 @@ class Specializer:
         for i, batch in enumerate(itertools.islice(batches, steps)):
             if i < done:  # the same batches as an unbroken run
                 continue
-            lr = lr_peak * lr_factor(i, cfg.warmup_steps, steps, min_ratio=0.1)
-            engine.set_lr(optimizer, lr)
+            scale_lr([optimizer], lr_factor(i, cfg.warmup_steps, steps, min_ratio=0.1))
             ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
             logits, router_logits = engine.forward(model, ids, mask, self.ctx)
             lm = engine.lm_loss(logits, ids, mask)
@@ -220,7 +219,8 @@ class Specializer:
                 window_sum.zero_()
                 self.log.log(self.step, self.tokens, {
                     "train/loss": loss_v, "train/lm_loss": lm_v, "train/guide_loss": guide_v,
-                    "train/balance_loss": bal_v, "train/grad_norm": float(grad_norm), "train/lr": lr})
+                    "train/balance_loss": bal_v, "train/grad_norm": float(grad_norm),
+                    "train/lr": optimizer.param_groups[0]["lr"]})
             evaluation_point = (i + 1) % cfg.eval_every == 0 and i + 1 < steps
             if evaluation_point:
                 self.evaluate(stage)

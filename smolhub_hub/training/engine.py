@@ -44,7 +44,7 @@ from smolhub_hub.training import distributed
 from smolhub_hub.training.metrics import RUN_FILES, MetricsLog, plot_run
 from smolhub_hub.training.optim import build_optimizers
 from smolhub_hub.training.precision import amp_dtype, autocast
-from smolhub_hub.training.schedule import SEQ_LEN_WARMUP_START, lr_factor, seq_len_at
+from smolhub_hub.training.schedule import SEQ_LEN_WARMUP_START, lr_factor, scale_lr, seq_len_at
 
 EVAL_SEED = 987_654_321
 LOCK_FILE = ".smolhub-run.lock"
@@ -410,9 +410,7 @@ class Trainer:
     def _set_lr(self, step: int) -> float:
         f = lr_factor(step, self.tcfg.warmup_steps, self.tcfg.max_steps, self.tcfg.min_lr / self.tcfg.lr,
                       self.tcfg.lr_restarts)
-        for opt in self.optimizers:
-            for g in opt.param_groups:
-                g["lr"] = g["initial_lr"] * f  # each group scales its own base lr
+        scale_lr(self.optimizers, f)  # each group scales its own base lr
         return self.tcfg.lr * f
 
     def _micro_batches(self, step: int, seq: int):

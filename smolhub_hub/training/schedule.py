@@ -16,6 +16,15 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float, restarts: in
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def scale_lr(optimizers, factor: float) -> None:
+    """Set every param group's lr to its base lr × `factor`. The base lr is the group's `initial_lr` (the key
+    torch's LR schedulers use), remembered from its lr the first time: groups with different base rates
+    (Muon's and AdamW's) keep their ratio, and a resumed optimizer brings its base rates back with its state."""
+    for opt in optimizers:
+        for g in opt.param_groups:
+            g["lr"] = g.setdefault("initial_lr", g["lr"]) * factor
+
+
 SEQ_LEN_WARMUP_START = 64
 
 

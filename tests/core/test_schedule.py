@@ -1,4 +1,6 @@
-from smolhub_hub.training.schedule import lr_factor, seq_len_at
+import torch
+
+from smolhub_hub.training.schedule import lr_factor, scale_lr, seq_len_at
 
 
 def test_warmup_then_cosine_to_min():
@@ -18,3 +20,12 @@ def test_sequence_length_warmup_grows_to_full():
     assert lens[0] == 64 and lens[-1] == 256
     assert all(a <= b for a, b in zip(lens, lens[1:]))
     assert seq_len_at(5, 256, 0) == 256
+
+
+def test_scale_lr_keeps_each_groups_base_rate():
+    w = torch.nn.Parameter(torch.zeros(2))
+    muon_like = torch.optim.SGD([{"params": [w], "lr": 0.05}])
+    adamw_like = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
+    for f in (0.5, 0.1):  # applied twice: scales the base rate, not the last step's rate
+        scale_lr([muon_like, adamw_like], f)
+    assert [o.param_groups[0]["lr"] for o in (muon_like, adamw_like)] == [0.05 * 0.1, 1e-3 * 0.1]
