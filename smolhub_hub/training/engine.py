@@ -11,7 +11,6 @@ can be checked is checked before the first step, and one trainer at a time owns 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import shutil
@@ -25,7 +24,8 @@ import torch
 
 from smolhub_hub import checkpoint as ckpt_io
 from smolhub_hub.config import (DERIVED_MODEL_FIELDS, INVOCATION_FIELDS, DataConfig, ModelFamily, TrainConfig,
-                                architecture_fields, check_flags_act, describe, differences, flag, training_settings)
+                                architecture_fields, check_flags_act, check_ranges, describe, differences, flag,
+                                training_settings)
 from smolhub_hub.data.packed import PackedData, cached_data, prepare_data, window_starts, windows_to_batch
 from smolhub_hub.data.tokenizer import check_fingerprint, folder_fingerprint, load_tokenizer
 from smolhub_hub.errors import UserError
@@ -63,8 +63,7 @@ class Trainer:
                  explicit: dict | None = None):
         self.family, self.tcfg, self.dcfg = family, tcfg, dcfg
         self.explicit = {"model": {}, "train": {}, "data": {}, **(explicit or {})}
-        _check_model_config(mcfg)
-        _check_train_config(tcfg)
+        _check_flag_values(mcfg, tcfg, dcfg)
         check_flags_act(tcfg, dcfg, self.explicit)
         self.dist = distributed.setup(tcfg.device)
         self.device = self.dist.device
@@ -604,36 +603,12 @@ def _routing_stats(model) -> dict[str, float]:
     return fn() if fn is not None else {}
 
 
-def _check_train_config(t: TrainConfig):
+def _check_flag_values(*configs):
     """Values argparse accepts but no run can use: one clear line instead of a crash deep inside."""
-    at_least = {"max_steps": 1, "batch_size": 1, "eval_batches": 1, "log_interval": 1, "eval_interval": 1,
-                "save_interval": 1, "keep_last": 1, "max_bad_steps": 1, "seq_len": 0, "total_batch_tokens": 0,
-                "warmup_steps": 0, "seq_len_warmup": 0, "lr_restarts": 0, "sample_interval": 0}
-    for name, low in at_least.items():
-        if getattr(t, name) < low:
-            raise UserError(f"--{name.replace('_', '-')} must be >= {low} (got {getattr(t, name)})")
-    for name in ("lr", "min_lr", "grad_clip", "weight_decay"):
-        value = getattr(t, name)
-        if not (math.isfinite(value) and value >= 0) or (name == "lr" and value == 0):
-            raise UserError(f"--{name.replace('_', '-')} must be a finite number {'> 0' if name == 'lr' else '>= 0'} "
-                            f"(got {value})")
-    for name in ("beta1", "beta2"):
-        if not 0 <= getattr(t, name) < 1:
-            raise UserError(f"--{name} is a moving-average decay and must be in [0, 1) (got {getattr(t, name)})")
-    if t.resume and t.overwrite:
+    for config in configs:
+        check_ranges(config)
+    if configs[1].resume and configs[1].overwrite:
         raise UserError("--resume continues the run in --out-dir and --overwrite replaces it; give one of them")
-
-
-def _check_model_config(mcfg):
-    """Model sizes and rates no model can use, named before anything is built. A number may be 0 only where its
-    declaration says so (a default of 0, or "0 = ..." in its help); none may be negative or non-finite."""
-    for f in dataclasses.fields(mcfg):
-        value = getattr(mcfg, f.name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        zero_ok = f.default == 0 or "0 =" in f.metadata.get("help", "")
-        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
-            raise UserError(f"--{f.name.replace('_', '-')} must be {'>= 0' if zero_ok else '> 0'} (got {value})")
 
 
 def run_dir_of(family: ModelFamily, tcfg: TrainConfig, preset: str) -> Path:
