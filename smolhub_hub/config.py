@@ -253,8 +253,8 @@ def _add_fields(group, cls, defaults, only=None):
 def build_parser(family: ModelFamily, prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=f"Train {family.name}. {family.description}", epilog=RULE,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", default="default", choices=family.preset_names,
-                   help="named configuration; flags below override it")
+    p.add_argument("--preset", default=None, choices=family.preset_names,
+                   help="named configuration; flags below override it (default: default; on --resume: the run's)")
     cls, defaults = family.model_config, family.model_config()
     _add_fields(p.add_argument_group("model architecture (must match on --resume; from SOURCE on --init-from)"),
                 cls, defaults, set(architecture_fields(cls)) - DERIVED_MODEL_FIELDS)
@@ -266,11 +266,15 @@ def build_parser(family: ModelFamily, prog: str | None = None) -> argparse.Argum
 
 
 def parse_cli(family: ModelFamily, argv=None, prog=None):
-    """Parse flags into (model cfg, train cfg, data cfg, preset name, explicit overrides)."""
+    """Parse flags into (model cfg, train cfg, data cfg, preset name, explicit overrides); the overrides hold
+    "preset" too when --preset was given (--resume compares it with the run's)."""
     ns = vars(build_parser(family, prog).parse_args(argv))
-    preset = ns.pop("preset")
+    given_preset = ns.pop("preset")
+    preset = given_preset or "default"
     sections = [("model", family.model_config, DERIVED_MODEL_FIELDS), ("train", TrainConfig, set()),
                 ("data", DataConfig, set())]
     fields = {k: {f.name for f in dataclasses.fields(c)} - skip for k, c, skip in sections}
     overrides = {k: {n: v for n, v in ns.items() if n in names} for k, names in fields.items()}
+    if given_preset:
+        overrides["preset"] = given_preset
     return (*family.resolve(preset, overrides), preset, overrides)

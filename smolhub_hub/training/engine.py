@@ -67,7 +67,7 @@ class Trainer:
         check_flags_act(tcfg, dcfg, self.explicit)
         self.dist = distributed.setup(tcfg.device)
         self.device = self.dist.device
-        self.run_dir = run_dir_of(family, tcfg, preset)
+        self.run_dir, self.preset = run_dir_of(family, tcfg, preset), preset
         self.state = RunState()
         self._stop_signal = None
         self._saved_step = -1
@@ -92,7 +92,9 @@ class Trainer:
             self._load(resume_from)
         elif tcfg.overwrite:
             self._clear_previous_run()  # only now that every check has passed
-        self.metrics = MetricsLog(self.run_dir, self.state.step if resume_from else None, self._wandb())
+        self.metrics = None  # rank 0 alone writes metrics.csv: another rank would rewrite it under rank 0's rows
+        if self.dist.is_main:
+            self.metrics = MetricsLog(self.run_dir, self.state.step if resume_from else None, self._wandb())
 
     # --- setup ---------------------------------------------------------------------------------------
     def _check_run_dir(self) -> Path | None:
@@ -117,6 +119,10 @@ class Trainer:
         if saved["family"] != self.family.name:
             raise UserError(f"{self.resume_from} is a {saved['family']} checkpoint, not {self.family.name}; "
                             f"resume it with {saved['family']}/trainer.py")
+        self.preset = saved.get("preset", self.preset)  # absent in checkpoints written before it was recorded
+        if self.explicit.get("preset", self.preset) != self.preset:
+            raise UserError(f"--resume: --preset {self.explicit['preset']} differs from the run's preset "
+                            f"{self.preset}; drop --preset (the run continues with its own settings)")
         arch = [n for n in architecture_fields(self.family.model_config) if n not in DERIVED_MODEL_FIELDS]
         diffs = differences(self._saved_model_config(saved), mcfg, arch)
         diffs |= differences(DataConfig.from_dict(saved["data"]), self.dcfg,
@@ -294,10 +300,11 @@ class Trainer:
 
     # --- checkpoints ---------------------------------------------------------------------------------
     def _config_dict(self) -> dict:
-        return {"family": self.family.name, "model": self.mcfg.to_dict(), "train": self.tcfg.to_dict(),
-                "data": self.dcfg.to_dict(), "data_fingerprint": self.data.meta.get("fingerprint"),
-                "wandb_run_id": self.wandb_id, "step": self.state.step, "tokens_seen": self.state.tokens,
-                "val_loss": self.state.last_val_loss, "param_counts": self.raw_model.param_counts()}
+        return {"family": self.family.name, "preset": self.preset, "model": self.mcfg.to_dict(),
+                "train": self.tcfg.to_dict(), "data": self.dcfg.to_dict(),
+                "data_fingerprint": self.data.meta.get("fingerprint"), "wandb_run_id": self.wandb_id,
+                "step": self.state.step, "tokens_seen": self.state.tokens, "val_loss": self.state.last_val_loss,
+                "param_counts": self.raw_model.param_counts()}
 
     def save(self):
         if self.state.step == self._saved_step:
@@ -432,8 +439,8 @@ class Trainer:
         clip = self.tcfg.grad_clip if self.tcfg.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
         # One host sync per step: a non-finite loss or gradient skips the update instead of
-        # poisoning the weights.
-        finite = bool(torch.isfinite(norm) & torch.isfinite(lm_sum))
+        # poisoning the weights, on every rank together (each rank's loss is its own).
+        finite = self.dist.all_true(torch.isfinite(norm) & torch.isfinite(lm_sum))
         if finite:
             for opt in self.optimizers:
                 (self.scaler.step(opt) if self.scaler else opt.step())
