@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from smolhub_hub.config import DataConfig, ModelFamily, TrainConfig, opt
+from smolhub_hub.config import DataConfig, ModelFamily, TrainConfig, opt, out_of_range
 from smolhub_hub.errors import UserError
 from smolhub_hub.modeling import ConfigMixin
 
@@ -29,6 +29,8 @@ class SmolTransformerConfig(ConfigMixin):
                          choices=["sdpa", "flash_attn"], training=True)
 
     def __post_init__(self):
+        if out_of_range(self):  # refused by check_ranges, naming the flag or the damaged file
+            return
         if self.dim % self.n_heads:
             raise UserError(f"--dim {self.dim} must be a multiple of --n-heads {self.n_heads}")
 

@@ -209,7 +209,10 @@ def _moved_to_train(cfg: dict) -> dict:
 def model_config(ckpt: Path, cfg: dict, config_class):
     """The saved architecture as `config_class`; a value of the wrong type, or outside its field's declared
     range, means a damaged file."""
-    mcfg = config_class.from_dict(cfg["model"])
+    try:
+        mcfg = config_class.from_dict(cfg["model"])
+    except UserError as e:  # sizes that do not fit together (a family's own checks)
+        raise UserError(f"{ckpt / 'config.json'} is corrupt ({e}); use an earlier checkpoint") from None
     _check_fields(ckpt, mcfg)
     return mcfg
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from smolhub_hub.errors import UserError, exit_on_user_error
+from smolhub_hub.errors import ArgumentParser, UserError, exit_on_user_error
 
 
 def _param_counts(family, mcfg) -> dict[str, int]:
@@ -166,7 +166,7 @@ def add_sampling_flags(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="smolhub", description="SmolHub: train, export and share small language models.")
+    p = ArgumentParser(prog="smolhub", description="SmolHub: train, export and share small language models.")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("list", help="model families, presets and parameter counts")

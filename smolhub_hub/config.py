@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from smolhub_hub.errors import ArgumentParser, UserError
 from smolhub_hub.modeling import ConfigMixin
 
 
@@ -38,21 +39,28 @@ def _range_text(bounds: dict) -> str:
     return " and ".join(f"{op} {bounds[name]}" for name, op in BOUNDS if name in bounds) or "a finite number"
 
 
-def check_ranges(config, file: Path | str | None = None):
-    """Every number of `config` inside the range its field declares (and finite). The first one outside is one
-    UserError line: naming the flag, or with `file` the damaged file it was read from."""
-    from smolhub_hub.errors import UserError
-
+def out_of_range(config) -> tuple[str, Any, str] | None:
+    """The first number of `config` outside the range its field declares (or not finite): (name, value, range)."""
     for f in dataclasses.fields(config):
         value, bounds = getattr(config, f.name), f.metadata.get("range", {})
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if not (math.isfinite(value) and value >= bounds.get("min", value) and value <= bounds.get("max", value)
                 and value > bounds.get("above", -math.inf) and value < bounds.get("below", math.inf)):
-            if file is not None:
-                raise UserError(f"{file} is corrupt ({f.name} = {value!r}, must be {_range_text(bounds)}); "
-                                "use an earlier checkpoint")
-            raise UserError(f"{flag(f.name)} must be {_range_text(bounds)} (got {value})")
+            return f.name, value, _range_text(bounds)
+    return None
+
+
+def check_ranges(config, file: Path | str | None = None):
+    """Every number of `config` inside its declared range, else one UserError line: naming the flag, or with
+    `file` the damaged file the config was read from."""
+    bad = out_of_range(config)
+    if bad is None:
+        return
+    name, value, allowed = bad
+    if file is not None:
+        raise UserError(f"{file} is corrupt ({name} = {value!r}, must be {allowed}); use an earlier checkpoint")
+    raise UserError(f"{flag(name)} must be {allowed} (got {value})")
 
 
 def training_settings(cls) -> list[str]:
@@ -155,8 +163,6 @@ MUON_FIELDS = ("muon_lr", "muon_momentum", "muon_weight_decay", "muon_adjust_lr"
 
 def check_flags_act(tcfg: TrainConfig, dcfg: DataConfig, explicit: dict[str, dict[str, Any]]):
     """A flag given explicitly that nothing would read in this configuration is refused, never ignored."""
-    from smolhub_hub.errors import UserError
-
     given = {**explicit.get("train", {}), **explicit.get("data", {})}
     local = Path(dcfg.dataset).expanduser()
     dataset_kind = "builtin" if dcfg.dataset == "builtin" else "local" if local.exists() else "hub"
@@ -206,7 +212,6 @@ class ModelFamily:
     def resolve(self, preset: str, overrides: dict[str, dict[str, Any]] | None = None):
         """Defaults, then the preset, then explicit overrides: (model cfg, train cfg, data cfg)."""
         if preset not in self.presets and preset != "default":
-            from smolhub_hub.errors import UserError
             raise UserError(f"unknown preset '{preset}' for {self.name}; choose from {', '.join(self.preset_names)}")
         layers = [self.presets.get(preset, {}), overrides or {}]
         cfgs = {"model": self.model_config(), "train": self.train, "data": self.data}
@@ -251,7 +256,7 @@ def _add_fields(group, cls, defaults, only=None):
 
 
 def build_parser(family: ModelFamily, prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=f"Train {family.name}. {family.description}", epilog=RULE,
+    p = ArgumentParser(prog=prog, description=f"Train {family.name}. {family.description}", epilog=RULE,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default=None, choices=family.preset_names,
                    help="named configuration; flags below override it (default: default; on --resume: the run's)")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from smolhub_hub import checkpoint as ckpt_io
 from smolhub_hub.config import (DERIVED_MODEL_FIELDS, INVOCATION_FIELDS, DataConfig, ModelFamily, TrainConfig,
@@ -225,9 +226,10 @@ class Trainer:
 
         try:
             hf = AutoModelForCausalLM.from_pretrained(self.tcfg.init_from, dtype=torch.float32)
-        except OSError as e:
-            raise UserError(f"--init-from {self.tcfg.init_from}: cannot load it ({str(e)[:160]}); "
-                            "pass a local Hugging Face model folder or check the network") from None
+        except (OSError, ValueError, SafetensorError) as e:  # missing, not a transformers folder, damaged weights
+            reason = " ".join(str(e).split())[:160]
+            raise UserError(f"--init-from {self.tcfg.init_from}: cannot load it ({reason}); pass a Hugging Face "
+                            "model folder (`smolhub export` makes one of a SmolHub run) or check the network") from None
         check_fingerprint(self.tokenizer, folder_fingerprint(self.tcfg.init_from), f"--init-from {self.tcfg.init_from}",
                           f"train with its tokenizer: --tokenizer {self.tcfg.init_from}")
         model = converter_for(self.family.name).from_hf(hf)
