@@ -20,17 +20,10 @@ from smolhub_hub.training import main
 from SmolMixtral.config import FAMILY as MIXTRAL
 from StoryLlama.config import FAMILY
 from tests.core.test_data import CACHE_DAMAGE
-from tests.reliability.conftest import run_args
+from tests.reliability.conftest import GOOD_RUN_STEPS, run_args
 
-STEPS = 3
+STEPS = GOOD_RUN_STEPS
 CKPT = f"step_{STEPS:07d}"
-
-
-@pytest.fixture(scope="module")
-def good_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("good") / "run"
-    main(FAMILY, run_args("StoryLlama", out, STEPS))
-    return out
 
 
 def _edit_json(name, change):

@@ -21,15 +21,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from smol_experiments.alignment import run_pipeline as alignment_pipeline
+from smol_experiments.moe import run_pipeline as moe_pipeline
 from smolhub_hub import checkpoint as ckpt_io
 from smolhub_hub import cli, demo, inference
 from smolhub_hub.config import DERIVED_MODEL_FIELDS, DataConfig, TrainConfig, flag
 from smolhub_hub.registry import FAMILIES, get_family
 from smolhub_hub.training import engine
 from smolhub_hub.training import main as train_main
-from smol_experiments.alignment import run_pipeline as alignment_pipeline
-from smol_experiments.moe import run_pipeline as moe_pipeline
-from tests.reliability.conftest import SMALL_MODEL, run_args, run_cli
+from tests.reliability.conftest import GOOD_RUN_STEPS, SMALL_MODEL, run_args, run_cli
 
 EXAMPLES = settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -58,11 +58,11 @@ def refused_and_unchanged(fn, argv, *folders: Path):
 
 # --- one checkpoint per family ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
+def runs(good_run, tmp_path_factory) -> dict[str, Path]:
     """A trained StoryLlama run (with training state), and for every other family quick-preset weights saved with
     that run's tokenizer and train / data sections: a run folder each, as --resume and the loaders read it."""
     root = tmp_path_factory.mktemp("entry_points")
-    train_main(get_family("StoryLlama"), run_args("StoryLlama", root / "StoryLlama", 2))
+    shutil.copytree(good_run, root / "StoryLlama")
     source = ckpt_io.resolve_checkpoint(root / "StoryLlama")
     saved, tokenizer = ckpt_io.read_config(source), inference.load_model(str(source), device="cpu").tokenizer
     out = {"StoryLlama": root / "StoryLlama"}
@@ -145,7 +145,7 @@ def trainer(name):
 
 def trainer_args(name: str, out: Path, extra=()) -> list[str]:
     """The flags of the runs above: StoryLlama's small sizes, the other families' quick preset as saved."""
-    args = run_args("StoryLlama", out, 2)
+    args = run_args("StoryLlama", out, GOOD_RUN_STEPS)
     return [*(args if name == "StoryLlama" else args[:-len(SMALL_MODEL["StoryLlama"])]), *map(str, extra)]
 
 
@@ -256,8 +256,8 @@ def test_smolhub_bad_flags(runs, tmp_path):
 @pytest.mark.parametrize("name", ["StoryLlama", "StoryKimi"])
 def test_smolhub_damaged_checkpoint(name, damaged, tmp_path):
     run, out = damaged(name), tmp_path / "out"
-    for argv in (["export", run, out], ["export", run, out, "--format", "gguf"], ["push", run, "me/x", "--dry-run", out],
-                 ["generate", run, "--prompt", "Once"], ["quantize", run, out, "--no-eval"]):
+    for argv in (["export", run, out], ["export", run, out, "--format", "gguf"], ["generate", run, "--prompt", "Once"],
+                 ["push", run, "me/x", "--dry-run", out], ["quantize", run, out, "--no-eval"]):
         refused_and_unchanged(cli.main, argv, tmp_path)
         assert not out.exists()
 

@@ -13,29 +13,21 @@ from smolhub_hub import cli
 from smolhub_hub.errors import UserError
 from smolhub_hub.training import distributed, engine, main
 from StoryLlama.config import FAMILY
+from tests.reliability.conftest import GOOD_RUN_STEPS as STEPS
 from tests.reliability.conftest import assert_clean, latest, run_args, run_cli
 from tests.reliability.test_bad_checkpoints import _other_tokenizer
 
-STEPS = 2
 
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("refusals") / "run"
-    main(FAMILY, run_args("StoryLlama", out, STEPS))
-    return out
-
-
-def test_outtype_without_gguf_is_refused_before_anything_is_written(tiny_run, tmp_path):
-    code, err = run_cli(cli.main, ["export", str(tiny_run), str(tmp_path / "hf"), "--outtype", "q8_0"])
+def test_outtype_without_gguf_is_refused_before_anything_is_written(good_run, tmp_path):
+    code, err = run_cli(cli.main, ["export", str(good_run), str(tmp_path / "hf"), "--outtype", "q8_0"])
     assert_clean(code, err)
     assert code == 2 and "--outtype q8_0 is a GGUF weight type; add --format gguf" in err, err
     assert not (tmp_path / "hf").exists()
 
 
-def test_another_preset_on_resume_is_refused_and_the_run_keeps_its_own(tiny_run, tmp_path):
+def test_another_preset_on_resume_is_refused_and_the_run_keeps_its_own(good_run, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
+    shutil.copytree(good_run, run)
     assert json.loads((latest(run) / "config.json").read_text())["preset"] == "quick"
     code, err = run_cli(lambda a: main(FAMILY, a), [*run_args("StoryLlama", run, STEPS + 1, ["--resume"]),
                                                     "--preset", "default"])
@@ -45,10 +37,10 @@ def test_another_preset_on_resume_is_refused_and_the_run_keeps_its_own(tiny_run,
     assert json.loads((latest(run) / "config.json").read_text())["preset"] == "quick"
 
 
-def test_a_quantized_folder_with_another_tokenizer_is_refused(tiny_run, tmp_path):
+def test_a_quantized_folder_with_another_tokenizer_is_refused(good_run, tmp_path):
     from smolhub_hub.quantize import load_quantized, quantize_checkpoint
 
-    quantize_checkpoint(str(tiny_run), tmp_path / "q", evaluate=False, bench_tokens=2)
+    quantize_checkpoint(str(good_run), tmp_path / "q", evaluate=False, bench_tokens=2)
     _other_tokenizer(tmp_path / "q")
     with pytest.raises(UserError, match="the tokenizer is not the one the weights were trained with"):
         load_quantized(tmp_path / "q")
