@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -29,6 +30,7 @@ from smolhub_hub.config import DERIVED_MODEL_FIELDS, DataConfig, TrainConfig, fl
 from smolhub_hub.registry import FAMILIES, get_family
 from smolhub_hub.training import engine
 from smolhub_hub.training import main as train_main
+from tests.cli.test_help import _experiment_modules
 from tests.reliability.conftest import GOOD_RUN_STEPS, SMALL_MODEL, run_args, run_cli
 
 EXAMPLES = settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
@@ -282,3 +284,11 @@ def test_pipelines_bad_flags(tmp_path):
     for main, mistakes in cases.items():
         for bad in mistakes:
             refused_and_unchanged(main, bad, tmp_path)
+
+
+@pytest.mark.parametrize("module", _experiment_modules())
+def test_every_pipeline_stage_refuses_unknown_flags_and_bad_values(module, tmp_path):
+    """Each stage's own command line (discovered as test_help discovers them) parses before it does any work."""
+    main = importlib.import_module(module).main
+    refused_and_unchanged(main, ["--no-such-flag"], tmp_path)
+    refused_and_unchanged(main, ["--seed", "many"], tmp_path)
