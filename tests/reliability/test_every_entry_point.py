@@ -167,6 +167,14 @@ def test_trainer_damaged_run_or_source(name, damaged, tmp_path):
     refused_and_unchanged(trainer(name), trainer_args(name, tmp_path / "new", ["--init-from", run]), tmp_path)
 
 
+@pytest.mark.parametrize("damage", ["truncated weights", "config.json that is not JSON", "missing folder"])
+def test_trainer_init_from_a_damaged_transformers_folder(damage, runs, tmp_path):
+    source = cli.export_to_hf(str(runs["StoryLlama"]), str(tmp_path / "hf" / "model"))
+    DAMAGE[damage](source)
+    refused_and_unchanged(trainer("StoryLlama"), trainer_args("StoryLlama", tmp_path / "new", ["--init-from", source]),
+                          tmp_path / "hf")
+
+
 def test_trainer_out_dir_that_is_a_file(runs, tmp_path):
     (tmp_path / "file").write_text("x")
     for name in FAMILIES:
