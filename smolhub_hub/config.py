@@ -242,8 +242,9 @@ def _add_fields(group, cls, defaults, only=None):
         if only is not None and f.name not in only:
             continue
         meta, default = dict(f.metadata), getattr(defaults, f.name)
+        allowed = f"; {_range_text(meta['range'])}" if meta.get("range") else ""
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                              "help": f"{meta.get('help', '')} (default: {default!r})".replace("%", "%%")}
+                              "help": f"{meta.get('help', '')} (default: {default!r}{allowed})".replace("%", "%%")}
         if "choices" in meta:
             kw["choices"] = meta["choices"]
         if f.type in ("bool", bool):
