@@ -228,8 +228,8 @@ class Trainer:
             hf = AutoModelForCausalLM.from_pretrained(self.tcfg.init_from, dtype=torch.float32)
         except (OSError, ValueError, SafetensorError) as e:  # missing, not a transformers folder, damaged weights
             reason = " ".join(str(e).split())[:160]
-            raise UserError(f"--init-from {self.tcfg.init_from}: cannot load it ({reason}); pass a Hugging Face "
-                            "model folder (`smolhub export` makes one of a SmolHub run) or check the network") from None
+            raise UserError(f"--init-from {self.tcfg.init_from}: cannot load it ({reason}); pass a Hugging Face model "
+                            "folder (`smolhub export` makes one of a SmolHub run) or check the network") from None
         check_fingerprint(self.tokenizer, folder_fingerprint(self.tcfg.init_from), f"--init-from {self.tcfg.init_from}",
                           f"train with its tokenizer: --tokenizer {self.tcfg.init_from}")
         model = converter_for(self.family.name).from_hf(hf)
@@ -612,11 +612,11 @@ def _routing_stats(model) -> dict[str, float]:
     return fn() if fn is not None else {}
 
 
-def _check_flag_values(*configs):
+def _check_flag_values(mcfg, tcfg: TrainConfig, dcfg: DataConfig):
     """Values argparse accepts but no run can use: one clear line instead of a crash deep inside."""
-    for config in configs:
+    for config in (mcfg, tcfg, dcfg):
         check_ranges(config)
-    if configs[1].resume and configs[1].overwrite:
+    if tcfg.resume and tcfg.overwrite:
         raise UserError("--resume continues the run in --out-dir and --overwrite replaces it; give one of them")
 
 
