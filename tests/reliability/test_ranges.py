@@ -2,9 +2,11 @@
 one function, `check_ranges`, holds both the flags (before anything runs) and a checkpoint's config.json to it."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
+from smolhub_hub import checkpoint as ckpt_io
 from smolhub_hub.config import DataConfig, TrainConfig, check_ranges
 from smolhub_hub.errors import UserError
 from smolhub_hub.registry import FAMILIES, get_family
@@ -35,3 +37,13 @@ def test_a_value_outside_its_range_names_the_flag_or_the_file():
 def test_non_finite_numbers_are_refused_even_without_an_upper_bound(value):
     with pytest.raises(UserError, match="--grad-clip must be >= 0"):
         check_ranges(TrainConfig(grad_clip=value))
+
+
+@pytest.mark.parametrize("name, field", [("SmolTransformer", "n_heads"), ("StoryKimi", "n_group")])
+def test_a_zero_divisor_is_a_range_error_not_a_crash_in_the_configs_own_checks(name, field):
+    """The families' cross-field checks (dim % n_heads, n_experts % n_group) wait for the range check."""
+    config_class = get_family(name).model_config
+    with pytest.raises(UserError, match=rf"^--{field.replace('_', '-')} must be >= 1 \(got 0\)$"):
+        check_ranges(config_class(**{field: 0}))
+    with pytest.raises(UserError, match=rf"run/config.json is corrupt \({field} = 0, must be >= 1\)"):
+        ckpt_io.model_config(Path("run"), {"model": {field: 0}}, config_class)
