@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from smol_experiments.moe import data, engine, outputs
-from smol_experiments.moe.cli import field, parse_config, recorded_settings
+from smol_experiments.moe.cli import parse_config, recorded_settings
 from smol_experiments.moe.engine import BETAS, StageConfig
 from smol_experiments.moe.routing import RoutingStats, balance_loss
 from smol_experiments.stages import (
@@ -37,6 +37,7 @@ from smol_experiments.stages import (
     reused,
     stage_main,
 )
+from smolhub_hub.config import opt
 from smolhub_hub.errors import UserError
 from smolhub_hub.training.metrics import MetricsLog
 from smolhub_hub.training.optim import adamw
@@ -45,24 +46,24 @@ from smolhub_hub.training.schedule import lr_factor, scale_lr
 
 @dataclass
 class PretrainConfig(StageConfig):
-    model: str = field("runs/moe/upcycled", "upcycled MoE folder (output of upcycle)", path=True)
-    output: str = field("runs/moe/cpt", "folder for the model, metrics.csv and plots", path=True, recorded=False)
-    data: str = field("HuggingFaceTB/cosmopedia-100k", "Hub dataset id, local file/folder, 'builtin' or 'synthetic'",
-                      path=True)
-    text_column: str = field("text", "text column for .jsonl/.parquet/Hub data")
-    max_documents: int = field(20_000, "documents to read (streamed from the Hub)", positive=True)
-    val_fraction: float = field(0.01, "share of documents held out for validation", within=(0, 1))
-    seq_len: int = field(512, "tokens per packed window", positive=True)
-    batch_size: int = field(8, "windows per micro-batch", positive=True)
-    grad_accum: int = field(4, "micro-batches per optimizer step", positive=True)
-    steps: int = field(2000, "optimizer steps", positive=True)
-    lr: float = field(1e-4, "peak learning rate", positive=True)
-    min_lr_ratio: float = field(0.1, "final learning rate as a share of the peak", within=(0, 1))
-    warmup_steps: int = field(100, "linear warmup steps", non_negative=True)
-    weight_decay: float = field(0.1, "AdamW weight decay (matrices only)", non_negative=True)
-    eval_every: int = field(200, "steps between evaluations (and checkpoints)", positive=True)
-    eval_batches: int = field(50, "held-out batches per evaluation (all of val if fewer)", positive=True)
-    seed: int = field(0, "seed for the split, batch order and init", non_negative=True)
+    model: str = opt("runs/moe/upcycled", "upcycled MoE folder (output of upcycle)", path=True)
+    output: str = opt("runs/moe/cpt", "folder for the model, metrics.csv and plots", path=True, recorded=False)
+    data: str = opt("HuggingFaceTB/cosmopedia-100k", "Hub dataset id, local file/folder, 'builtin' or 'synthetic'",
+                    path=True)
+    text_column: str = opt("text", "text column for .jsonl/.parquet/Hub data")
+    max_documents: int = opt(20_000, "documents to read (streamed from the Hub)", min=1)
+    val_fraction: float = opt(0.01, "share of documents held out for validation", above=0, below=1)
+    seq_len: int = opt(512, "tokens per packed window", min=1)
+    batch_size: int = opt(8, "windows per micro-batch", min=1)
+    grad_accum: int = opt(4, "micro-batches per optimizer step", min=1)
+    steps: int = opt(2000, "optimizer steps", min=1)
+    lr: float = opt(1e-4, "peak learning rate", above=0)
+    min_lr_ratio: float = opt(0.1, "final learning rate as a share of the peak", min=0, max=1)
+    warmup_steps: int = opt(100, "linear warmup steps", min=0)
+    weight_decay: float = opt(0.1, "AdamW weight decay (matrices only)", min=0)
+    eval_every: int = opt(200, "steps between evaluations (and checkpoints)", min=1)
+    eval_batches: int = opt(50, "held-out batches per evaluation (all of val if fewer)", min=1)
+    seed: int = opt(0, "seed for the split, batch order and init", min=0)
 
 
 STAGE = "continued_pretraining"

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from smol_experiments.moe.cli import field
+from smolhub_hub.config import opt
 from smolhub_hub.errors import UserError
 from smolhub_hub.training.distributed import pick_device
 from smolhub_hub.training.metrics import MetricsLog
@@ -36,16 +36,16 @@ BETAS = (0.9, 0.95)
 class StageConfig:
     """The settings continued pretraining and specialization share; each stage's config adds its own."""
 
-    grad_clip: float = field(1.0, "max gradient norm", positive=True)
-    balance_coef: float = field(0.01, "weight of the load-balancing loss", non_negative=True)
-    log_every: int = field(10, "steps between training-loss rows", positive=True, recorded=False)
-    active_min_share: float = field(0.01, "an expert is active if chosen for at least this share of tokens",
-                                    within=(0, 1))
-    precision: str = field("auto", "auto (bf16 autocast on a GPU that has it, else fp32), bf16 or fp32",
-                           choices=tuple(PRECISIONS))
-    wandb_project: str = field("", "log to this wandb project (empty: off)", recorded=False)
-    overwrite: bool = field(False, "redo the run if --output holds one made with other settings (otherwise "
-                            "refused; a finished run with the same settings is reused)", recorded=False)
+    grad_clip: float = opt(1.0, "max gradient norm", above=0)
+    balance_coef: float = opt(0.01, "weight of the load-balancing loss", min=0)
+    log_every: int = opt(10, "steps between training-loss rows", min=1, recorded=False)
+    active_min_share: float = opt(0.01, "an expert is active if chosen for at least this share of tokens",
+                                  min=0, max=1)
+    precision: str = opt("auto", "auto (bf16 autocast on a GPU that has it, else fp32), bf16 or fp32",
+                         choices=tuple(PRECISIONS))
+    wandb_project: str = opt("", "log to this wandb project (empty: off)", recorded=False)
+    overwrite: bool = opt(False, "redo the run if --output holds one made with other settings (otherwise "
+                          "refused; a finished run with the same settings is reused)", recorded=False)
 
 
 def device_and_autocast(precision: str) -> tuple[torch.device, contextlib.AbstractContextManager]:

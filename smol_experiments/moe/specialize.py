@@ -26,7 +26,7 @@ import torch
 
 from smol_experiments.bootstrap import LEVEL, RESAMPLES, paired_bootstrap, ratio
 from smol_experiments.moe import data, engine, outputs
-from smol_experiments.moe.cli import field, parse_config, recorded_settings
+from smol_experiments.moe.cli import parse_config, recorded_settings
 from smol_experiments.moe.domains import domain_splits
 from smol_experiments.moe.engine import BETAS, StageConfig
 from smol_experiments.moe.routing import (
@@ -49,6 +49,7 @@ from smol_experiments.stages import (
     stage_main,
     write_atomic,
 )
+from smolhub_hub.config import opt
 from smolhub_hub.errors import UserError
 from smolhub_hub.training.optim import adamw
 from smolhub_hub.training.schedule import lr_factor, scale_lr
@@ -56,26 +57,26 @@ from smolhub_hub.training.schedule import lr_factor, scale_lr
 
 @dataclass
 class SpecializeConfig(StageConfig):
-    model: str = field("runs/moe/cpt/model", "MoE folder (upcycled or continued-pretrained)", path=True)
-    output: str = field("runs/moe/specialize", "folder for the model, metrics.csv and routing_*.json", path=True,
-                        recorded=False)
-    data: str = field("nemotron", "'nemotron' (Hub: code/math/chat) or 'synthetic' (offline: code/math/stories)",
-                      choices=("nemotron", "synthetic"))
-    train_docs: int = field(2000, "training documents per domain", positive=True)
-    heldout_docs: int = field(200, "held-out documents per domain (never trained on)", positive=True)
-    max_len: int = field(512, "tokens per document (longer ones are truncated)", positive=True)
-    docs_per_domain: int = field(4, "documents of each domain per batch", positive=True)
-    eval_batch_size: int = field(16, "documents per evaluation batch", positive=True)
-    stage_a_steps: int = field(300, "router-only steps", non_negative=True)
-    stage_b_steps: int = field(500, "steps training everything", non_negative=True)
-    stage_a_lr: float = field(1e-3, "stage A learning rate (routers)", positive=True)
-    stage_b_lr: float = field(2e-5, "stage B learning rate (all weights)", positive=True)
-    warmup_steps: int = field(20, "linear warmup steps in each stage", non_negative=True)
-    guide_weight: float = field(1.0, "weight of the KL router guidance", non_negative=True)
-    target_mass: float = field(0.7, "target router probability of the domain's expert (between 0 and 1)")
-    weight_decay: float = field(0.0, "AdamW weight decay (matrices only)", non_negative=True)
-    eval_every: int = field(100, "steps between held-out evaluations (and checkpoints)", positive=True)
-    seed: int = field(0, "seed for data sampling and order", non_negative=True)
+    model: str = opt("runs/moe/cpt/model", "MoE folder (upcycled or continued-pretrained)", path=True)
+    output: str = opt("runs/moe/specialize", "folder for the model, metrics.csv and routing_*.json", path=True,
+                      recorded=False)
+    data: str = opt("nemotron", "'nemotron' (Hub: code/math/chat) or 'synthetic' (offline: code/math/stories)",
+                    choices=("nemotron", "synthetic"))
+    train_docs: int = opt(2000, "training documents per domain", min=1)
+    heldout_docs: int = opt(200, "held-out documents per domain (never trained on)", min=1)
+    max_len: int = opt(512, "tokens per document (longer ones are truncated)", min=1)
+    docs_per_domain: int = opt(4, "documents of each domain per batch", min=1)
+    eval_batch_size: int = opt(16, "documents per evaluation batch", min=1)
+    stage_a_steps: int = opt(300, "router-only steps", min=0)
+    stage_b_steps: int = opt(500, "steps training everything", min=0)
+    stage_a_lr: float = opt(1e-3, "stage A learning rate (routers)", above=0)
+    stage_b_lr: float = opt(2e-5, "stage B learning rate (all weights)", above=0)
+    warmup_steps: int = opt(20, "linear warmup steps in each stage", min=0)
+    guide_weight: float = opt(1.0, "weight of the KL router guidance", min=0)
+    target_mass: float = opt(0.7, "target router probability of the domain's expert", above=0, below=1)
+    weight_decay: float = opt(0.0, "AdamW weight decay (matrices only)", min=0)
+    eval_every: int = opt(100, "steps between held-out evaluations (and checkpoints)", min=1)
+    seed: int = opt(0, "seed for data sampling and order", min=0)
 
 
 STAGE = "specialize"
@@ -284,8 +285,6 @@ def _print_summary(summary: dict):
 
 
 def specialize(cfg: SpecializeConfig) -> dict:
-    if not 0 < cfg.target_mass < 1:
-        raise UserError(f"--target-mass must be between 0 and 1 (exclusive), got {cfg.target_mass}.")
     out = Path(cfg.output)
     settings = recorded_settings(cfg, model_sha256=model_fingerprint(cfg.model))
     status = claim(out, STAGE, settings, overwrite=cfg.overwrite, flag="--output")
