@@ -107,3 +107,16 @@ def test_a_source_without_documents_is_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "smol_experiments.alignment.real_gec", "--source", str(tmp_path),
                            "--output-dir", str(tmp_path / "out")], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error: --source")
+
+
+def test_the_pipeline_flag_builds_the_set_in_its_output_folder(source, tmp_path, monkeypatch):
+    from smol_experiments.alignment import run_pipeline
+    from smol_experiments.alignment.fixtures import force_offline_hub
+
+    force_offline_hub(monkeypatch)
+    with pytest.raises(UserError, match="not both"):
+        run_pipeline.run(["--packaged-gec", str(source), "--dataset", "x.jsonl", "--output-dir", str(tmp_path)])
+    with pytest.raises(UserError, match="Hub id"):  # the default base cannot be fetched offline: SFT stops there
+        run_pipeline.run(["--packaged-gec", str(source), "--output-dir", str(tmp_path)])
+    rows = (tmp_path / "gec-data" / "validation.jsonl").read_text().splitlines()
+    assert json.loads(rows[0])["task"] == "gec" and not (tmp_path / "sft").exists()
