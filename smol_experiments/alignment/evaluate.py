@@ -198,7 +198,8 @@ def plot_results(results: dict, path: Path) -> None:
         ax.bar_label(bars, fmt="%.3f", fontsize=7)
     ax.set_xticks([j + width * (len(systems) - 1) / 2 for j in range(len(METRICS))], ["BLEU", "chrF", "exact match"])
     ax.set_ylim(0, 1.05)
-    ax.set_title(f"CoEdIT {results['split']} ({results['rows']} rows), greedy decoding; bars: 95% bootstrap CI")
+    ax.set_title(f"{Path(results['dataset']).name} {results['split']} ({results['rows']} rows), greedy decoding; "
+                 "bars: 95% bootstrap CI")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
