@@ -212,13 +212,13 @@ def run(argv=None) -> dict:
     compare_to = args.compare_to or ("sft" if "sft" in models else next(iter(models)))
     if compare_to not in [COPY_BASELINE, *models]:
         raise UserError(f"--compare-to {compare_to}: not one of the systems ({', '.join([COPY_BASELINE, *models])}).")
+    unknown = sorted(set(args.chat_template) - set(models))
+    if unknown:
+        raise UserError(f"--chat-template {' '.join(unknown)}: not in --models ({', '.join(models)}).")
     out = Path(args.output_dir)
     check_output_folder(out, "--output-dir")
     rows = load_gec_examples(args.dataset, args.split, args.max_samples, args.task)
     claim_eval_dir(out)
-    unknown = sorted(set(args.chat_template) - set(models))
-    if unknown:
-        raise UserError(f"--chat-template {' '.join(unknown)}: not in --models ({', '.join(models)}).")
     predictions = {COPY_BASELINE: [strip_instruction(s) for s in rows["src"]]}
     prompting = {}
     for name, where in models.items():

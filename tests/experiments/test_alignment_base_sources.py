@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from smol_experiments.alignment import run_pipeline, sft
+from smol_experiments.alignment import evaluate, run_pipeline, sft
 from smol_experiments.alignment.data import load_model_and_tokenizer
 from smol_experiments.alignment.evaluate import prompts_for
 from smolhub_hub.cli import export_to_gguf
@@ -41,6 +41,7 @@ def test_a_gguf_file_loads_as_a_transformers_model(tiny_gguf):
     assert type(model).__name__ == "LlamaForCausalLM" and tokenizer.pad_token is not None
     assert not model.is_quantized and "quantization_config" not in model.config.to_dict()  # trainable, saveable
     assert torch.equal(_logits(model, tokenizer), _logits(direct, tokenizer))
+    assert prompts_for(tokenizer, ["Fix grammar: a b."], chat=True) == (["Fix grammar: a b.\nCorrection:"], "plain")
 
 
 def test_the_pipeline_converts_a_gguf_base_once(tiny_gguf, tmp_path):
@@ -65,6 +66,12 @@ def test_a_missing_gguf_file_or_unreachable_hub_id_is_one_line(tmp_path):
         load_model_and_tokenizer(str(tmp_path / "model.gguf"))
     with pytest.raises(UserError, match="Hub id"):
         load_model_and_tokenizer("HuggingFaceTB/SmolLM-135M")
+
+
+def test_chat_template_names_a_model_being_evaluated(tmp_path):
+    with pytest.raises(UserError, match="--chat-template base: not in --models"):
+        evaluate.run(["--models", "sft=x", "--chat-template", "base", "--output-dir", str(tmp_path / "eval")])
+    assert not (tmp_path / "eval").exists()
 
 
 @pytest.mark.slow  # its GGUF tokenizer takes 30-70 s to convert on 2 shared cores
