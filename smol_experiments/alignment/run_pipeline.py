@@ -107,17 +107,17 @@ def run(argv=None) -> dict:
     check_output_folder(root, "--output-dir")
     if args.packaged_gec and args.dataset:
         raise UserError("give --dataset or --packaged-gec, not both.")
-    model, dataset = args.model or BASE_MODEL, args.dataset or DATASET
+    model, dataset = args.model, args.dataset
     if args.packaged_gec:  # rebuilt each time: deterministic, seconds, and always from the SOURCE given now
         dataset = str(root / "gec-data")
         real_gec.build_gec_dataset(args.packaged_gec, dataset)
-    model = base_folder(model, root)
     train_rows, eval_rows = args.max_samples, args.eval_samples
     if args.quick:
         if args.model is None:
             torch.set_num_threads(1)  # the small model's matrices are too small to share between threads
-        model, dataset = quick_inputs(root, args.model, args.dataset)
+        model, dataset = quick_inputs(root, model, dataset)
         train_rows, eval_rows = train_rows or QUICK_TRAIN_ROWS, eval_rows or QUICK_EVAL_ROWS
+    model, dataset = base_folder(model or BASE_MODEL, root), dataset or DATASET
     dirs = {stage: str(root / stage) for stage in ("sft", "pairs", "dpo", "cpo", "eval")}
     limit = ["--max-samples", str(train_rows)] if train_rows else []
     report = ["--report-to", args.report_to]

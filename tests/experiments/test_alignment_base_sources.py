@@ -56,6 +56,26 @@ def test_the_pipeline_converts_a_gguf_base_once(tiny_gguf, tmp_path):
     assert run_pipeline.base_folder("HuggingFaceTB/SmolLM-135M", tmp_path) == "HuggingFaceTB/SmolLM-135M"
 
 
+def test_quick_keeps_the_given_base_and_packaged_data(tiny_gguf, tmp_path, monkeypatch):
+    source = tmp_path / "docs"
+    source.mkdir()
+    (source / "a.rst.txt").write_text("The parser is called when a module has a new line of text.\n")
+    (source / "b.rst.txt").write_text("It returns the result to the caller, who can use it at once.\n")
+    started = []
+
+    def first_stage(argv):
+        started.append(argv)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(run_pipeline.sft, "run", first_stage)
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="stop here"):
+        run_pipeline.run(["--quick", "--base", str(tiny_gguf), "--packaged-gec", str(source), "--output-dir", str(out)])
+    argv = started[0]
+    assert argv[argv.index("--dataset") + 1] == str(out / "gec-data")
+    assert argv[argv.index("--model") + 1] == run_pipeline.base_folder(str(tiny_gguf), out)
+
+
 def test_base_is_the_model_flag(tiny_gguf):
     assert sft.build_parser().parse_args(["--base", str(tiny_gguf), "--output-dir", "x"]).model == str(tiny_gguf)
     assert run_pipeline.build_parser().parse_args(["--base", str(tiny_gguf)]).model == str(tiny_gguf)
