@@ -9,10 +9,10 @@ transformers loads the file; StoryLlama's converter makes our model from that ve
 both hold identical weights. Rows (candidates timed interleaved, one warm-up round, median of the rest):
 greedy generation at batch 1 and 8 in fp32 and in bf16 (both models cast to bf16), our int8 weight-only
 decoding at batch 1 (`smolhub_hub.quantize.quantize_int8`), and training steps (AdamW) in fp32 and with
-bf16 autocast. Each row carries its % of this machine's limits (bench/limits.py).
+bf16 autocast. `bench/run.py --real` adds each row's % of this machine's limits (bench/limits.py).
 
-    OMP_NUM_THREADS=1 python bench/run.py --real                 # about 8 minutes on one thread
-    OMP_NUM_THREADS=1 python bench/bench_real.py --new-tokens 32 --repeats 1   # a quicker look
+    OMP_NUM_THREADS=1 python bench/run.py --real                 # about 8 minutes on one quiet thread
+    OMP_NUM_THREADS=1 python bench/bench_real.py --new-tokens 32 --repeats 1   # ratios only, a quicker look
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from harness import adamw, interleaved_seconds, print_table, save_json, train_step_fn  # noqa: E402
-from limits import Limits, annotate, measure  # noqa: E402
+from limits import annotate  # noqa: E402
 
 from smolhub_hub.export import converter_for  # noqa: E402
 from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
@@ -159,12 +159,10 @@ def train_row(ours, hf, batch, repeats: int, dtype: str) -> dict:
             "transformers": tok["hf"], "ratio": tok["ours"] / tok["hf"]}
 
 
-def main(argv=None, limits: Limits | None = None):
+def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    limits = limits or measure()
-    print(limits.describe(), flush=True)
     skip = set(filter(None, args.skip.split(",")))
     ours, hf, tokenizer = load_pair()
     c = ours.config
@@ -178,7 +176,7 @@ def main(argv=None, limits: Limits | None = None):
 
     def add(row, model, batch_tokens=0, dtype="float32"):
         row = {**base, **row}
-        rows.append(annotate(row, model, batch_tokens, args.seq_len, limits.matmul_peak(dtype), limits))
+        rows.append(annotate(row, model, batch_tokens, args.seq_len, dtype))
         print_table(rows[-1:], ["benchmark", "smolhub", "transformers", "ratio", "note"])
 
     for dtype in ("float32", "bfloat16"):

@@ -82,23 +82,37 @@ def roofline_percent(tokens_per_s: float, bytes_per_token: float, read_bytes_per
     return 100.0 * tokens_per_s * bytes_per_token / read_bytes_per_s
 
 
-def annotate(row: dict, model, batch_tokens: int, seq_len: int, peak: float, limits: Limits | None) -> dict:
-    """`row` plus what the issue asks beside the ratio: a training row's step time and % of the matmul peak
-    (model FLOPs), a batch-1 decoding row's % of the memory-bandwidth roofline (CPU)."""
+def annotate(row: dict, model, batch_tokens: int, seq_len: int, dtype: str) -> dict:
+    """`row` plus what its % of a limit needs: a training row's step times and model FLOPs per token (and the
+    dtype it multiplies in), a batch-1 decoding row's weight bytes per token. `apply_limits` turns them into %."""
     name = row["benchmark"]
     if name.startswith("train tok/s"):
-        fpt = train_flops_per_token(model, seq_len)
         row.update({"step ms": 1e3 * batch_tokens / row["smolhub"],
                     "HF step ms": 1e3 * batch_tokens / row["transformers"],
-                    "MFU %": 100 * mfu(row["smolhub"], fpt, peak),
-                    "HF MFU %": 100 * mfu(row["transformers"], fpt, peak),
-                    "flops/token": fpt, "matmul params": matmul_params(model)})
-    elif "generate tok/s" in name and "(B=1," in name and limits is not None:
-        per_token = decode_bytes_per_token(model)
-        row.update({"roofline %": roofline_percent(row["smolhub"], per_token, limits.read_bytes_per_s),
-                    "HF roofline %": roofline_percent(row["transformers"], per_token, limits.read_bytes_per_s),
-                    "weight bytes/token": per_token})
+                    "flops/token": train_flops_per_token(model, seq_len), "matmul params": matmul_params(model),
+                    "matmul dtype": dtype})
+    elif "generate tok/s" in name and "(B=1," in name:
+        row["weight bytes/token"] = decode_bytes_per_token(model)
     return row
+
+
+def apply_limits(rows: list[dict], peak_of, read_bytes_per_s: float | None):
+    """Fill "MFU %" (model FLOPs/s over `peak_of(dtype)`) and "roofline %" (weight bytes read per second over the
+    bandwidth; skipped when it is None) for the rows `annotate` prepared."""
+    for row in rows:
+        if "flops/token" in row:
+            peak = peak_of(row["matmul dtype"])
+            row["MFU %"] = 100 * mfu(row["smolhub"], row["flops/token"], peak)
+            row["HF MFU %"] = 100 * mfu(row["transformers"], row["flops/token"], peak)
+        if "weight bytes/token" in row and read_bytes_per_s:
+            row["roofline %"] = roofline_percent(row["smolhub"], row["weight bytes/token"], read_bytes_per_s)
+            row["HF roofline %"] = roofline_percent(row["transformers"], row["weight bytes/token"], read_bytes_per_s)
+
+
+def best_of(a: Limits, b: Limits) -> Limits:
+    """Each limit at its best of two measurements: other tenants of a shared machine only ever lower them."""
+    return Limits(max(a.fp32_flops, b.fp32_flops), max(a.bf16_flops, b.bf16_flops),
+                  max(a.read_bytes_per_s, b.read_bytes_per_s), a.threads)
 
 
 def main():

@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import functools
 import gc
 import importlib
 import json
@@ -37,7 +38,7 @@ sys.path.insert(0, BENCH)
 sys.path.insert(0, os.path.dirname(BENCH))
 from flops import mfu, peak_flops, train_flops_per_token  # noqa: E402
 from harness import interleaved_seconds, markdown_table, print_table  # noqa: E402
-from limits import Limits, annotate, measure  # noqa: E402
+from limits import annotate, apply_limits, best_of, measure  # noqa: E402
 
 from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
 
@@ -136,12 +137,7 @@ def autocast(device: str, dtype: str):
     return contextlib.nullcontext()
 
 
-def train_peak(device: str, dtype: str, limits: Limits | None) -> float:
-    """The matmul peak of the dtype a training row multiplies in: measured on a CPU, declared for known GPUs."""
-    return limits.matmul_peak(dtype) if limits is not None else peak_flops(device, dtype)[0]
-
-
-def run_family(key: str, args, limits: Limits | None) -> list[dict]:
+def run_family(key: str, args) -> list[dict]:
     fam = FAMILIES[key]
     mod = importlib.import_module(fam.module)
     argv = module_argv(fam, args)
@@ -149,12 +145,12 @@ def run_family(key: str, args, limits: Limits | None) -> list[dict]:
     rows = mod.main(argv)
     margs = mod.parse_args(argv)
     dtype = getattr(margs, "dtype", "float32")
-    peak = train_peak(args.device, dtype, limits)
+    peak = peak_flops(args.device, dtype)[0] if args.device == "cuda" else None  # for the CUDA-only rows
     ours, theirs = fam.build(mod, margs)
     fpt = train_flops_per_token(ours, margs.seq_len)
     config = describe(ours)
     out = [annotate({"family": fam.name, "config": config, **r}, ours, margs.batch_size * margs.seq_len,
-                       margs.seq_len, peak, limits) for r in rows]
+                    margs.seq_len, dtype) for r in rows]
     prompt = torch.randint(0, ours.config.vocab_size, (1, PROMPT), generator=torch.Generator().manual_seed(0))
     prompt = prompt.to(args.device)
     for b in (1, 8):
@@ -163,7 +159,7 @@ def run_family(key: str, args, limits: Limits | None) -> list[dict]:
             row = {"family": fam.name, "config": config,
                    "benchmark": f"greedy generate tok/s (B={b}, prompt {PROMPT}, {NEW} new) [run.py]",
                    "smolhub": g["ours"], "transformers": g["hf"], "ratio": g["ours"] / g["hf"]}
-            out.append(annotate(row, ours, 0, margs.seq_len, peak, limits))
+            out.append(annotate(row, ours, 0, margs.seq_len, dtype))
     if args.device == "cuda":
         out += cuda_rows(fam, mod, ours, theirs, margs, dtype, fpt, peak, config)
     del ours, theirs
@@ -350,16 +346,21 @@ def main(argv=None):
             "peak_flops": peak, "peak_source": peak_src, "limits": limits and dataclasses.asdict(limits)}
     print(json.dumps(meta, indent=1), flush=True)
     if args.real:
-        real = importlib.import_module("bench_real")
-        rows = real.main(["--repeats", str(args.repeats)] if args.repeats else [], limits)
+        rows = importlib.import_module("bench_real").main(["--repeats", str(args.repeats)] if args.repeats else [])
     else:
         rows = []
         for key in chosen:
-            rows += run_family(key, args, limits) if key in FAMILIES else run_other(key, args)
+            rows += run_family(key, args) if key in FAMILIES else run_other(key, args)
+    if limits:
+        limits = best_of(limits, measure())  # measured before and after the rows: load only ever lowers them
+        meta["limits"], meta["peak_flops"] = dataclasses.asdict(limits), limits.fp32_flops
+        apply_limits(rows, limits.matmul_peak, limits.read_bytes_per_s)
+    else:
+        apply_limits(rows, functools.cache(lambda d: peak_flops(args.device, d)[0]), None)
     print(f"\nSmolHub vs transformers, same config, same run; device {meta['machine']}; "
           + (limits.describe() if limits else f"peak {peak / 1e9:.1f} GFLOP/s ({peak_src})"))
     print("MFU %: model FLOPs/s over the matmul peak of the row's dtype; roofline %: weight bytes read per "
-          "second in batch-1 decoding over the memory read bandwidth")
+          "second in batch-1 decoding over the memory read bandwidth (limits: best of before and after the rows)")
     print_table(rows, [c for c in COLUMNS if any(r.get(c) is not None for r in rows)])
     if args.json:
         with open(args.json, "w") as f:
