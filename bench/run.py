@@ -11,6 +11,7 @@ static-cache decoding rows.
     python bench/run.py --only storyllama,mixtral --json /tmp/bench.json
     python bench/run.py --device cuda --json bench/results-cuda.json    # default configs, bf16
     OMP_NUM_THREADS=1 python bench/run.py --real   # SmolLM2-135M (real weights) in StoryLlama vs transformers, CPU
+    python bench/run.py --real --new-tokens 32 --gen-batches 1 --skip bf16   # any flag of bench/bench_real.py
 """
 
 from __future__ import annotations
@@ -111,7 +112,11 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=0, help="override every module's repeats (0 = its size's default)")
     p.add_argument("--json", default="", help="write {meta, rows} here")
     p.add_argument("--markdown", default="", help="also write the table as markdown here")
-    return p.parse_args(argv)
+    args, real_argv = p.parse_known_args(argv)
+    if real_argv and not args.real:
+        p.error(f"unrecognized arguments: {' '.join(real_argv)}")
+    args.real_argv = real_argv  # with --real, bench_real.py's own flags (--new-tokens, --gen-batches, --skip, ...)
+    return args
 
 
 # --- rows from a family module ------------------------------------------------------------------
@@ -346,7 +351,8 @@ def main(argv=None):
             "peak_flops": peak, "peak_source": peak_src, "limits": limits and dataclasses.asdict(limits)}
     print(json.dumps(meta, indent=1), flush=True)
     if args.real:
-        rows = importlib.import_module("bench_real").main(["--repeats", str(args.repeats)] if args.repeats else [])
+        repeats = ["--repeats", str(args.repeats)] if args.repeats else []
+        rows = importlib.import_module("bench_real").main([*repeats, *args.real_argv])
     else:
         rows = []
         for key in chosen:
