@@ -24,13 +24,14 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from harness import adamw, interleaved_seconds, print_table, save_json, train_step_fn  # noqa: E402
+from bench_storyllama import bench_train  # noqa: E402
+from harness import interleaved_seconds, print_table, save_json  # noqa: E402
 from limits import annotate  # noqa: E402
 
 from smolhub_hub.export import converter_for  # noqa: E402
@@ -134,26 +135,10 @@ def int8_row(ours, hf, tokenizer, prompt, n: int, repeats: int) -> dict:
 
 
 def train_row(ours, hf, batch, repeats: int, dtype: str) -> dict:
-    def ours_loss(m, x, y):
-        return m(x, y).loss
-
-    def hf_loss(m, x, y):  # the same loss, so only the model differs
-        logits = m(x).logits
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
-
-    def step(model, loss_of):
-        model.train()
-        fn = train_step_fn(model, adamw(model, "cpu"), batch, loss_of)
-
-        def run():
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-                fn()
-        return run
-
-    t = interleaved_seconds({"ours": step(ours, ours_loss), "hf": step(hf, hf_loss)}, "cpu", repeats)
+    """AdamW training steps of both models on the same batch and loss (bench_storyllama's), fp32 or bf16 autocast."""
+    tok = bench_train(ours, hf, batch, SimpleNamespace(dtype=dtype, device="cpu", repeats=repeats))
     ours.eval(), hf.eval()
     ours.zero_grad(set_to_none=True), hf.zero_grad(set_to_none=True)
-    tok = {k: batch[:, :-1].numel() / v for k, v in t.items()}
     label = "fp32" if dtype == "float32" else "bf16 autocast"
     return {"benchmark": f"train tok/s {label} (B={batch.shape[0]}, T={batch.shape[1] - 1})", "smolhub": tok["ours"],
             "transformers": tok["hf"], "ratio": tok["ours"] / tok["hf"]}
