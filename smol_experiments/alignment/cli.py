@@ -66,13 +66,15 @@ def add_output_flags(p: argparse.ArgumentParser) -> None:
 
 def training_kwargs(args: argparse.Namespace) -> dict:
     """Keyword arguments every TRL config here takes (they all derive from TrainingArguments). Mixed precision by
-    smolhub_hub's rule: bf16 on a GPU that has it; fp32 elsewhere (fp16 would need loss scaling for little gain)."""
+    smolhub_hub's rule on a GPU: bf16 where it has it, else fp32 (fp16 would need loss scaling for little gain).
+    On a CPU fp32, even where the trainers pick bf16: these stages' CPU runs are tests and --quick, set in fp32."""
     import torch
 
     from smolhub_hub.training.distributed import pick_device
     from smolhub_hub.training.precision import amp_dtype
 
-    bf16 = amp_dtype("auto", pick_device()) is torch.bfloat16
+    device = pick_device()
+    bf16 = device.startswith("cuda") and amp_dtype("auto", device) is torch.bfloat16
     return dict(
         output_dir=args.output_dir,
         learning_rate=args.learning_rate,

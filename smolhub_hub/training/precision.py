@@ -11,17 +11,20 @@ import contextlib
 
 import torch
 
+from smolhub_hub.training.cpu_bf16 import cpu_default_dtype
+
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
 
 
 def amp_dtype(requested: str, device: str) -> torch.dtype | None:
     """The autocast dtype for `requested` (auto, bfloat16, float16, float32) on `device`; None = plain fp32.
 
-    auto: bf16 on a GPU that has it, else fp16; fp32 on a CPU, whose bf16 matmuls are slower, not faster."""
+    auto: bf16 on a GPU that has it, else fp16; on a CPU, bf16 where it multiplies bf16 natively (AMX,
+    AVX512-BF16: `cpu_bf16`), else fp32, since emulated bf16 matmuls are slower, not faster."""
     if requested != "auto":
         return AMP_DTYPES[requested]
     if not device.startswith("cuda"):
-        return None
+        return AMP_DTYPES[cpu_default_dtype()]
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
