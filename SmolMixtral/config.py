@@ -65,11 +65,12 @@ PRESETS = {
 FAMILY = ModelFamily(
     name="SmolMixtral",
     model_config=MixtralConfig,
-    model_class=lambda: __import__("SmolMixtral.model", fromlist=["SmolMixtral"]).SmolMixtral,
+    model="SmolMixtral.model:SmolMixtral",
     # 524,288 tokens per optimizer step, as in the reference run.
     train=TrainConfig(total_batch_tokens=524_288, max_steps=13000, batch_size=16),
     data=DataConfig(dataset="roneneldan/TinyStories", tokenizer=LLAMA_TOKENIZER),
     presets=PRESETS,
+    converter="SmolMixtral.convert",
     hf_architecture="MixtralForCausalLM",
     description="Mixtral-style sparse MoE: 8 SwiGLU experts, top-2, noisy top-k, load balancing "
                 "(~124M total, ~48M active, TinyStories).",

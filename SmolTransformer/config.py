@@ -75,12 +75,13 @@ PRESETS = {
 FAMILY = ModelFamily(
     name="SmolTransformer",
     model_config=SmolTransformerConfig,
-    model_class=lambda: __import__("SmolTransformer.model", fromlist=["SmolTransformer"]).SmolTransformer,
+    model="SmolTransformer.model:SmolTransformer",
     # build-nanogpt's GPT-2 recipe: 2**19 tokens per step, 19,073 steps = one pass over FineWeb sample-10BT.
     train=TrainConfig(total_batch_tokens=524_288, max_steps=19_073, warmup_steps=715, batch_size=16,
                       lr=6e-4, min_lr=6e-5, sample_prompt="The meaning of life is"),
     data=DataConfig(dataset="HuggingFaceFW/fineweb", dataset_config="sample-10BT", tokenizer="gpt2"),
     presets=PRESETS,
+    converter="SmolTransformer.convert",
     hf_architecture="GPT2LMHeadModel",
     description="Classic decoder: learned positions, multi-head attention, GELU MLP (~150M, FineWeb).",
 )

@@ -93,11 +93,12 @@ PRESETS = {
 FAMILY = ModelFamily(
     name="StoryKimi",
     model_config=StoryKimiConfig,
-    model_class=lambda: __import__("StoryKimi.model", fromlist=["StoryKimi"]).StoryKimi,
+    model="StoryKimi.model:StoryKimi",
     # 524,288 tokens per optimizer step, as in the reference run; Muon 0.02 + AdamW 6e-4.
     train=TrainConfig(total_batch_tokens=524_288, max_steps=5000, batch_size=32, optimizer="muon"),
     data=DataConfig(dataset="roneneldan/TinyStories", tokenizer="hf-internal-testing/llama-tokenizer"),
     presets=PRESETS,
+    converter="StoryKimi.convert",
     hf_architecture="DeepseekV3ForCausalLM",
     description="DeepSeek-V3 / Kimi-K2 style: latent attention (MLA), MoE with a shared expert and "
                 "aux-loss-free balancing, Muon (~180M total, TinyStories).",

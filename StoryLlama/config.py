@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from smolhub_hub.config import DataConfig, ModelFamily, TrainConfig, opt
-from smolhub_hub.layers import llama_ffn_hidden
 from smolhub_hub.modeling import ConfigMixin
+
+
+def llama_ffn_hidden(dim: int, multiple_of: int = 64) -> int:
+    """Llama's SwiGLU width: 2/3 of 4 * dim (the parameters of a 4 * dim GELU MLP), rounded up to a multiple of 64."""
+    return multiple_of * math.ceil(int(2 * 4 * dim / 3) / multiple_of)
 
 
 @dataclass
@@ -53,11 +58,12 @@ PRESETS = {
 FAMILY = ModelFamily(
     name="StoryLlama",
     model_config=StoryLlamaConfig,
-    model_class=lambda: __import__("StoryLlama.model", fromlist=["StoryLlama"]).StoryLlama,
+    model="StoryLlama.model:StoryLlama",
     # 524,288 tokens per optimizer step, as in the reference run (2 x A100).
     train=TrainConfig(total_batch_tokens=524_288, max_steps=5000, batch_size=32),
     data=DataConfig(dataset="roneneldan/TinyStories", tokenizer="gpt2"),
     presets=PRESETS,
+    converter="StoryLlama.convert",
     hf_architecture="LlamaForCausalLM",
     description="Llama-style: RoPE, SwiGLU, GQA/MQA, RMSNorm (~88M, TinyStories).",
 )

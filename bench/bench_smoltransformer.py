@@ -21,7 +21,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import adamw, add_run_args, autocast, interleaved_seconds, print_table, save_json, train_step_fn  # noqa: E402
 
-from smolhub_hub.export.gpt2 import to_hf  # noqa: E402
+from SmolTransformer.convert import to_hf  # noqa: E402
 from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
 from SmolTransformer.config import FAMILY  # noqa: E402
 from SmolTransformer.model import SmolTransformer  # noqa: E402

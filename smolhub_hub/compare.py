@@ -69,13 +69,11 @@ def summarize_checkpoint(ckpt: Path, run: Path | None, name: str | None = None) 
 
 def summarize_run(path: str | Path) -> RunSummary:
     """A run folder (its LATEST checkpoint), one of its step_* folders, or a pulled Hub repo."""
-    from smolhub_hub.hub import checkpoint_in, run_dir_of
-
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"run folder '{path}' does not exist; pass the --out-dir of a training run")
-    ckpt = ckpt_io.resolve_checkpoint(checkpoint_in(p))
-    run = run_dir_of(ckpt)
+    ckpt = ckpt_io.resolve_checkpoint(ckpt_io.checkpoint_in(p))
+    run = ckpt_io.run_dir_of(ckpt)
     if run is None:
         raise UserError(f"'{path}' has no metrics.csv next to its checkpoint; pass a training run folder")
     return summarize_checkpoint(ckpt, run, name=p.resolve().name)

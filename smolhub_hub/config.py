@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from types import ModuleType
+from typing import Any
 
+from smolhub_hub.errors import UserError
 from smolhub_hub.modeling import ConfigMixin
+from smolhub_hub.registry import load_object
 
 
 def opt(default, help: str, *, training: bool = False, **kw):
@@ -127,8 +131,6 @@ MUON_FIELDS = ("muon_lr", "muon_momentum", "muon_weight_decay", "muon_adjust_lr"
 
 def check_flags_act(tcfg: TrainConfig, dcfg: DataConfig, explicit: dict[str, dict[str, Any]]):
     """A flag given explicitly that nothing would read in this configuration is refused, never ignored."""
-    from smolhub_hub.errors import UserError
-
     given = {**explicit.get("train", {}), **explicit.get("data", {})}
     local = Path(dcfg.dataset).expanduser()
     dataset_kind = "builtin" if dcfg.dataset == "builtin" else "local" if local.exists() else "hub"
@@ -160,16 +162,26 @@ def _has_records(path: Path) -> bool:
 
 @dataclass
 class ModelFamily:
-    """Everything the shared tools need to know about one model folder."""
+    """Everything the shared tools need to know about one model folder. The model and its converter are named by
+    module path and imported when asked for, so a folder's config.py never imports its model.py."""
 
     name: str
     model_config: type
-    model_class: Callable[[], type]            # lazy: importing a config never imports torch models
+    model: str                                 # "StoryLlama.model:StoryLlama": the nn.Module class
     train: TrainConfig
     data: DataConfig
     presets: dict[str, dict[str, dict[str, Any]]]
+    converter: str = ""                        # "StoryLlama.convert": to_hf / from_hf / hf_config for transformers
     hf_architecture: str = ""                  # the transformers class `smolhub export` writes
     description: str = ""
+
+    def model_class(self) -> type:
+        return load_object(self.model)
+
+    def converter_module(self) -> ModuleType:
+        if not self.converter:
+            raise UserError(f"no transformers export for model family '{self.name}'")
+        return importlib.import_module(self.converter)
 
     def build(self, preset: str = "default", **model_overrides):
         mcfg, _, _ = self.resolve(preset)
@@ -178,7 +190,6 @@ class ModelFamily:
     def resolve(self, preset: str, overrides: dict[str, dict[str, Any]] | None = None):
         """Defaults, then the preset, then explicit overrides: (model cfg, train cfg, data cfg)."""
         if preset not in self.presets and preset != "default":
-            from smolhub_hub.errors import UserError
             raise UserError(f"unknown preset '{preset}' for {self.name}; choose from {', '.join(self.preset_names)}")
         layers = [self.presets.get(preset, {}), overrides or {}]
         cfgs = {"model": self.model_config(), "train": self.train, "data": self.data}

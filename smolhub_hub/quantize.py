@@ -14,7 +14,7 @@ The folder written is safetensors + JSON, loaded without pickle:
     OUT/model.int8.safetensors      torchao's flattened int8 tensors (and its metadata) plus the fp32 rest
     OUT/tokenizer files, OUT/quantization_report.json
 
-Load it with `load_model(OUT)` / `load_quantized(OUT)` or `smolhub generate OUT`.
+Load it with `load_model(OUT)` / `quantized_folder.load_quantized(OUT)` or `smolhub generate OUT`.
 
 Why the folder is SmolHub's layout and not a transformers one: it holds SmolHub's module names (fused q/k/v,
 every family, GPT-2-style SmolTransformers included). transformers 5 reads torchao models through
@@ -41,10 +41,8 @@ import torch.nn as nn
 
 from smolhub_hub.errors import UserError
 from smolhub_hub.extras import require
+from smolhub_hub.quantized_folder import FORMAT, WEIGHTS, save_quantized
 
-FORMAT = "smolhub-torchao-int8-1"
-SAFETENSORS_SUPPORT = "torchao.prototype.safetensors.safetensors_support"  # torchao tensors <-> safetensors
-WEIGHTS = "model.int8.safetensors"
 REPORT = "quantization_report.json"
 SCHEMES = {"weight-only": "Int8WeightOnlyConfig", "dynamic": "Int8DynamicActivationInt8WeightConfig"}
 # Linear layers whose weight the model also reads as a matrix, outside the layer's own call: they stay fp32.
@@ -62,83 +60,12 @@ def torchao_config(scheme: str):
     return getattr(_torchao(), SCHEMES[scheme])()
 
 
-# --- quantize / save / load ------------------------------------------------------------------------
+# --- quantize -------------------------------------------------------------------------------------
 def quantize_model(model: nn.Module, scheme: str = "weight-only") -> list[str]:
     """Quantize every nn.Linear in place with torchao; returns the quantized module names."""
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith(READ_AS_MATRIX)]
     _torchao().quantize_(model, torchao_config(scheme), filter_fn=lambda module, name: name in names)
     return names
-
-
-def is_quantized(path: str | Path) -> bool:
-    return (Path(path) / WEIGHTS).exists()
-
-
-def _read_config(path: Path) -> dict:
-    cfg = json.loads((path / "config.json").read_text())
-    fmt = cfg.get("quantization", {}).get("format")
-    if fmt != FORMAT:
-        raise UserError(f"{path} was quantized by an older SmolHub (format {fmt!r}, PyTorch's deprecated int8 "
-                        "layers); quantize the checkpoint again with `smolhub quantize`")
-    return cfg
-
-
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
-    unflatten_tensor_state_dict = require(SAFETENSORS_SUPPORT, "reading a quantized folder").unflatten_tensor_state_dict
-
-    try:
-        with safe_open(path / WEIGHTS, "pt") as f:
-            tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
-        state, leftover = unflatten_tensor_state_dict(tensors, metadata)
-    except Exception as e:  # truncated or corrupt file
-        raise UserError(f"{path / WEIGHTS} cannot be read ({type(e).__name__}: {str(e)[:120]}); "
-                        "quantize the checkpoint again") from None
-    return {**state, **leftover}
-
-
-def load_quantized(path: str | Path):
-    """A quantized folder as a CPU model in eval mode with `.tokenizer`, ready for `generate_text`."""
-    from smolhub_hub import checkpoint as ckpt_io
-    from smolhub_hub.data.tokenizer import load_tokenizer
-    from smolhub_hub.registry import get_family
-
-    path = Path(path)
-    if not is_quantized(path):
-        raise UserError(f"'{path}' is not a quantized SmolHub folder (no {WEIGHTS}); make one with `smolhub quantize`")
-    cfg = _read_config(path)
-    fam = get_family(cfg["family"])
-    model = fam.model_class()(fam.model_config.from_dict(cfg["model"]))
-    state = _read_weights(path)
-    int8 = {name: state.pop(f"{name}.weight", None) for name in cfg["quantization"]["modules"]}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k.removesuffix(".weight") not in int8 and not ckpt_io._is_tied_alias(model, k)]
-    if missing or unexpected or any(w is None for w in int8.values()):
-        raise UserError(f"{path / WEIGHTS} does not fit its config (missing {missing[:3]}, unexpected "
-                        f"{unexpected[:3]}); quantize the checkpoint again with `smolhub quantize`")
-    for name, weight in int8.items():  # a head tied to the embedding is untied here, as when it was quantized
-        model.get_submodule(name).weight = nn.Parameter(weight, requires_grad=False)
-    model.eval()
-    model.tokenizer = load_tokenizer(str(path))
-    model.checkpoint_path, model.checkpoint_config = path, cfg
-    return model
-
-
-def _save(model, cfg: dict, quant: dict, folder: Path):
-    from safetensors.torch import save_file
-
-    flatten_tensor_state_dict = require(SAFETENSORS_SUPPORT, "smolhub quantize").flatten_tensor_state_dict
-
-    from smolhub_hub import checkpoint as ckpt_io
-
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    plain = ckpt_io._untie({k: v for k, v in state.items() if type(v) is torch.Tensor})  # a tied matrix once
-    int8 = {k: v for k, v in state.items() if type(v) is not torch.Tensor}
-    tensors, metadata = flatten_tensor_state_dict({**plain, **int8})
-    save_file(tensors, folder / WEIGHTS, metadata=metadata)
-    (folder / "config.json").write_text(json.dumps({**cfg, "quantization": quant}, indent=2))
-    model.tokenizer.save_pretrained(folder)
 
 
 # --- measurements ----------------------------------------------------------------------------------
@@ -211,7 +138,7 @@ def quantize_checkpoint(checkpoint: str, out: str | Path, evaluate: bool = True,
     tmp.mkdir(parents=True)
     quant = {"format": FORMAT, "library": f"torchao {torchao.__version__}", "scheme": scheme,
              "config": SCHEMES[scheme], "modules": names, "source": str(ckpt)}
-    _save(model, cfg, quant, tmp)
+    save_quantized(model, cfg, quant, tmp)
     after = _measure(model, cfg, tmp / WEIGHTS, **bench)
     same = next((i for i, (a, b) in enumerate(zip(before["greedy_tokens"], after["greedy_tokens"])) if a != b),
                 len(after["greedy_tokens"]))

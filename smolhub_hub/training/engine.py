@@ -216,8 +216,6 @@ class Trainer:
     def _init_from_hf(self):
         from transformers import AutoModelForCausalLM
 
-        from smolhub_hub.export import converter_for
-
         try:
             hf = AutoModelForCausalLM.from_pretrained(self.tcfg.init_from, dtype=torch.float32)
         except OSError as e:
@@ -225,7 +223,7 @@ class Trainer:
                             "pass a local Hugging Face model folder or check the network") from None
         check_fingerprint(self.tokenizer, folder_fingerprint(self.tcfg.init_from), f"--init-from {self.tcfg.init_from}",
                           f"train with its tokenizer: --tokenizer {self.tcfg.init_from}")
-        model = converter_for(self.family.name).from_hf(hf)
+        model = self.family.converter_module().from_hf(hf)
         cls, source = self.family.model_config, model.config
         given = {n: v for n, v in self.explicit["model"].items() if n in architecture_fields(cls)}
         clash = {n: (getattr(source, n), v) for n, v in given.items() if getattr(source, n) != v}

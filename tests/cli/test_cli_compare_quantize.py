@@ -10,7 +10,8 @@ from smolhub_hub import checkpoint as ckpt_io
 from smolhub_hub import cli
 from smolhub_hub.compare import compare, format_table
 from smolhub_hub.inference import generate_text, load_model
-from smolhub_hub.quantize import WEIGHTS, load_quantized, quantize_checkpoint
+from smolhub_hub.quantize import quantize_checkpoint
+from smolhub_hub.quantized_folder import WEIGHTS, load_quantized
 from smolhub_hub.registry import available_families, get_family
 from tests.helpers import run_cli, tiny_run_args
 
@@ -100,7 +101,7 @@ def test_quantize_and_stage_every_family(family, runs, tmp_path):
     """Quick-preset weights of each registered family: int8 logits follow fp32, the staged repo loads in transformers."""
     from transformers import AutoModelForCausalLM
 
-    from smolhub_hub.hub import stage
+    from smolhub_hub.publish import stage
 
     ckpt = _random_checkpoint(family, runs, tmp_path)
     report = quantize_checkpoint(str(ckpt), tmp_path / "q", evaluate=False, bench_tokens=4)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from smolhub_hub import cli, hub
+from smolhub_hub import cli, publish
+from smolhub_hub.checkpoint import NATIVE_SUBFOLDER
 from smolhub_hub.inference import generate_text, load_model
 from tests.helpers import REPO, run_cli, tiny_run_args
 
@@ -25,7 +26,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def staged(run, tmp_path_factory):
-    return hub.stage(str(run), tmp_path_factory.mktemp("stage") / "repo", "me/tiny-llama")
+    return publish.stage(str(run), tmp_path_factory.mktemp("stage") / "repo", "me/tiny-llama")
 
 
 def _smolhub(*args, env=None):
@@ -50,7 +51,7 @@ def test_staged_repo_is_a_transformers_folder_and_a_smolhub_checkpoint(run, stag
     assert all(not n.endswith((".bin", ".pt", ".pkl")) for n in names)  # nothing loaded with pickle
     hf = AutoModelForCausalLM.from_pretrained(staged).eval()
     tok = AutoTokenizer.from_pretrained(staged)
-    ours = load_model(staged / hub.NATIVE_SUBFOLDER, device="cpu")
+    ours = load_model(staged / NATIVE_SUBFOLDER, device="cpu")
     ids = tok("Once upon a time", return_tensors="pt")["input_ids"]
     assert (hf(ids).logits - ours(ids).logits).abs().max() < 1e-4
 
@@ -142,7 +143,7 @@ def fake_hub(staged, monkeypatch):
 
 def test_load_model_and_pull_from_a_pushed_repo(run, fake_hub, tmp_path, capsys):
     model = load_model("me/tiny-llama", device="cpu")
-    assert model.checkpoint_path.name == hub.NATIVE_SUBFOLDER
+    assert model.checkpoint_path.name == NATIVE_SUBFOLDER
     assert not (model.checkpoint_path.parent / "model.safetensors").exists()  # load_model skips the HF copy
     local = load_model(run, device="cpu")
     assert generate_text(model, "Once upon", 8, greedy=True) == generate_text(local, "Once upon", 8, greedy=True)

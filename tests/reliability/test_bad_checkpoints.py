@@ -19,7 +19,7 @@ from smolhub_hub.inference import load_model
 from smolhub_hub.training import main
 from SmolMixtral.config import FAMILY as MIXTRAL
 from StoryLlama.config import FAMILY
-from tests.core.test_data import CACHE_DAMAGE
+from tests.smolhub_hub.test_data import CACHE_DAMAGE
 from tests.reliability.conftest import run_args
 
 STEPS = 3
@@ -217,4 +217,4 @@ def test_a_pickle_payload_is_never_executed(good_run, tmp_path, capsys, target):
 def test_a_checkpoint_of_another_family_is_refused(good_run, capsys):
     assert "resume it with StoryLlama/trainer.py" in _resume(MIXTRAL, good_run, capsys)
     with pytest.raises(UserError, match="is a StoryLlama checkpoint, not SmolMixtral"):
-        load_model(str(good_run), family="SmolMixtral", device="cpu")
+        load_model(str(good_run), family=MIXTRAL, device="cpu")

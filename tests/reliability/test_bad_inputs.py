@@ -70,7 +70,7 @@ args = st.lists(st.sampled_from(sorted(flag_values)).flatmap(lambda f: st.tuples
 @FAST
 @given(extra=args)
 def test_inference_cli(tiny_run, extra):
-    assert_clean(*run_cli(lambda argv: inference.main("StoryLlama", argv),
+    assert_clean(*run_cli(lambda argv: inference.main(FAMILY, argv),
                           ["--checkpoint", str(tiny_run), "--prompt", "Once", "--max-length", "3", *extra]))
 
 

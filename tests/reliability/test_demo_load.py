@@ -14,7 +14,7 @@ from smolhub_hub.data.builtin import generate_stories
 from smolhub_hub.data.tokenizer import train_bpe
 from smolhub_hub.demo import MAX_PROMPT_CHARS, build_demo
 from smolhub_hub.inference import generate_text, load_model
-from StoryLlama.config import StoryLlamaConfig
+from StoryLlama.config import FAMILY, StoryLlamaConfig
 from StoryLlama.model import StoryLlama
 
 CAP = 16  # the server-side cap on new tokens
@@ -73,4 +73,4 @@ def test_limits_are_enforced_by_the_server(demo_client):
 def test_default_bind_is_loopback():
     from smolhub_hub.demo import build_parser
 
-    assert build_parser("StoryLlama").parse_args([]).host == "127.0.0.1"
+    assert build_parser(FAMILY).parse_args([]).host == "127.0.0.1"
