@@ -1,7 +1,7 @@
 """StoryKimi configuration: DeepSeek-V3 / Kimi-K2 architecture at small scale, its training defaults, presets.
 
 Field names follow DeepSeek-V3 where it has one (kv_lora_rank, qk_rope_head_dim, routed_scaling_factor...)
-so that a DeepSeek user recognises them and `smolhub_hub/export/deepseek_v3.py` maps them one to one.
+so that a DeepSeek user recognises them and `StoryKimi/convert.py` maps them one to one.
 """
 
 from __future__ import annotations

@@ -43,8 +43,9 @@ def head_and_loss(hidden: torch.Tensor, lm_head: nn.Linear, targets: torch.Tenso
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_size: int, ignore_index: int):
-        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    def forward(ctx, hidden, weight, targets, chunk_size: int, ignore_index: int, grad_enabled: bool):
+        # Forward runs with autograd off, so the caller says whether gradients will be asked for (not in eval).
+        want_h, want_w = grad_enabled and ctx.needs_input_grad[0], grad_enabled and ctx.needs_input_grad[1]
         n_valid = (targets != ignore_index).sum()
         acc = torch.promote_types(hidden.dtype, torch.float32)  # bf16/fp16 logits are upcast, fp64 kept
         total = torch.zeros((), device=hidden.device, dtype=acc)
@@ -78,7 +79,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
         return (grad_h * grad_out if grad_h is not None else None,
-                grad_w * grad_out if grad_w is not None else None, None, None, None)
+                grad_w * grad_out if grad_w is not None else None, None, None, None, None)
 
 
 # A Python loop over chunks, which torch.compile would unroll: it runs eager, with a graph break around it.
@@ -94,4 +95,5 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 (got {chunk_size})")
     h = hidden.reshape(-1, hidden.shape[-1])
-    return _ChunkedLinearCrossEntropy.apply(h, weight, targets.reshape(-1), chunk_size, ignore_index)
+    return _ChunkedLinearCrossEntropy.apply(h, weight, targets.reshape(-1), chunk_size, ignore_index,
+                                            torch.is_grad_enabled())

@@ -83,6 +83,7 @@ class Trainer:
         torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
         self.raw_model = self._build_model().to(self.device)
         self.raw_model.gradient_checkpointing = tcfg.grad_checkpointing
+        self.raw_model.loss_chunk_size = tcfg.loss_chunk_size
         self.optimizers = build_optimizers(self.raw_model, tcfg, self.device)
         self.accum = self._grad_accum_steps()
         self.amp_dtype, self.scaler = self._precision()
@@ -606,7 +607,7 @@ def _check_train_config(t: TrainConfig):
     """Values argparse accepts but no run can use: one clear line instead of a crash deep inside."""
     at_least = {"max_steps": 1, "batch_size": 1, "eval_batches": 1, "log_interval": 1, "eval_interval": 1,
                 "save_interval": 1, "keep_last": 1, "max_bad_steps": 1, "seq_len": 0, "total_batch_tokens": 0,
-                "warmup_steps": 0, "seq_len_warmup": 0, "lr_restarts": 0, "sample_interval": 0}
+                "loss_chunk_size": 0, "warmup_steps": 0, "seq_len_warmup": 0, "lr_restarts": 0, "sample_interval": 0}
     for name, low in at_least.items():
         if getattr(t, name) < low:
             raise UserError(f"--{name.replace('_', '-')} must be >= {low} (got {getattr(t, name)})")

@@ -192,8 +192,8 @@ def observe(trainer, wandb_calls, out: Path) -> str:
         rates.append([g["lr"] for o in opts for g in o.param_groups])
     batch = [x.tolist() for _, (x, _) in trainer._micro_batches(0, trainer.seq_len)]
     seen = {
-        "model": (model.config.to_dict(), model.gradient_checkpointing, type(trainer.model).__name__,
-                  sum(float(p.detach().double().sum()) for p in model.parameters())),
+        "model": (model.config.to_dict(), model.gradient_checkpointing, model.loss_chunk_size,
+                  type(trainer.model).__name__, sum(float(p.detach().double().sum()) for p in model.parameters())),
         "optimizer": groups, "schedule": rates, "batches": (trainer.accum, trainer.seq_len, batch),
         # what was built from the data, not the config's echo of itself
         "data": (str(trainer.data.path.parent), {k: v for k, v in trainer.data.meta.items() if k != "data"},
