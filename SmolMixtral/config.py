@@ -49,9 +49,9 @@ QUICK = {
     # Trains on the built-in corpus on a 2-core CPU in a few minutes and visibly learns.
     "model": {"dim": 128, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "n_experts": 8, "top_k": 2,
               "expert_hidden": 192, "max_seq_len": 128},
-    "train": {"max_steps": 400, "batch_size": 16, "total_batch_tokens": 0, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 40,
-              "weight_decay": 0.01, "eval_interval": 100, "eval_batches": 10, "sample_interval": 200,
-              "save_interval": 200, "log_interval": 10},
+    "train": {"max_steps": 400, "batch_size": 16, "total_batch_tokens": 0, "lr": 3e-3, "min_lr": 3e-4,
+              "warmup_steps": 40, "weight_decay": 0.01, "eval_interval": 100, "eval_batches": 10,
+              "sample_interval": 200, "save_interval": 200, "log_interval": 10},
     "data": {"dataset": "builtin", "tokenizer": "bpe", "vocab_size": 2048, "builtin_stories": 6000},
 }
 

@@ -40,7 +40,7 @@ class SmolTransformerConfig(ConfigMixin):
     def head_dim(self) -> int:
         return self.dim // self.n_heads
 
-    def validate(self, seq_len: int = 0) -> "SmolTransformerConfig":
+    def validate(self, seq_len: int = 0) -> SmolTransformerConfig:
         """Positions are learned, so nothing can run past `max_seq_len`: say so before training starts."""
         if seq_len > self.max_seq_len:
             raise UserError(f"--seq-len {seq_len} exceeds the {self.max_seq_len} learned positions of "
@@ -61,8 +61,9 @@ PRESETS = {
     "quick": {
         "model": {"dim": 128, "n_layers": 4, "n_heads": 4, "max_seq_len": 128},
         "train": {"max_steps": 400, "batch_size": 16, "total_batch_tokens": 0, "lr": 3e-3, "min_lr": 3e-4,
-                  "warmup_steps": 40, "weight_decay": 0.01, "eval_interval": 100, "eval_batches": 10, "sample_interval": 200,
-                  "save_interval": 200, "log_interval": 10, "sample_prompt": "Once upon a time"},
+                  "warmup_steps": 40, "weight_decay": 0.01, "eval_interval": 100, "eval_batches": 10,
+                  "sample_interval": 200, "save_interval": 200, "log_interval": 10,
+                  "sample_prompt": "Once upon a time"},
         "data": {"dataset": "builtin", "dataset_config": "", "tokenizer": "bpe", "vocab_size": 2048,
                  "builtin_stories": 6000},
     },

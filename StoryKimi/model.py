@@ -71,7 +71,8 @@ class LatentAttention(nn.Module):
     def __init__(self, c: StoryKimiConfig, layer_idx: int):
         super().__init__()
         self.layer_idx, self.n_heads, self.dropout = layer_idx, c.n_heads, c.dropout
-        self.nope, self.rope_dim, self.v_dim, self.rank = c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim, c.kv_lora_rank
+        self.nope, self.rope_dim = c.qk_nope_head_dim, c.qk_rope_head_dim
+        self.v_dim, self.rank = c.v_head_dim, c.kv_lora_rank
         self.scale = c.qk_head_dim ** -0.5
         q_out = c.n_heads * c.qk_head_dim
         self.q_lora = c.q_lora_rank > 0  # queries through their own low-rank latent (DeepSeek-V3), or one matrix
@@ -154,9 +155,10 @@ class LatentAttention(nn.Module):
 
     @torch.no_grad()
     def qk_clip(self, tau: float) -> torch.Tensor:
-        """Kimi K2's QK-clip (https://arxiv.org/abs/2507.20534): a head whose max logit S exceeded tau gets its query/key weights scaled so that
-        S becomes tau: the head-specific nope parts by sqrt(tau/S) each, its RoPE query by tau/S (the RoPE
-        key is shared by all heads, so it stays). Returns the heads that were clipped (bool, H)."""
+        """Kimi K2's QK-clip (https://arxiv.org/abs/2507.20534): a head whose max logit S exceeded tau gets its
+        query/key weights scaled so that S becomes tau: the head-specific nope parts by sqrt(tau/S) each, its RoPE
+        query by tau/S (the RoPE key is shared by all heads, so it stays). Returns the heads that were clipped
+        (bool, H)."""
         max_logit = self.max_logit if self.max_logit is not None else self.wo.weight.new_zeros(self.n_heads).float()
         if dist.is_initialized():
             dist.all_reduce(max_logit, op=dist.ReduceOp.MAX)
@@ -250,7 +252,8 @@ class DeepSeekMoE(MoELayer):
             load = expert_counts(r.expert_ids, self.router.n_experts)
             self.step_load = load if self.step_load is None else self.step_load + load
             if self.seq_aux_loss_coef:
-                aux = self.seq_aux_loss_coef * sequence_balance_loss(r.probs.view(B, T, -1), r.expert_ids.view(B, T, -1))
+                balance = sequence_balance_loss(r.probs.view(B, T, -1), r.expert_ids.view(B, T, -1))
+                aux = self.seq_aux_loss_coef * balance
         if not generating:  # telemetry is for training and evaluation forwards
             self.stats.update(r)
         return y, aux

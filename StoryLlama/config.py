@@ -43,9 +43,9 @@ PRESETS = {
     # Trains on the built-in corpus on a 2-core CPU in a few minutes and visibly learns.
     "quick": {
         "model": {"dim": 128, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "max_seq_len": 128},
-        "train": {"max_steps": 400, "batch_size": 16, "total_batch_tokens": 0, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 40,
-                  "weight_decay": 0.01, "eval_interval": 100, "eval_batches": 10, "sample_interval": 200,
-                  "save_interval": 200, "log_interval": 10},
+        "train": {"max_steps": 400, "batch_size": 16, "total_batch_tokens": 0, "lr": 3e-3, "min_lr": 3e-4,
+                  "warmup_steps": 40, "weight_decay": 0.01, "eval_interval": 100, "eval_batches": 10,
+                  "sample_interval": 200, "save_interval": 200, "log_interval": 10},
         "data": {"dataset": "builtin", "tokenizer": "bpe", "vocab_size": 2048, "builtin_stories": 6000},
     },
     # llama2.c's 15M model: dim 288, 6 layers, 6 heads, context 256.

@@ -11,6 +11,7 @@ from smolhub_hub import inference
 from smolhub_hub.inference import generate_text, stream_text  # noqa: F401  (the documented API)
 from StoryLlama.config import FAMILY
 
+
 def load_model(path_or_hub_id: str, device: str = "auto"):
     return inference.load_model(path_or_hub_id, family=FAMILY, device=device)
 

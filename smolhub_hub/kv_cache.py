@@ -30,7 +30,8 @@ class KVCache:
         return self.pos
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """k, v: (B, H_kv, T, head_dim) of the new tokens -> this layer's keys and values so far, (B, H_kv, pos + T, .)."""
+        """k, v: (B, H_kv, T, head_dim) of the new tokens -> this layer's keys and values so far,
+        (B, H_kv, pos + T, head_dim)."""
         t = k.shape[2]
         self.k[layer, :, :, self.pos:self.pos + t] = k
         self.v[layer, :, :, self.pos:self.pos + t] = v

@@ -114,7 +114,8 @@ class CausalLM(nn.Module):
     def param_counts(self) -> dict[str, int]:
         """{"total", "active"}: a tied matrix counts once; "active" leaves out the experts a token is not sent to."""
         total = sum(p.numel() for p in self.parameters())
-        return {"total": total, "active": total - sum(m.inactive_params_per_token() for m in self.moe_layers().values())}
+        inactive = sum(m.inactive_params_per_token() for m in self.moe_layers().values())
+        return {"total": total, "active": total - inactive}
 
     def routing_stats(self) -> dict[str, float]:
         """Routing telemetry since the last call, `moe/layer<block>/<name>` and means over layers ({} if dense)."""

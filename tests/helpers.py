@@ -102,7 +102,7 @@ def assert_loop_experts_match_grouped_under_bf16(model, experts):
             out = model(idx, targets=idx)
         out.loss.backward()
         results.append((out.logits.float(), experts[-1].w_down.grad.clone()))
-    for a, b in zip(*results):
+    for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=0.02, atol=0.02)
 
 

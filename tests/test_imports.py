@@ -85,6 +85,6 @@ def test_every_module_imports_alone_and_in_any_order():
     was imported first (a hidden cycle or a missing import) fails here. The order is printed on failure."""
     names = sorted(MODULES)
     random.Random().shuffle(names)
-    code = "import importlib\nfor name in %r:\n    importlib.import_module(name)\nprint('ok')" % names
+    code = f"import importlib\nfor name in {names!r}:\n    importlib.import_module(name)\nprint('ok')"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), f"order {names}:\n{proc.stderr[-3000:]}"

@@ -15,7 +15,6 @@ from tests.helpers import REPO, run_cli, tiny_run_args
 from tests.SmolMixtral.conftest import SMALL
 
 
-
 def _weights(run):
     return load_file(run / (run / LATEST).read_text().strip() / "model.safetensors")
 

@@ -36,9 +36,9 @@ def test_quick_preset_learns(quick_run):
 def test_sequence_length_warms_up_to_the_full_context(quick_run):
     steps, seq = series(quick_run[0] / "metrics.csv")["train/seq_len"]
     assert seq[0] == 64 and seq[-1] == 128
-    assert all(a <= b for a, b in zip(seq, seq[1:]))           # grows, never shrinks
+    assert all(a <= b for a, b in zip(seq, seq[1:], strict=False))           # grows, never shrinks
     assert len(set(seq)) > 3                                     # in several stages, not one jump
-    assert all(s == 128 for st, s in zip(steps, seq) if st > 20)  # full length once the warmup is over
+    assert all(s == 128 for st, s in zip(steps, seq, strict=True) if st > 20)  # full length once the warmup is over
 
 
 def test_inference_api_and_context_guard(quick_run):

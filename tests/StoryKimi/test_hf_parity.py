@@ -3,11 +3,10 @@
 import pytest
 import torch
 
-from StoryKimi.convert import from_hf, hf_config, to_hf
 from smolhub_hub.generation import SamplingConfig, generate
+from StoryKimi.convert import from_hf, hf_config, to_hf
 from StoryKimi.model import StoryKimi
 from tests.helpers import randomise_norms_and_biases
-
 from tests.StoryKimi.conftest import perturb, tiny_config
 
 transformers = pytest.importorskip("transformers")
@@ -23,7 +22,8 @@ def _assert_same_function(ours, hf):
     with torch.no_grad():
         torch.testing.assert_close(ours(idx).logits, hf(idx).logits, rtol=0, atol=1e-4)
     prompt = idx[:1, :6]
-    assert torch.equal(generate(ours, prompt, SamplingConfig(max_new_tokens=24, greedy=True)), _greedy_hf(hf, prompt, 24))
+    greedy = SamplingConfig(max_new_tokens=24, greedy=True)
+    assert torch.equal(generate(ours, prompt, greedy), _greedy_hf(hf, prompt, 24))
 
 
 # DeepSeek's interleaved RoPE and the half-split one; query compression on and off; group-limited routing;

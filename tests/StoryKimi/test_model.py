@@ -4,7 +4,6 @@ import torch
 
 from smolhub_hub.generation import SamplingConfig, generate
 from StoryKimi.model import StoryKimi
-
 from tests.StoryKimi.conftest import perturb, tiny_config
 
 

@@ -10,7 +10,6 @@ import torch.multiprocessing as mp
 from smolhub_hub.generation import SamplingConfig, generate
 from StoryKimi.model import DeepSeekRouter, StoryKimi, sequence_balance_loss
 from tests.helpers import assert_loop_experts_match_grouped_under_bf16
-
 from tests.StoryKimi.conftest import tiny_config
 
 
@@ -52,7 +51,7 @@ def test_group_limited_routing_stays_in_the_top_groups():
 
 
 def test_sequence_balance_loss_is_one_when_uniform():
-    E, k, T = 4, 2, 6
+    E, _k, T = 4, 2, 6
     affinity = torch.full((1, T, E), 1.0 / E)
     ids = torch.tensor([[[0, 1], [2, 3]] * (T // 2)])
     assert sequence_balance_loss(affinity, ids).item() == pytest.approx(1.0)

@@ -6,7 +6,6 @@ import torch
 from smolhub_hub.config import TrainConfig
 from smolhub_hub.training.optim import ExpertMuon, build_optimizers, orthogonalize
 from StoryKimi.model import StoryKimi
-
 from tests.StoryKimi.conftest import tiny_config
 
 

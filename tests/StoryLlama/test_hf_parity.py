@@ -6,11 +6,10 @@ import sys
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, pipeline
 
-from StoryLlama.convert import from_hf, to_hf
 from smolhub_hub.generation import SamplingConfig, generate
 from smolhub_hub.inference import generate_text, load_model
-from tests.helpers import tiny_llama
-from tests.helpers import randomise_norms_and_biases
+from StoryLlama.convert import from_hf, to_hf
+from tests.helpers import randomise_norms_and_biases, tiny_llama
 
 
 def _hf_greedy(hf, x, n):

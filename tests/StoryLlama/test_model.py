@@ -88,7 +88,7 @@ def test_activation_checkpointing_same_gradients():
     m.zero_grad()
     m.gradient_checkpointing = True
     m(x, x).loss.backward()
-    for a, p in zip(g1, m.parameters()):
+    for a, p in zip(g1, m.parameters(), strict=True):
         assert torch.allclose(a, p.grad, atol=1e-6)
 
 

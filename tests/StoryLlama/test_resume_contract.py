@@ -69,7 +69,8 @@ def test_a_grown_dataset_is_refused_unless_accepted_and_the_tokenizer_stays(tmp_
     tokenizer = (_latest(run) / "tokenizer.json").read_text()
     _write_stories(data, 600, 300)
     refused = run_cli("StoryLlama/trainer.py", "--resume", "--out-dir", run, "--max-steps", "12")
-    assert refused.returncode == 2 and "the dataset changed" in refused.stderr and "--allow-data-change" in refused.stderr
+    assert refused.returncode == 2
+    assert "the dataset changed" in refused.stderr and "--allow-data-change" in refused.stderr
     run_cli("StoryLlama/trainer.py", "--resume", "--out-dir", run, "--max-steps", "12", "--allow-data-change",
             check=True)
     assert (_latest(run) / "tokenizer.json").read_text() == tokenizer

@@ -16,8 +16,8 @@ from tests.helpers import REPO, run_cli, tiny_run_args
 def test_quick_preset_learns(tmp_path):
     out = tmp_path / "run"
     proc = run_cli("StoryLlama/trainer.py", "--preset", "quick", "--out-dir", out, "--max-steps", "120",
-                   "--eval-interval", "20", "--eval-batches", "4", "--sample-interval", "0", "--builtin-stories", "2000",
-                   check=True)
+                   "--eval-interval", "20", "--eval-batches", "4", "--sample-interval", "0",
+                   "--builtin-stories", "2000", check=True)
     val = series(out / "metrics.csv")["val/loss"][1]
     assert val[-1] < 0.55 * val[0], val   # ln(vocab) ~ 6.7 at the start
     assert val[-1] < 2.6
@@ -53,7 +53,8 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
     env = {"OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(REPO / "StoryLlama/trainer.py"), *map(str, tiny_run_args(two, steps=6, extra=common))],
-                          capture_output=True, text=True, timeout=600, cwd=REPO, env={**__import__("os").environ, **env})
+                          capture_output=True, text=True, timeout=600, cwd=REPO,
+                          env={**__import__("os").environ, **env})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout and "2 micro-step" not in proc.stdout
     a, b = _weights(one), _weights(two)
@@ -69,7 +70,8 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
     (["--lr", "abc"], "invalid float value"),
     (["--dataset", "/no/such/file.txt", "--max-steps", "1"], "does not exist"),
     (["--resume", "--out-dir", "{tmp}/empty"], "no checkpoint"),
-    (["--preset", "quick", "--seq-len", "4096", "--max-steps", "1", "--builtin-stories", "200"], "longer than the model's context"),
+    (["--preset", "quick", "--seq-len", "4096", "--max-steps", "1", "--builtin-stories", "200"],
+     "longer than the model's context"),
 ])
 def test_cli_mistakes_are_one_clear_line_and_exit_2(tmp_path, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]

@@ -29,7 +29,7 @@ def test_roundtrip_weights_and_optimizer_state(tmp_path):
     torch.nn.init.zeros_(m2.tok_emb.weight)
     ck.load_weights(path, m2)
     assert m2.lm_head.weight is m2.tok_emb.weight
-    for a, b in zip(m.state_dict().values(), m2.state_dict().values()):
+    for a, b in zip(m.state_dict().values(), m2.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     st = ck.load_training_state(path)
     opt2 = torch.optim.AdamW(m2.parameters(), lr=1e-3)
@@ -88,7 +88,7 @@ def test_corrupt_weights_and_config_are_refused(tmp_path):
 def test_training_state_never_unpickles(tmp_path):
     class Evil:
         def __reduce__(self):
-            return (exec, ("open('%s/pwned', 'w').write('x')" % tmp_path,))
+            return (exec, (f"open('{tmp_path}/pwned', 'w').write('x')",))
 
     m = tiny_llama()
     path = ck.save_checkpoint(tmp_path, 1, m, {"family": "StoryLlama", "model": m.config.to_dict()},

@@ -2,9 +2,8 @@
 
 import codecs
 import json
-import time
-
 import shutil
+import time
 
 import numpy as np
 import pyarrow as pa

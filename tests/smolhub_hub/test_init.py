@@ -17,7 +17,8 @@ RESIDUAL = 0.02 / math.sqrt(2 * N_LAYERS)
 # family: (extra config, {parameter: expected std}) - a normal weight and the residual outputs of each block kind
 CASES = {
     "SmolTransformer": ({"bias": True, "norm": "layernorm"}, {
-        "tok_emb.weight": 0.02, "pos_emb.weight": 0.02, "blocks.0.attn.wqkv.weight": 0.02, "blocks.3.ffn.fc.weight": 0.02,
+        "tok_emb.weight": 0.02, "pos_emb.weight": 0.02, "blocks.0.attn.wqkv.weight": 0.02,
+        "blocks.3.ffn.fc.weight": 0.02,
         "blocks.0.attn.wo.weight": RESIDUAL, "blocks.3.ffn.proj.weight": RESIDUAL}),
     "StoryLlama": ({"n_kv_heads": 2}, {
         "tok_emb.weight": 0.02, "blocks.0.attn.wqkv.weight": 0.02, "blocks.1.ffn.w_up.weight": 0.02,

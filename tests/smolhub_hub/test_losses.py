@@ -33,7 +33,7 @@ def test_value_and_gradients_match_cross_entropy(chunk_size):
     hidden, weight, targets = _inputs()
     ref = _grads(_reference, hidden, weight, targets)
     got = _grads(chunked_cross_entropy, hidden, weight, targets, chunk_size=chunk_size)
-    for r, g in zip(ref, got):
+    for r, g in zip(ref, got, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
 
 
@@ -44,7 +44,7 @@ def test_ignore_index_and_batched_shapes():
     hidden3 = hidden.detach().view(2, 12, -1)
     ref = _grads(_reference, hidden3, weight, targets.view(2, 12))
     got = _grads(chunked_cross_entropy, hidden3, weight, targets.view(2, 12), chunk_size=5)
-    for r, g in zip(ref, got):
+    for r, g in zip(ref, got, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
 
 
@@ -52,7 +52,7 @@ def test_float32_close_and_no_grad():
     hidden, weight, targets = _inputs(n_tokens=64, dim=32, vocab=500, dtype=torch.float32)
     ref = _grads(_reference, hidden, weight, targets)
     got = _grads(chunked_cross_entropy, hidden, weight, targets, chunk_size=16)
-    for r, g in zip(ref, got):
+    for r, g in zip(ref, got, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
     with torch.no_grad():
         torch.testing.assert_close(chunked_cross_entropy(hidden, weight, targets, chunk_size=16),

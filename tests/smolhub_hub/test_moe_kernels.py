@@ -42,7 +42,7 @@ def test_grouped_equals_loop_values_and_gradients(routing):
         y = experts(x, ids, w)
         y.backward(grad_out)
         results.append((y.detach(), x.grad, w.grad, experts.w_gate_up.grad.clone(), experts.w_down.grad.clone()))
-    for a, b in zip(*results):
+    for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     # experts nobody was routed to get exactly zero gradient in both paths
     if routing == "skewed":
@@ -62,7 +62,7 @@ def test_single_token_paths_agree_in_values_and_gradients():
         y.square().sum().backward()
         results.append((y.detach(), x.grad, experts.w_gate_up.grad.clone()))
     for other in results[1:]:
-        for a, b in zip(results[0], other):
+        for a, b in zip(results[0], other, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -94,7 +94,8 @@ def test_the_any_dtype_grouped_mm_op_is_registered_consistently():
     torch.library.opcheck(_grouped_mm_any_dtype, (x, w, offsets))
     grad = torch.randn(12, HIDDEN)
     weight_grad = _grouped_mm_any_dtype(x.detach().t(), grad, offsets)  # the (K, S) x (S, N) form
-    reference = torch.stack([x.detach()[a:b].t() @ grad[a:b] for a, b in zip([0, *offsets[:-1].tolist()], offsets.tolist())])
+    bounds = zip([0, *offsets[:-1].tolist()], offsets.tolist(), strict=True)
+    reference = torch.stack([x.detach()[a:b].t() @ grad[a:b] for a, b in bounds])
     torch.testing.assert_close(weight_grad, reference)
 
 

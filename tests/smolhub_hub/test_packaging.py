@@ -7,6 +7,7 @@ import ast
 import re
 import subprocess
 import sys
+
 import tomllib
 
 from smolhub_hub.registry import family_names
@@ -79,7 +80,8 @@ def test_core_imports_and_runs_without_any_extra():
 
 
 def test_a_missing_extra_is_named_in_one_line(tmp_path):
-    proc = _run_without_extras(f"from smolhub_hub.demo import main; from StoryLlama.config import FAMILY; main(FAMILY, ['--checkpoint', '{tmp_path}'])")
+    proc = _run_without_extras("from smolhub_hub.demo import main; from StoryLlama.config import FAMILY; "
+                               f"main(FAMILY, ['--checkpoint', '{tmp_path}'])")
     assert proc.returncode == 2 and proc.stderr.strip() == "error: the demo needs gradio: pip install 'smolhub[demo]'"
     proc = _run_without_extras("""
 from smolhub_hub.errors import UserError

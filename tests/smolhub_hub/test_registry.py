@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from importlib.metadata import EntryPoint
 
 import pytest
+import tomllib
 
 from smolhub_hub import registry
 from smolhub_hub.errors import UserError
