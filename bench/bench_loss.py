@@ -114,7 +114,8 @@ def main(argv=None):
         assert abs(got - ref) < tol * abs(ref), f"{name} loss {got} != plain {ref}"
         torch.testing.assert_close(h.grad, ref_grad, rtol=100 * tol, atol=tol / 100)
     print(f"LM head + cross-entropy: {args.tokens} tokens, dim {args.dim}, vocab {args.vocab_size}, chunk "
-          f"{args.chunk_size}, device {args.device}, {args.dtype}, {torch.get_num_threads()} threads; candidates {', '.join(fns)}")
+          f"{args.chunk_size}, device {args.device}, {args.dtype}, {torch.get_num_threads()} threads; "
+          f"candidates {', '.join(fns)}")
     t_s = interleaved_seconds(fns, args.device, args.repeats)
     mem = {name: memory_mb(name, args) for name in fns}
     shape = f"{args.tokens} tok x vocab {args.vocab_size}, dim {args.dim}"

@@ -60,8 +60,8 @@ def _load_for_export(checkpoint: str, out_dir: str, overwrite: bool):
 
 
 def _write_export_card(model, out: Path, gguf_file: str | None = None):
-    from smolhub_hub.compare import summarize_checkpoint
     from smolhub_hub.checkpoint import run_dir_of
+    from smolhub_hub.compare import summarize_checkpoint
     from smolhub_hub.model_card import render_export_card
 
     summary = summarize_checkpoint(model.checkpoint_path, run_dir_of(model.checkpoint_path))
@@ -125,7 +125,8 @@ def cmd_push(args):
         out = stage(args.checkpoint, Path(args.dry_run), args.repo_id)
         print(f"dry run: wrote the folder that would be uploaded to {args.repo_id} in {out}")
         return
-    print(f"pushed {args.checkpoint} to {push(args.checkpoint, args.repo_id, args.private, args.revision, args.message)}")
+    url = push(args.checkpoint, args.repo_id, args.private, args.revision, args.message)
+    print(f"pushed {args.checkpoint} to {url}")
 
 
 def cmd_compare(args):

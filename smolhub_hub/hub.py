@@ -14,8 +14,14 @@ from smolhub_hub.errors import UserError
 # --- pull ----------------------------------------------------------------------------------------
 def _snapshot(repo_id: str, local_dir, revision, allow_patterns=None) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HFValidationError, HTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        HTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         return Path(snapshot_download(repo_id, revision=revision, local_dir=local_dir,

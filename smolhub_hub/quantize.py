@@ -140,7 +140,8 @@ def quantize_checkpoint(checkpoint: str, out: str | Path, evaluate: bool = True,
              "config": SCHEMES[scheme], "modules": names, "source": str(ckpt)}
     save_quantized(model, cfg, quant, tmp)
     after = _measure(model, cfg, tmp / WEIGHTS, **bench)
-    same = next((i for i, (a, b) in enumerate(zip(before["greedy_tokens"], after["greedy_tokens"])) if a != b),
+    pairs = zip(before["greedy_tokens"], after["greedy_tokens"], strict=False)
+    same = next((i for i, (a, b) in enumerate(pairs) if a != b),
                 len(after["greedy_tokens"]))
     report = {"checkpoint": str(ckpt), "family": cfg["family"], "scheme": scheme, "library": quant["library"],
               "quantized_modules": len(names), "params_total": params_total,

@@ -24,8 +24,19 @@ from pathlib import Path
 import torch
 
 from smolhub_hub import checkpoint as ckpt_io
-from smolhub_hub.config import (DERIVED_MODEL_FIELDS, INVOCATION_FIELDS, DataConfig, ModelFamily, TrainConfig,
-                                architecture_fields, check_flags_act, describe, differences, flag, training_settings)
+from smolhub_hub.config import (
+    DERIVED_MODEL_FIELDS,
+    INVOCATION_FIELDS,
+    DataConfig,
+    ModelFamily,
+    TrainConfig,
+    architecture_fields,
+    check_flags_act,
+    describe,
+    differences,
+    flag,
+    training_settings,
+)
 from smolhub_hub.data.packed import PackedData, cached_data, prepare_data, window_starts, windows_to_batch
 from smolhub_hub.data.tokenizer import check_fingerprint, folder_fingerprint, load_tokenizer
 from smolhub_hub.errors import UserError
@@ -208,7 +219,8 @@ class Trainer:
                 model = self.family.model_class()(self.mcfg)
             except (AssertionError, ValueError, ZeroDivisionError, RuntimeError) as e:  # e.g. heads not dividing dim
                 raise UserError(f"{self.family.name} cannot be built with these settings ({type(e).__name__}: "
-                                f"{str(e)[:160] or 'inconsistent sizes'}); check --dim, --n-heads and related flags") from None
+                                f"{str(e)[:160] or 'inconsistent sizes'}); check --dim, --n-heads and related "
+                                "flags") from None
         if self.data.meta["vocab_size"] > self.mcfg.vocab_size:
             raise UserError(f"the tokenizer has {self.data.meta['vocab_size']} ids but the model embeds only "
                             f"{self.mcfg.vocab_size}; use the tokenizer the model was trained with (--tokenizer)")
@@ -369,10 +381,10 @@ class Trainer:
         if len(st["optimizers"]) != len(self.optimizers):
             raise UserError(f"{path} was trained with {len(st['optimizers'])} optimizer(s), this run builds "
                             f"{len(self.optimizers)}; resume with the same --optimizer")
-        for opt, sd in zip(self.optimizers, st["optimizers"]):
+        for opt, sd in zip(self.optimizers, st["optimizers"], strict=False):
             settings = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
             opt.load_state_dict(sd)
-            for group, mine in zip(opt.param_groups, settings):
+            for group, mine in zip(opt.param_groups, settings, strict=False):
                 group.update(mine)  # this run's lr, weight decay, betas...: only the state comes from the checkpoint
         if self.scaler and st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])

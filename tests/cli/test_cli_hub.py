@@ -85,7 +85,8 @@ def test_push_uploads_the_staged_folder_with_the_login_token(run, monkeypatch, c
         return RepoUrl(f"https://huggingface.co/{repo_id}")
 
     def upload_folder(self, *, repo_id, folder_path, token=None, **kw):
-        files = {p.relative_to(folder_path).as_posix(): p.read_bytes() for p in Path(folder_path).rglob("*") if p.is_file()}
+        files = {p.relative_to(folder_path).as_posix(): p.read_bytes()
+                 for p in Path(folder_path).rglob("*") if p.is_file()}
         calls["upload"] = dict(repo_id=repo_id, token=token, files=files)
 
     monkeypatch.setenv("HF_TOKEN", SECRET)

@@ -19,8 +19,8 @@ from smolhub_hub.inference import load_model
 from smolhub_hub.training import main
 from SmolMixtral.config import FAMILY as MIXTRAL
 from StoryLlama.config import FAMILY
-from tests.smolhub_hub.test_data import CACHE_DAMAGE
 from tests.reliability.conftest import run_args
+from tests.smolhub_hub.test_data import CACHE_DAMAGE
 
 STEPS = 3
 CKPT = f"step_{STEPS:07d}"

@@ -55,7 +55,7 @@ def test_twenty_simultaneous_requests_are_all_answered_within_the_caps(demo_clie
     with ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(lambda p: _ask(client, p), prompts))
     peak_after_first_wave = _rss_mb()
-    for prompt, (story, _) in zip(prompts, answers):  # greedy: exactly what CAP new tokens give in-process
+    for prompt, (story, _) in zip(prompts, answers, strict=True):  # greedy: exactly what CAP new tokens give in-process
         assert story == generate_text(model, prompt, max_length=CAP, greedy=True)
     with ThreadPoolExecutor(20) as pool:
         assert all(pool.map(lambda p: _ask(client, p, temperature=0.8)[0].startswith(p), prompts))
