@@ -40,6 +40,7 @@ def test_cli_errors(llama_run, args, message):
 
 def test_checkpoint_of_another_family_is_refused(llama_run):
     from smolhub_hub.inference import load_model as generic_load
+    from SmolMixtral.config import FAMILY as MIXTRAL
 
     with pytest.raises(UserError, match="is a StoryLlama checkpoint, not SmolMixtral"):
-        generic_load(str(llama_run), family="SmolMixtral")
+        generic_load(str(llama_run), family=MIXTRAL)
