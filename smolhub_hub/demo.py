@@ -20,7 +20,7 @@ import random
 from pathlib import Path
 
 from smolhub_hub.config import ModelFamily
-from smolhub_hub.errors import UserError, exit_on_user_error
+from smolhub_hub.errors import ArgumentParser, UserError, exit_on_user_error
 from smolhub_hub.extras import require
 
 MAX_PROMPT_CHARS = 2000
@@ -150,7 +150,7 @@ def default_checkpoint(family: ModelFamily) -> Path:
 
 
 def build_parser(family: ModelFamily) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="app.py", description=f"Gradio demo for a {family.name} checkpoint.")
+    p = ArgumentParser(prog="app.py", description=f"Gradio demo for a {family.name} checkpoint.")
     p.add_argument("--checkpoint", default=None,
                    help=f"checkpoint folder, run folder, or Hub repo id (default: runs/{family.name}-quick, in the "
                         "working directory or else in the repository)")
@@ -167,6 +167,10 @@ def main(family: ModelFamily, argv=None):
     from smolhub_hub.inference import load_model
 
     args = build_parser(family).parse_args(argv)
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port {args.port} is not a TCP port; give one in 1-65535")
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1 (got {args.max_new_tokens})")
     require("gradio", "the demo")
     checkpoint = args.checkpoint or str(default_checkpoint(family))
     try:

@@ -14,7 +14,7 @@ import torch
 
 from smolhub_hub import checkpoint as ckpt_io
 from smolhub_hub.config import ModelFamily
-from smolhub_hub.errors import UserError, exit_on_user_error
+from smolhub_hub.errors import ArgumentParser, UserError, exit_on_user_error
 from smolhub_hub.generation import SamplingConfig, generate, generate_tokens
 from smolhub_hub.routing import format_routing, routing_of
 
@@ -158,8 +158,8 @@ def add_sampling_flags(p: argparse.ArgumentParser):
 
 
 def build_parser(family: ModelFamily, show_routing: bool = False) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"{family.name}/inference.py",
-                                description=f"Generate text with a {family.name} checkpoint.")
+    p = ArgumentParser(prog=f"{family.name}/inference.py",
+                       description=f"Generate text with a {family.name} checkpoint.")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, run folder, or Hub repo id")
     add_sampling_flags(p)
     if show_routing:

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from smolhub_hub import checkpoint as ckpt_io
-from smolhub_hub.data.tokenizer import load_tokenizer
+from smolhub_hub.data.tokenizer import check_fingerprint, load_tokenizer
 from smolhub_hub.errors import UserError
 from smolhub_hub.extras import require
 from smolhub_hub.registry import get_family
@@ -75,6 +75,8 @@ def load_quantized(path: str | Path):
         model.get_submodule(name).weight = nn.Parameter(weight, requires_grad=False)
     model.eval()
     model.tokenizer = load_tokenizer(str(path))
+    check_fingerprint(model.tokenizer, cfg.get(ckpt_io.TOKENIZER_KEY), str(path),
+                      "copy in the tokenizer files of the checkpoint it was quantized from, or quantize it again")
     model.checkpoint_path, model.checkpoint_config = path, cfg
     return model
 
