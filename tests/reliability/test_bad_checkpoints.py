@@ -152,7 +152,7 @@ def test_a_damaged_or_foreign_tokenizer_is_refused_by_load(good_run, tmp_path, c
     mutate, message = TOKENIZER_DAMAGE[damage]
     run = _damaged(good_run, tmp_path, mutate)
     with pytest.raises(SystemExit) as stop:
-        generate("StoryLlama", ["--checkpoint", str(run), "--prompt", "Once", "--device", "cpu"])
+        generate(FAMILY, ["--checkpoint", str(run), "--prompt", "Once", "--device", "cpu"])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "Traceback" not in err
     [line] = [x for x in err.splitlines() if x.startswith("error:")]
