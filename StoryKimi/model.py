@@ -64,6 +64,9 @@ class LatentCache(KVCache):
         rows[..., self.kv_lora_rank:] = k_rope
         return self.kv[layer, :, :, :self.pos + t]
 
+    def nbytes_per_token(self) -> int:
+        return self.kv.element_size() * self.kv.shape[0] * self.kv.shape[-1]
+
 
 class LatentAttention(nn.Module):
     """Multi-head latent attention of one layer; every projection belongs to this layer alone."""

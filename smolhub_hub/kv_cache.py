@@ -39,3 +39,7 @@ class KVCache:
 
     def advance(self, n: int):
         self.pos += n
+
+    def nbytes_per_token(self) -> int:
+        """Bytes one token occupies across all layers (for comparing cache designs)."""
+        return (self.k.element_size() * self.k[:, 0, :, 0].numel()) * 2
