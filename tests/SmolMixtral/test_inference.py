@@ -3,6 +3,7 @@
 import pytest
 
 from smolhub_hub import inference
+from smolhub_hub.errors import UserError
 from SmolMixtral.config import FAMILY
 from tests.helpers import show_routing_table, tiny_checkpoint
 
@@ -19,5 +20,5 @@ def test_show_routing_is_a_flag_of_the_moe_families_only():
     from StoryLlama.config import FAMILY as LLAMA
 
     assert "--show-routing" in inference.build_parser(FAMILY, show_routing=True).format_help()
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="unrecognized arguments: --show-routing"):
         inference.build_parser(LLAMA).parse_args(["--checkpoint", "x", "--prompt", "y", "--show-routing"])
