@@ -328,7 +328,7 @@ class StoryKimi(CausalLM):
         return LMOutput.with_losses(logits, loss, torch.stack(aux_losses).sum() if aux_losses else None)
 
     def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> LatentCache:
-        c, p = self.config, self.lm_head.weight
+        c, p = self.config, self.tok_emb.weight  # the embedding is never quantized
         return LatentCache(c.n_layers, batch_size, max_len, c.kv_lora_rank, c.qk_rope_head_dim,
                            device=device or p.device, dtype=dtype or p.dtype)
 

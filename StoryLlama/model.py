@@ -159,6 +159,6 @@ class StoryLlama(CausalLM):
         return LMOutput.with_losses(logits, loss)
 
     def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:
-        c, p = self.config, self.lm_head.weight
+        c, p = self.config, self.tok_emb.weight  # the embedding is never quantized
         return KVCache(c.n_layers, batch_size, c.n_kv_heads, max_len, c.head_dim,
                        device=device or p.device, dtype=dtype or p.dtype)

@@ -1,20 +1,25 @@
-"""`smolhub quantize`: int8 weights for CPU inference with torchao, measured before and after.
+"""`smolhub quantize`: int8 weights for CPU inference, measured before and after.
 
-torchao's `quantize_` swaps the weight of every `nn.Linear` (attention, MLP, shared experts, the output head)
-for an int8 tensor with one scale per output row. Two schemes (`--scheme`):
+Every `nn.Linear` (attention, MLP, shared experts, the output head) gets int8 weights with one scale per output
+row. Three schemes (`--scheme`):
 
-  weight-only   `Int8WeightOnlyConfig`: activations stay fp32; the int8 weights are widened inside each matmul.
-  dynamic       `Int8DynamicActivationInt8WeightConfig`: activations are also rounded to int8, per token and
-                call, and multiplied as int8.
+  int8          (default) SmolHub's `Int8Linear`: torch's own CPU kernel `torch._weight_int8pack_mm` multiplies
+                bf16 activations by the int8 rows and applies the scales, reading a quarter of fp32's bytes, so
+                memory-bound batch-1 decoding runs faster (numbers in bench/REAL_SIZE.md). Needs no torchao.
+  weight-only   torchao's `Int8WeightOnlyConfig`: activations stay fp32; the int8 weights are widened inside
+                each matmul (no faster than fp32 on a CPU: kept for folders it wrote and for comparison).
+  dynamic       torchao's `Int8DynamicActivationInt8WeightConfig`: activations are also rounded to int8, per
+                token and call, and multiplied as int8.
 
 Embeddings, norms, grouped MoE experts (3-D parameters, not `nn.Linear`) and StoryKimi's `wkv_b` stay fp32.
 The folder written is safetensors + JSON, loaded without pickle:
 
     OUT/config.json                 the source checkpoint's config plus a "quantization" block
-    OUT/model.int8.safetensors      torchao's flattened int8 tensors (and its metadata) plus the fp32 rest
+    OUT/model.int8.safetensors      int8 weights and their scales (torchao's flattened tensors for its schemes),
+                                    plus the fp32 rest
     OUT/tokenizer files, OUT/quantization_report.json
 
-Load it with `load_model(OUT)` / `quantized_folder.load_quantized(OUT)` or `smolhub generate OUT`.
+Load it with `load_model(OUT)` / `load_quantized(OUT)` or `smolhub generate OUT`.
 
 Why the folder is SmolHub's layout and not a transformers one: it holds SmolHub's module names (fused q/k/v,
 every family, GPT-2-style SmolTransformers included). transformers 5 reads torchao models through
@@ -22,10 +27,11 @@ every family, GPT-2-style SmolTransformers included). transformers 5 reads torch
 `AutoModelForCausalLM.from_pretrained(export_dir, quantization_config=TorchAoConfig(Int8WeightOnlyConfig()))`,
 then `save_pretrained` (GPT-2's Conv1D layers are not `nn.Linear` and stay fp32 there).
 
-Speed: torchao 0.18 ships no int8 CPU kernel for these schemes (its compiled extensions are CUDA-only), so
-on CPU the weight-only scheme widens the weights on every call and decodes slower than fp32 — it saves 4x
-memory and disk, not time (numbers in docs/smolhub_cli.md). Folders written by older SmolHub versions
-(format "smolhub-int8-1", PyTorch's deprecated `torch.ao` int8 layers) are refused with the fix: quantize again.
+Speed: torchao 0.18 ships no int8 CPU kernel for its schemes (its compiled extensions are CUDA-only), so on
+CPU its weight-only scheme widens the weights on every call and decodes slower than fp32 — it saves 4x memory
+and disk, not time (numbers in docs/smolhub_cli.md); the `int8` scheme saves both. Folders written by older
+SmolHub versions (format "smolhub-int8-1", PyTorch's deprecated `torch.ao` int8 layers) are refused with the fix:
+quantize again.
 """
 
 from __future__ import annotations
@@ -41,10 +47,11 @@ import torch.nn as nn
 
 from smolhub_hub.errors import UserError
 from smolhub_hub.extras import require
-from smolhub_hub.quantized_folder import FORMAT, WEIGHTS, save_quantized
+from smolhub_hub.quantized_folder import FORMAT, INT8_FORMAT, WEIGHTS, _swap_int8, save_quantized
 
 REPORT = "quantization_report.json"
-SCHEMES = {"weight-only": "Int8WeightOnlyConfig", "dynamic": "Int8DynamicActivationInt8WeightConfig"}
+INT8 = "int8"
+SCHEMES = {"weight-only": "Int8WeightOnlyConfig", "dynamic": "Int8DynamicActivationInt8WeightConfig"}  # torchao's
 # Linear layers whose weight the model also reads as a matrix, outside the layer's own call: they stay fp32.
 # StoryKimi's latent attention folds wkv_b into the query when it decodes with the KV cache.
 READ_AS_MATRIX = ("attn.wkv_b",)
@@ -56,15 +63,23 @@ def _torchao():
 
 def torchao_config(scheme: str):
     if scheme not in SCHEMES:
-        raise UserError(f"--scheme {scheme}: choose one of {', '.join(SCHEMES)}")
+        raise UserError(f"--scheme {scheme}: choose one of {', '.join([INT8, *SCHEMES])}")
     return getattr(_torchao(), SCHEMES[scheme])()
 
 
-# --- quantize -------------------------------------------------------------------------------------
-def quantize_model(model: nn.Module, scheme: str = "weight-only") -> list[str]:
-    """Quantize every nn.Linear in place with torchao; returns the quantized module names."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith(READ_AS_MATRIX)]
-    _torchao().quantize_(model, torchao_config(scheme), filter_fn=lambda module, name: name in names)
+
+def _linear_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith(READ_AS_MATRIX)]
+
+
+# --- quantize / save / load ------------------------------------------------------------------------
+def quantize_model(model: nn.Module, scheme: str = INT8) -> list[str]:
+    """Quantize every nn.Linear in place (SmolHub's Int8Linear, or torchao); returns the quantized module names."""
+    names = _linear_names(model)
+    if scheme == INT8:
+        _swap_int8(model, names, convert=True)
+    else:
+        _torchao().quantize_(model, torchao_config(scheme), filter_fn=lambda module, name: name in names)
     return names
 
 
@@ -113,17 +128,23 @@ def _measure(model, cfg: dict, weights: Path, prompt: str, evaluate: bool, eval_
     return out
 
 
-def quantize_checkpoint(checkpoint: str, out: str | Path, evaluate: bool = True, eval_batches: int = 10,
-                        batch_size: int = 8, bench_tokens: int = 64, scheme: str = "weight-only") -> dict:
-    """Write OUT (must be new or empty) and return the before/after report."""
-    torchao = require("torchao", "smolhub quantize")
+def _library(scheme: str) -> tuple[str, str, str]:
+    """(format, library, config) of a scheme; an unknown scheme or a missing torchao fails before any work."""
+    if scheme == INT8:
+        return INT8_FORMAT, f"torch {torch.__version__} (_weight_int8pack_mm)", "Int8Linear"
+    torchao_config(scheme)
+    return FORMAT, f"torchao {require('torchao', 'smolhub quantize').__version__}", SCHEMES[scheme]
 
+
+def quantize_checkpoint(checkpoint: str, out: str | Path, evaluate: bool = True, eval_batches: int = 10,
+                        batch_size: int = 8, bench_tokens: int = 64, scheme: str = INT8) -> dict:
+    """Write OUT (must be new or empty) and return the before/after report."""
     from smolhub_hub.hf_folder import ensure_empty
     from smolhub_hub.inference import load_model
 
     out = Path(out)
     ensure_empty(out)
-    torchao_config(scheme)  # an unknown scheme or a missing torchao fails before any work
+    fmt, library, config = _library(scheme)
     model = load_model(checkpoint, device="cpu")
     ckpt, cfg = model.checkpoint_path, model.checkpoint_config
     prompt = cfg.get("train", {}).get("sample_prompt") or "Once upon a time"
@@ -136,13 +157,12 @@ def quantize_checkpoint(checkpoint: str, out: str | Path, evaluate: bool = True,
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    quant = {"format": FORMAT, "library": f"torchao {torchao.__version__}", "scheme": scheme,
-             "config": SCHEMES[scheme], "modules": names, "source": str(ckpt)}
+    quant = {"format": fmt, "library": library, "scheme": scheme, "config": config, "modules": names,
+             "source": str(ckpt)}
     save_quantized(model, cfg, quant, tmp)
     after = _measure(model, cfg, tmp / WEIGHTS, **bench)
     pairs = zip(before["greedy_tokens"], after["greedy_tokens"], strict=False)
-    same = next((i for i, (a, b) in enumerate(pairs) if a != b),
-                len(after["greedy_tokens"]))
+    same = next((i for i, (a, b) in enumerate(pairs) if a != b), len(after["greedy_tokens"]))
     report = {"checkpoint": str(ckpt), "family": cfg["family"], "scheme": scheme, "library": quant["library"],
               "quantized_modules": len(names), "params_total": params_total,
               "quantized_params": linear_params, "torch_threads": torch.get_num_threads(),
