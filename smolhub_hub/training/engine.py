@@ -96,6 +96,7 @@ class Trainer:
         torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
         self.raw_model = self._build_model().to(self.device)
         self.raw_model.gradient_checkpointing = tcfg.grad_checkpointing
+        self.raw_model.loss_chunk_size = tcfg.loss_chunk_size
         self.optimizers = build_optimizers(self.raw_model, tcfg, self.device)
         self.accum = self._grad_accum_steps()
         self.amp_dtype, self.scaler = self._precision()
@@ -236,8 +237,6 @@ class Trainer:
     def _init_from_hf(self):
         from transformers import AutoModelForCausalLM
 
-        from smolhub_hub.export import converter_for
-
         try:
             hf = AutoModelForCausalLM.from_pretrained(self.tcfg.init_from, dtype=torch.float32)
         except (OSError, ValueError, SafetensorError) as e:  # missing, not a transformers folder, damaged weights
@@ -246,7 +245,7 @@ class Trainer:
                             "folder (`smolhub export` makes one of a SmolHub run) or check the network") from None
         check_fingerprint(self.tokenizer, folder_fingerprint(self.tcfg.init_from), f"--init-from {self.tcfg.init_from}",
                           f"train with its tokenizer: --tokenizer {self.tcfg.init_from}")
-        model = converter_for(self.family.name).from_hf(hf)
+        model = self.family.converter_module().from_hf(hf)
         cls, source = self.family.model_config, model.config
         given = {n: v for n, v in self.explicit["model"].items() if n in architecture_fields(cls)}
         clash = {n: (getattr(source, n), v) for n, v in given.items() if getattr(source, n) != v}
@@ -354,13 +353,6 @@ class Trainer:
         return states
 
     def _load(self, path: Path):
-        """--resume continues a run where its checkpoint left it. The rule: what the network computes and the data
-        it learns from must be the checkpoint's (`_check_resume` refuses a flag that differs); how it is trained
-        may change, and each changed setting is printed. Restored: the weights; each optimizer's state (AdamW's
-        moments and step counts, Muon's momentum) under this run's lr / weight decay / betas; the fp16 loss
-        scale; the step and token count, which is all the data position there is (a step's windows are a pure
-        function of seed and step, `window_starts`) and where the LR schedule continues; every rank's RNG
-        (dropout, router noise). So a run resumed with the same flags continues exactly as if never stopped."""
         changed = self._changed_training_settings()
         self._check_same_parameters(changed)
         ckpt_io.load_weights(path, self.raw_model)
@@ -396,14 +388,17 @@ class Trainer:
                             "the checkpoint trained; resume with the checkpoint's value, or start a new run")
 
     def _load_training_state(self, path: Path):
+        """--resume restores everything the next step depends on, so that a resumed run takes the steps the
+        uninterrupted one would: the weights (loaded before), each optimizer's moments, the fp16 loss scale, the
+        step and token counters (they place the LR schedule and the data windows) and every rank's RNG state."""
         st = ckpt_io.load_training_state(path)
         if len(st["optimizers"]) != len(self.optimizers):
             raise UserError(f"{path} was trained with {len(st['optimizers'])} optimizer(s), this run builds "
                             f"{len(self.optimizers)}; resume with the same --optimizer")
-        for opt, sd in zip(self.optimizers, st["optimizers"], strict=True):
+        for opt, sd in zip(self.optimizers, st["optimizers"], strict=False):
             settings = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
             opt.load_state_dict(sd)
-            for group, mine in zip(opt.param_groups, settings, strict=True):
+            for group, mine in zip(opt.param_groups, settings, strict=False):
                 group.update(mine)  # this run's lr, weight decay, betas...: only the state comes from the checkpoint
         if self.scaler and st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])
@@ -447,28 +442,23 @@ class Trainer:
         aux_sum = torch.zeros((), device=self.device)
         has_aux = False
         for m, (x, y) in self._micro_batches(step, seq):
-            # DDP all-reduces the gradients during backward(). Between micro-steps they only need to add up
-            # locally in .grad, so every backward but the last runs under no_sync(): one all-reduce per
-            # step, of the accumulated sum, instead of one per micro-batch (nanoGPT toggles
-            # require_backward_grad_sync for the same reason).
             last = m == self.accum - 1
+            # DDP all-reduces the gradients in every backward; no_sync skips that on all micro-batches but the
+            # last, whose backward then averages the accumulated sum across processes: one all-reduce per step.
             sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.model.no_sync()
             with sync:
                 with self._autocast():
                     out = self.model(x, y)
-                # backward() adds into .grad, so each micro-batch's loss is divided by their number: the sum
-                # is then the gradient of the mean loss over the step's whole batch, as one big batch would
-                # give; DDP's all-reduce averages over ranks on top. (fp16: scaled up first, so that small
-                # gradients do not flush to zero.)
+                # Gradients add up over the micro-batches: dividing each loss by their number makes the sum the
+                # gradient of the mean loss over the whole batch, as if it had been one big micro-batch.
                 loss = out.loss / self.accum
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             lm_sum += out.lm_loss.detach()  # stays on the device: no sync per micro-step
             if out.aux_loss is not None:
                 aux_sum += out.aux_loss.detach()
                 has_aux = True
-        # The order matters. 1. unscale: clipping must see the true gradients, not fp16's scaled ones (and
-        # scaler.step below then knows they are unscaled). 2. clip: the global norm, returned for the log.
-        # 3. the finite check, on that norm. 4. step, only when finite. 5. scaler.update, on every step.
+        # The order matters: unscale the fp16 gradients first (clipping scaled ones would clip at the wrong norm),
+        # then clip, then step, then let the scaler adapt its scale to whether this step overflowed.
         if self.scaler:
             for opt in self.optimizers:
                 self.scaler.unscale_(opt)
@@ -504,14 +494,14 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         stats: dict[str, float] = {}
         batches = 0
-        _routing_stats(model)  # drop routing counted in training since the last log
+        model.routing_stats()  # drop routing counted in training since the last log
         for i in range(0, len(mine), b):
             x, y = windows_to_batch(self.data.val, mine[i:i + b], self.seq_len, self.device)
             with self._autocast():
                 out = model(x, y)
             total += out.lm_loss.float()
             batches += 1
-            for k, v in _routing_stats(model).items():
+            for k, v in model.routing_stats().items():
                 stats[k] = stats.get(k, 0.0) + v
         model.train()
         loss = self.dist.mean(total / max(batches, 1)).item()
@@ -596,7 +586,7 @@ class Trainer:
                            "train/tokens_per_s": tps, "train/seq_len": out["seq"]}
                     if out["has_aux"]:
                         row["train/aux_loss"] = self.dist.mean(out["aux"].clone()).item()
-                    row.update({f"train/{k}": v for k, v in _routing_stats(self.raw_model).items()})
+                    row.update({f"train/{k}": v for k, v in self.raw_model.routing_stats().items()})
                     if is_main:
                         self.metrics.log(self.state.step, self.state.tokens, row)
                         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
@@ -647,11 +637,6 @@ class Trainer:
             plot_run(self.run_dir)
             summary["sample"] = self.sample(120)
         return summary
-
-
-def _routing_stats(model) -> dict[str, float]:
-    fn = getattr(model, "routing_stats", None)
-    return fn() if fn is not None else {}
 
 
 def _check_flag_values(mcfg, tcfg: TrainConfig, dcfg: DataConfig):
