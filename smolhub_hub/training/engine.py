@@ -63,7 +63,8 @@ class Trainer:
                  explicit: dict | None = None):
         self.explicit = {"model": {}, "train": {}, "data": {}, **(explicit or {})}
         self.init_source = _locate_init_source(tcfg.init_from) if tcfg.init_from and not tcfg.resume else None
-        if self.init_source and "tokenizer" not in self.explicit["data"]:  # its own tokenizer: no BPE is trained
+        if self.init_source and self.init_source.has_tokenizer() and "tokenizer" not in self.explicit["data"]:
+            # the source's own tokenizer: no BPE is trained
             dcfg = dcfg.replace(tokenizer=str(self.init_source.path))
         self.family, self.tcfg, self.dcfg = family, tcfg, dcfg
         _check_model_config(mcfg)
