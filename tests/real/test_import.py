@@ -1,4 +1,4 @@
-"""`smolhub import`: the packaged SmolLM2 GGUF, transformers folders made by `smolhub export`, and sources it refuses."""
+"""`smolhub import`: the packaged SmolLM2 GGUF, transformers folders made by `smolhub export`, sources it refuses."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from smolhub_hub.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from smolhub_hub.generation import SamplingConfig, generate
 from smolhub_hub.importer import PACKAGED, packaged_file
 from smolhub_hub.inference import load_model
-from tests.export.conftest import ARCHITECTURES, PROMPT, bpe_tokenizer, make_checkpoint  # noqa: F401 (a fixture)
+from tests.export.conftest import ARCHITECTURES, PROMPT, make_checkpoint
 from tests.real.conftest import needs_real_model
 
 QUESTION = "The three most useful Python data structures are"
@@ -102,3 +102,18 @@ def test_smolhub_import_writes_the_real_model_with_its_chat_template(tmp_path, s
     tokenizer = load_tokenizer(str(ckpt))
     assert tokenizer.chat_template == smollm2.tokenizer.chat_template
     assert config[ckpt_io.TOKENIZER_KEY] == tokenizer_fingerprint(smollm2.tokenizer)
+
+
+def test_init_from_a_gguf_file_trains_with_its_tokenizer_from_its_held_out_loss(tmp_path, bpe_tokenizer):
+    from tests.helpers import run_cli, tiny_run_args
+
+    ckpt = make_checkpoint(tmp_path / "run", "StoryLlama", bpe_tokenizer)
+    gguf = cli.export_to_gguf(str(ckpt), str(tmp_path / "g"))
+    args = tiny_run_args(tmp_path / "tuned", steps=2, extra=["--init-from", gguf, "--seq-len", "64"])
+    at = args.index("--tokenizer")
+    del args[at:at + 4]  # --tokenizer bpe --vocab-size 512: the source's own tokenizer is used instead
+    proc = run_cli("StoryLlama/trainer.py", *args, check=True)
+    assert "step 0: held-out loss" in proc.stdout  # what fine-tuning starts from
+    tuned = ckpt_io.read_config(ckpt_io.resolve_checkpoint(tmp_path / "tuned"))
+    assert tuned[ckpt_io.TOKENIZER_KEY] == tokenizer_fingerprint(load_tokenizer(str(gguf)))  # the file's own
+    assert tuned["data"]["tokenizer"] == str(gguf)
