@@ -86,6 +86,7 @@ def story_events(model, cap: int, prompt, max_tokens, temperature, top_k, top_p,
         return
     seed = random.randrange(2**31) if seed is None or seed < 0 else int(seed)
     text, made = prompt, 0
+    yield gr.update(), f"{GENERATING}0 of {planned} tokens…"  # at once: the last story's status is not this one's
     try:
         for made, text in enumerate(stream_text(model, prompt, max_length=planned, temperature=float(temperature),
                                                 top_k=int(top_k) if top_k else None,

@@ -84,17 +84,23 @@ def demo_page(app: str, checkpoint: Path, max_new_tokens: int = 24, log: Path | 
 
 
 def click_generate(page):
-    """Press Generate, watching the status line so that `wait_until_finished` sees this request's end."""
-    page.evaluate("""() => { window.statusChanges = 0;
-        new MutationObserver(() => window.statusChanges++).observe(document.querySelector('#status'),
-            {subtree: true, childList: true, characterData: true}); }""")
+    """Press Generate, watching the status line so that `wait_until_finished` sees this request's end.
+
+    The status line changes for other reasons too (Gradio's own timer, a re-render), and may still show the
+    previous request's "Generated ..." for a moment: this request is over only once the status has said
+    "Generating" (or shows something else than before the click) and then a final status."""
+    page.evaluate("""() => { const status = document.querySelector('#status');
+        window.statusBefore = status.innerText.trim(); window.statusRan = false;
+        new MutationObserver(() => { if (/^Generating/.test(status.innerText.trim())) window.statusRan = true; })
+            .observe(status, {subtree: true, childList: true, characterData: true}); }""")
     page.locator("#generate").click()
 
 
 def wait_until_finished(page, timeout_ms: int = 120_000) -> tuple[str, str]:
-    """(story, status) once the status line says the request is over."""
-    page.wait_for_function("(done) => window.statusChanges > 0 && new RegExp(done).test("
-                           "document.querySelector('#status').innerText.trim())", arg=FINISHED, timeout=timeout_ms)
+    """(story, status) once the status line says this request is over."""
+    page.wait_for_function("(done) => { const now = document.querySelector('#status').innerText.trim(); "
+                           "return new RegExp(done).test(now) && (window.statusRan || now !== window.statusBefore); }",
+                           arg=FINISHED, timeout=timeout_ms)
     return page.locator("#output textarea").input_value(), page.locator("#status").inner_text().strip()
 
 
