@@ -80,11 +80,14 @@ def locate(text: str) -> Source:
         return Source(text, "gguf", path)
     if path.exists() or not could_be_hub_id(text):
         return _folder(text, path)  # a missing folder is reported as such
+    from huggingface_hub.constants import is_offline_mode
+
     from smolhub_hub.hub import download
     from smolhub_hub.network import require_hub
 
     try:
-        require_hub(f"'{text}'", "pass a local model folder, a .gguf file or smollm2 (bash install.sh --real)")
+        if not is_offline_mode():  # offline mode reads the cache, and download() says so when it misses
+            require_hub(f"'{text}'", "pass a local model folder, a .gguf file or smollm2 (bash install.sh --real)")
         return _folder(text, download(text))
     except UserError as e:
         raise UserError(f"'{text}' is neither a folder here ({Path.cwd()}) nor a Hub repo that could be "

@@ -73,7 +73,12 @@ def test_an_architecture_no_family_holds_is_refused_in_one_line(tmp_path, capsys
 
 
 def test_a_hub_id_with_no_network_is_one_line(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    from smolhub_hub import network
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # a machine with no network,
+    monkeypatch.setattr(network, "hub_reachable", lambda: False)              # not one in offline mode
     monkeypatch.chdir(tmp_path)
     err = _fail(["import", "HuggingFaceTB/SmolLM2-135M", "out"], capsys)
     assert "cannot reach the Hugging Face Hub" in err and "smollm2" in err
