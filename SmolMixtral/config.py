@@ -15,26 +15,27 @@ LLAMA_TOKENIZER = "hf-internal-testing/llama-tokenizer"  # the Llama-2 tokenizer
 
 @dataclass
 class MixtralConfig(ConfigMixin):
-    vocab_size: int = opt(32000, "vocabulary size (set from the tokenizer when training)")
-    dim: int = opt(512, "model width")
-    n_layers: int = opt(8, "transformer blocks")
-    n_heads: int = opt(8, "query heads")
-    n_kv_heads: int = opt(4, "key/value heads: 1 = multi-query, n_heads = multi-head, between = grouped-query")
-    n_experts: int = opt(8, "experts per MoE layer")
-    top_k: int = opt(2, "experts each token is routed to")
-    expert_hidden: int = opt(1024, "SwiGLU hidden width of one expert")
+    vocab_size: int = opt(32000, "vocabulary size (set from the tokenizer when training)", min=1)
+    dim: int = opt(512, "model width", min=1)
+    n_layers: int = opt(8, "transformer blocks", min=1)
+    n_heads: int = opt(8, "query heads", min=1)
+    n_kv_heads: int = opt(4, "key/value heads: 1 = multi-query, n_heads = multi-head, between = grouped-query", min=1)
+    n_experts: int = opt(8, "experts per MoE layer", min=1)
+    top_k: int = opt(2, "experts each token is routed to", min=1)
+    expert_hidden: int = opt(1024, "SwiGLU hidden width of one expert", min=1)
     noisy_topk: bool = opt(True, "add learned, softplus-scaled Gaussian noise to router logits (training only)",
                            training=True)
     balance_coef: float = opt(0.01, "weight of the Switch load-balancing loss E * sum_e f_e * P_e (0 = off)",
-                             training=True)
-    z_loss_coef: float = opt(0.0, "weight of the router z-loss (ST-MoE; 1e-3 is typical, 0 = off)", training=True)
+                             training=True, min=0)
+    z_loss_coef: float = opt(0.0, "weight of the router z-loss (ST-MoE; 1e-3 is typical, 0 = off)", training=True,
+                             min=0)
     moe_impl: str = opt("grouped", "expert computation: grouped (grouped_mm over tokens sorted by expert) "
                                    "or loop (a Python loop over experts, the reference)", choices=["grouped", "loop"],
                         training=True)
-    max_seq_len: int = opt(1024, "context length")
-    rope_base: float = opt(10000.0, "RoPE base frequency")
-    norm_eps: float = opt(1e-5, "RMSNorm epsilon")
-    dropout: float = opt(0.0, "dropout (training only)", training=True)
+    max_seq_len: int = opt(1024, "context length", min=1)
+    rope_base: float = opt(10000.0, "RoPE base frequency", above=0)
+    norm_eps: float = opt(1e-5, "RMSNorm epsilon", above=0)
+    dropout: float = opt(0.0, "dropout (training only)", training=True, min=0, below=1)
     tie_embeddings: bool = opt(True, "share the token embedding with the output head")
     attn_impl: str = opt("sdpa", "attention kernel: sdpa (FlashAttention on GPU) or flash_attn (the package)",
                          choices=["sdpa", "flash_attn"], training=True)

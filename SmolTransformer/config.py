@@ -4,31 +4,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from smolhub_hub.config import DataConfig, ModelFamily, TrainConfig, opt
+from smolhub_hub.config import DataConfig, ModelFamily, TrainConfig, opt, out_of_range
 from smolhub_hub.errors import UserError
 from smolhub_hub.modeling import ConfigMixin
 
 
 @dataclass
 class SmolTransformerConfig(ConfigMixin):
-    vocab_size: int = opt(50304, "vocabulary size (set from the tokenizer when training)")
-    dim: int = opt(768, "model width (nanoGPT's n_embd)")
-    n_layers: int = opt(16, "transformer blocks")
-    n_heads: int = opt(12, "attention heads")
-    ffn_hidden: int = opt(0, "MLP hidden width (0 = 4 * dim)")
-    max_seq_len: int = opt(1024, "context length: the number of learned positions (nanoGPT's block_size)")
+    vocab_size: int = opt(50304, "vocabulary size (set from the tokenizer when training)", min=1)
+    dim: int = opt(768, "model width (nanoGPT's n_embd)", min=1)
+    n_layers: int = opt(16, "transformer blocks", min=1)
+    n_heads: int = opt(12, "attention heads", min=1)
+    ffn_hidden: int = opt(0, "MLP hidden width (0 = 4 * dim)", min=0)
+    max_seq_len: int = opt(1024, "context length: the number of learned positions (nanoGPT's block_size)", min=1)
     norm: str = opt("rmsnorm", "normalisation layer", choices=["rmsnorm", "layernorm"])
-    norm_eps: float = opt(1e-5, "normalisation epsilon")
+    norm_eps: float = opt(1e-5, "normalisation epsilon", above=0)
     bias: bool = opt(False, "biases in linear layers and LayerNorm (GPT-2 has them)")
     gelu_approximate: str = opt("tanh", "GELU form: tanh (GPT-2's gelu_new) or none (exact erf)",
                                 choices=["tanh", "none"])
     dropout: float = opt(0.0, "dropout on embeddings, attention and residual branches (training only)",
-                         training=True)
+                         training=True, min=0, below=1)
     tie_embeddings: bool = opt(True, "share the token embedding with the output head")
     attn_impl: str = opt("sdpa", "attention kernel: sdpa (FlashAttention on GPU) or flash_attn (the package)",
                          choices=["sdpa", "flash_attn"], training=True)
 
     def __post_init__(self):
+        if out_of_range(self):  # refused by check_ranges, naming the flag or the damaged file
+            return
         if self.dim % self.n_heads:
             raise UserError(f"--dim {self.dim} must be a multiple of --n-heads {self.n_heads}")
 

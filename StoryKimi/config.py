@@ -8,53 +8,55 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from smolhub_hub.config import DataConfig, ModelFamily, TrainConfig, opt
+from smolhub_hub.config import DataConfig, ModelFamily, TrainConfig, opt, out_of_range
 from smolhub_hub.errors import UserError
 from smolhub_hub.modeling import ConfigMixin
 
 
 @dataclass
 class StoryKimiConfig(ConfigMixin):
-    vocab_size: int = opt(32000, "vocabulary size (set from the tokenizer when training)")
-    dim: int = opt(512, "model width")
-    n_layers: int = opt(10, "transformer blocks")
-    n_heads: int = opt(8, "attention heads")
+    vocab_size: int = opt(32000, "vocabulary size (set from the tokenizer when training)", min=1)
+    dim: int = opt(512, "model width", min=1)
+    n_layers: int = opt(10, "transformer blocks", min=1)
+    n_heads: int = opt(8, "attention heads", min=1)
     # --- multi-head latent attention (DeepSeek-V2/V3) ---
-    q_lora_rank: int = opt(0, "query latent rank (0 = a plain query projection, as in DeepSeek-V2-Lite)")
-    kv_lora_rank: int = opt(128, "key/value latent rank: the part of the KV cache shared by all heads")
-    qk_nope_head_dim: int = opt(64, "per-head query/key width without RoPE (up-projected from the latent)")
-    qk_rope_head_dim: int = opt(32, "decoupled RoPE query/key width (the key part is shared by all heads)")
-    v_head_dim: int = opt(64, "per-head value width")
+    q_lora_rank: int = opt(0, "query latent rank (0 = a plain query projection, as in DeepSeek-V2-Lite)", min=0)
+    kv_lora_rank: int = opt(128, "key/value latent rank: the part of the KV cache shared by all heads", min=1)
+    qk_nope_head_dim: int = opt(64, "per-head query/key width without RoPE (up-projected from the latent)", min=1)
+    qk_rope_head_dim: int = opt(32, "decoupled RoPE query/key width (the key part is shared by all heads)", min=2)
+    v_head_dim: int = opt(64, "per-head value width", min=1)
     # --- mixture of experts (DeepSeek-V3) ---
-    n_experts: int = opt(8, "routed experts per MoE layer")
-    top_k: int = opt(2, "routed experts per token")
-    n_shared_experts: int = opt(1, "shared experts every token goes through (0 = none)")
-    moe_hidden: int = opt(1088, "SwiGLU width of each routed (and each shared) expert")
+    n_experts: int = opt(8, "routed experts per MoE layer", min=1)
+    top_k: int = opt(2, "routed experts per token", min=1)
+    n_shared_experts: int = opt(1, "shared experts every token goes through (0 = none)", min=0)
+    moe_hidden: int = opt(1088, "SwiGLU width of each routed (and each shared) expert", min=1)
     first_k_dense: int = opt(1, "the first K blocks use a dense SwiGLU instead of MoE (DeepSeek's "
-                                "first_k_dense_replace; 0 = every block is MoE)")
-    dense_hidden: int = opt(2816, "SwiGLU width of the dense blocks")
-    n_group: int = opt(1, "expert groups for group-limited routing (1 = off)")
-    topk_group: int = opt(1, "groups a token may route into")
-    routed_scaling_factor: float = opt(1.0, "scale on the routed experts' mixing weights (DeepSeek-V3: 2.5)")
+                                "first_k_dense_replace; 0 = every block is MoE)", min=0)
+    dense_hidden: int = opt(2816, "SwiGLU width of the dense blocks", min=1)
+    n_group: int = opt(1, "expert groups for group-limited routing (1 = off)", min=1)
+    topk_group: int = opt(1, "groups a token may route into", min=1)
+    routed_scaling_factor: float = opt(1.0, "scale on the routed experts' mixing weights (DeepSeek-V3: 2.5)", above=0)
     norm_topk_prob: bool = opt(True, "normalise the top-k sigmoid scores to sum to 1")
     bias_update_rate: float = opt(1e-3, "aux-loss-free balancing: bias step gamma per optimizer step (0 = off)",
-                                 training=True)
+                                 training=True, min=0)
     seq_aux_loss_coef: float = opt(1e-4, "sequence-wise balance loss coefficient alpha (0 = off)",
-                                  training=True)
+                                  training=True, min=0)
     moe_impl: str = opt("grouped", "expert computation: grouped (grouped_mm) or loop (reference)",
                         choices=["grouped", "loop"], training=True)
     # --- the rest of the transformer ---
-    max_seq_len: int = opt(512, "context length (RoPE: longer prompts still work)")
-    rope_base: float = opt(10000.0, "RoPE base frequency")
-    norm_eps: float = opt(1e-6, "RMSNorm epsilon")
-    dropout: float = opt(0.0, "dropout (training only)", training=True)
+    max_seq_len: int = opt(512, "context length (RoPE: longer prompts still work)", min=1)
+    rope_base: float = opt(10000.0, "RoPE base frequency", above=0)
+    norm_eps: float = opt(1e-6, "RMSNorm epsilon", above=0)
+    dropout: float = opt(0.0, "dropout (training only)", training=True, min=0, below=1)
     tie_embeddings: bool = opt(False, "share the token embedding with the output head (DeepSeek does not)")
     # --- Kimi K2's MuonClip (Muon's own settings are TrainConfig's: every family can use Muon) ---
     qk_clip_tau: float = opt(0.0, "QK-clip (Kimi K2 MuonClip): rescale a head's query/key weights when its "
                                   "max attention logit exceeds tau after a step (0 = off; K2 uses 100)",
-                              training=True)
+                              training=True, min=0)
 
     def __post_init__(self):
+        if out_of_range(self):  # refused by check_ranges, naming the flag or the damaged file
+            return
         problems = []
         if self.top_k > self.n_experts:
             problems.append(f"--top-k {self.top_k} exceeds --n-experts {self.n_experts}")

@@ -11,16 +11,16 @@ from smolhub_hub.modeling import ConfigMixin
 
 @dataclass
 class StoryLlamaConfig(ConfigMixin):
-    vocab_size: int = opt(50304, "vocabulary size (set from the tokenizer when training)")
-    dim: int = opt(768, "model width")
-    n_layers: int = opt(8, "transformer blocks")
-    n_heads: int = opt(12, "query heads")
-    n_kv_heads: int = opt(4, "key/value heads: 1 = multi-query, n_heads = multi-head, between = grouped-query")
-    ffn_hidden: int = opt(0, "SwiGLU hidden width (0 = Llama's 8/3 * dim rounded to 64)")
-    max_seq_len: int = opt(512, "context length")
-    rope_base: float = opt(10000.0, "RoPE base frequency")
-    norm_eps: float = opt(1e-5, "RMSNorm epsilon")
-    dropout: float = opt(0.0, "dropout (training only)", training=True)
+    vocab_size: int = opt(50304, "vocabulary size (set from the tokenizer when training)", min=1)
+    dim: int = opt(768, "model width", min=1)
+    n_layers: int = opt(8, "transformer blocks", min=1)
+    n_heads: int = opt(12, "query heads", min=1)
+    n_kv_heads: int = opt(4, "key/value heads: 1 = multi-query, n_heads = multi-head, between = grouped-query", min=1)
+    ffn_hidden: int = opt(0, "SwiGLU hidden width (0 = Llama's 8/3 * dim rounded to 64)", min=0)
+    max_seq_len: int = opt(512, "context length", min=1)
+    rope_base: float = opt(10000.0, "RoPE base frequency", above=0)
+    norm_eps: float = opt(1e-5, "RMSNorm epsilon", above=0)
+    dropout: float = opt(0.0, "dropout (training only)", training=True, min=0, below=1)
     tie_embeddings: bool = opt(True, "share the token embedding with the output head")
     attn_impl: str = opt("sdpa", "attention kernel: sdpa (FlashAttention on GPU) or flash_attn (the package)",
                          choices=["sdpa", "flash_attn"], training=True)

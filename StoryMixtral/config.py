@@ -13,11 +13,11 @@ from SmolMixtral.config import LLAMA_TOKENIZER, QUICK, MixtralConfig
 
 @dataclass
 class StoryMixtralConfig(MixtralConfig):
-    dim: int = opt(768, "model width")
-    n_heads: int = opt(12, "query heads")
-    n_kv_heads: int = opt(4, "key/value heads: 1 = multi-query, n_heads = multi-head, between = grouped-query")
-    expert_hidden: int = opt(1088, "SwiGLU hidden width of one expert")
-    max_seq_len: int = opt(512, "context length (TinyStories stories are short)")
+    dim: int = opt(768, "model width", min=1)
+    n_heads: int = opt(12, "query heads", min=1)
+    n_kv_heads: int = opt(4, "key/value heads: 1 = multi-query, n_heads = multi-head, between = grouped-query", min=1)
+    expert_hidden: int = opt(1088, "SwiGLU hidden width of one expert", min=1)
+    max_seq_len: int = opt(512, "context length (TinyStories stories are short)", min=1)
 
 
 PRESETS = {

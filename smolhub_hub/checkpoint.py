@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from smolhub_hub.config import DataConfig, TrainConfig
+from smolhub_hub.config import DataConfig, TrainConfig, check_ranges
 from smolhub_hub.data.tokenizer import tokenizer_fingerprint
 from smolhub_hub.errors import UserError
 
@@ -38,8 +37,6 @@ LATEST = "LATEST"
 FORMAT = "smolhub-checkpoint-1"
 TOKENIZER_KEY = "tokenizer_sha256"  # absent in checkpoints written before it was recorded
 RUN_SECTIONS = {"train": TrainConfig, "data": DataConfig}
-# Model sizes that are never 0 in any family (a negative value is wrong in every field).
-NEVER_ZERO = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len", "n_experts", "top_k")
 
 
 # --- nested state <-> (tensors, json) ------------------------------------------------------------
@@ -210,24 +207,26 @@ def _moved_to_train(cfg: dict) -> dict:
 
 
 def model_config(ckpt: Path, cfg: dict, config_class):
-    """The saved architecture as `config_class`; a value of the wrong type, or a size that is negative or
-    zero, means a damaged file."""
-    mcfg = config_class.from_dict(cfg["model"])
-    _check_fields(ckpt, mcfg, sizes=True)
+    """The saved architecture as `config_class`; a value of the wrong type, or outside its field's declared
+    range, means a damaged file."""
+    try:
+        mcfg = config_class.from_dict(cfg["model"])
+    except UserError as e:  # sizes that do not fit together (a family's own checks)
+        raise UserError(f"{ckpt / 'config.json'} is corrupt ({e}); use an earlier checkpoint") from None
+    _check_fields(ckpt, mcfg)
     return mcfg
 
 
-def _check_fields(ckpt: Path, config, sizes: bool = False):
+def _check_fields(ckpt: Path, config):
     for f in dataclasses.fields(config):
         value, want = getattr(config, f.name), type(f.default)
         if f.default is dataclasses.MISSING or value is None:
             continue
         wrong_type = isinstance(value, bool) != (want is bool) or not isinstance(
             value, (int, float) if want is float else want)
-        bad_size = sizes and want in (int, float) and not wrong_type and (
-            not math.isfinite(value) or value < 0 or (value == 0 and f.name in NEVER_ZERO))
-        if wrong_type or bad_size:
+        if wrong_type:
             raise UserError(f"{ckpt / 'config.json'} is corrupt ({f.name} = {value!r}); use an earlier checkpoint")
+    check_ranges(config, file=ckpt / "config.json")
 
 
 def build_model(ckpt: Path, model_class, mcfg):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from smolhub_hub.errors import exit_on_user_error
+from smolhub_hub.errors import ArgumentParser, UserError, exit_on_user_error
 
 
 def _param_counts(family, mcfg) -> dict[str, int]:
@@ -47,7 +47,6 @@ def cmd_list(args):
 
 
 def _load_for_export(checkpoint: str, out_dir: str, overwrite: bool):
-    from smolhub_hub.errors import UserError
     from smolhub_hub.hf_folder import ensure_empty
     from smolhub_hub.inference import load_model
     from smolhub_hub.quantize import is_quantized
@@ -95,9 +94,12 @@ def export_to_gguf(checkpoint: str, out_dir: str, outtype: str = "f16", overwrit
 
 def cmd_export(args):
     if args.format == "gguf":
-        path = export_to_gguf(args.checkpoint, args.out_dir, args.outtype, args.overwrite)
+        path = export_to_gguf(args.checkpoint, args.out_dir, args.outtype or "f16", args.overwrite)
         print(f"wrote {path}: llama-cli -m {path}, or `ollama create NAME -f {path.parent / 'Modelfile'}`")
         return
+    if args.outtype:
+        raise UserError(f"--outtype {args.outtype} is a GGUF weight type; add --format gguf, or drop --outtype "
+                        "(a transformers folder keeps the checkpoint's weights)")
     out = export_to_hf(args.checkpoint, args.out_dir, args.overwrite)
     print(f"wrote {out}: load it with AutoModelForCausalLM.from_pretrained('{out}')")
 
@@ -178,7 +180,7 @@ def add_sampling_flags(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="smolhub", description="SmolHub: train, export and share small language models.")
+    p = ArgumentParser(prog="smolhub", description="SmolHub: train, export and share small language models.")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("list", help="model families, presets and parameter counts")
@@ -191,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["hf", "gguf"], default="hf",
                    help="hf: a transformers folder (4.x and 5.x); gguf: one .gguf file for llama.cpp / ollama "
                         "(StoryLlama, and SmolTransformer with LayerNorm)")
-    s.add_argument("--outtype", choices=["f16", "q8_0"], default="f16", help="GGUF weight type (--format gguf)")
+    s.add_argument("--outtype", choices=["f16", "q8_0"], default=None,
+                   help="GGUF weight type (--format gguf only; default f16)")
     s.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
     s.set_defaults(fn=cmd_export)
 

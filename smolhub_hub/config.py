@@ -14,17 +14,53 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from smolhub_hub.errors import ArgumentParser, UserError
 from smolhub_hub.modeling import ConfigMixin
 
 
-def opt(default, help: str, *, training: bool = False, **kw):
-    """A config field with its --help text; `training=True` marks a model field as a training setting."""
-    return field(default=default, metadata={"help": help, "training": training, **kw})
+def opt(default, help: str, *, training: bool = False, min=None, max=None, above=None, below=None, **kw):
+    """A config field with its --help text; `training=True` marks a model field as a training setting.
+    A number declares its range: `min` / `max` inclusive, `above` / `below` exclusive (checked by `check_ranges`)."""
+    bounds = {k: v for k, v in {"min": min, "max": max, "above": above, "below": below}.items() if v is not None}
+    return field(default=default, metadata={"help": help, "training": training, "range": bounds, **kw})
+
+
+BOUNDS = (("min", ">="), ("above", ">"), ("max", "<="), ("below", "<"))
+
+
+def _range_text(bounds: dict) -> str:
+    """'>= 1', '> 0', '>= 0 and < 1', or 'a finite number' for a field that declares no bound."""
+    return " and ".join(f"{op} {bounds[name]}" for name, op in BOUNDS if name in bounds) or "a finite number"
+
+
+def out_of_range(config) -> tuple[str, Any, str] | None:
+    """The first number of `config` outside the range its field declares (or not finite): (name, value, range)."""
+    for f in dataclasses.fields(config):
+        value, bounds = getattr(config, f.name), f.metadata.get("range", {})
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not (math.isfinite(value) and value >= bounds.get("min", value) and value <= bounds.get("max", value)
+                and value > bounds.get("above", -math.inf) and value < bounds.get("below", math.inf)):
+            return f.name, value, _range_text(bounds)
+    return None
+
+
+def check_ranges(config, file: Path | str | None = None):
+    """Every number of `config` inside its declared range, else one UserError line: naming the flag, or with
+    `file` the damaged file the config was read from."""
+    bad = out_of_range(config)
+    if bad is None:
+        return
+    name, value, allowed = bad
+    if file is not None:
+        raise UserError(f"{file} is corrupt ({name} = {value!r}, must be {allowed}); use an earlier checkpoint")
+    raise UserError(f"{flag(name)} must be {allowed} (got {value})")
 
 
 def training_settings(cls) -> list[str]:
@@ -54,44 +90,44 @@ def describe(diffs: dict[str, tuple], old: str, new: str) -> str:
 @dataclass
 class TrainConfig(ConfigMixin):
     out_dir: str = opt("", "where checkpoints, metrics.csv and plots go (default runs/<family>-<preset>)", path=True)
-    max_steps: int = opt(5000, "optimizer steps to train for")
-    batch_size: int = opt(32, "sequences per micro-batch on each process")
-    seq_len: int = opt(0, "training sequence length (0 = the model's max_seq_len)")
+    max_steps: int = opt(5000, "optimizer steps to train for", min=1)
+    batch_size: int = opt(32, "sequences per micro-batch on each process", min=1)
+    seq_len: int = opt(0, "training sequence length (0 = the model's max_seq_len)", min=0)
     total_batch_tokens: int = opt(0, "tokens per optimizer step across all processes; sets gradient "
-                                     "accumulation (0 = one micro-batch per process)")
-    lr: float = opt(6e-4, "peak learning rate")
-    min_lr: float = opt(6e-5, "learning rate at the end of the cosine")
-    warmup_steps: int = opt(200, "linear warmup steps")
-    lr_restarts: int = opt(0, "cosine restarts after the first cycle (SGDR style)")
-    weight_decay: float = opt(0.1, "AdamW weight decay (2-D weights only)")
-    beta1: float = opt(0.9, "AdamW beta1")
-    beta2: float = opt(0.95, "AdamW beta2")
-    grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
-    seq_len_warmup: int = opt(0, "grow the sequence length from 64 to seq_len over this many steps (0 = off)")
+                                     "accumulation (0 = one micro-batch per process)", min=0)
+    lr: float = opt(6e-4, "peak learning rate", above=0)
+    min_lr: float = opt(6e-5, "learning rate at the end of the cosine", min=0)
+    warmup_steps: int = opt(200, "linear warmup steps", min=0)
+    lr_restarts: int = opt(0, "cosine restarts after the first cycle (SGDR style)", min=0)
+    weight_decay: float = opt(0.1, "AdamW weight decay (2-D weights only)", min=0)
+    beta1: float = opt(0.9, "AdamW beta1", min=0, below=1)
+    beta2: float = opt(0.95, "AdamW beta2", min=0, below=1)
+    grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)", min=0)
+    seq_len_warmup: int = opt(0, "grow the sequence length from 64 to seq_len over this many steps (0 = off)", min=0)
     optimizer: str = opt("adamw", "adamw, or muon: Muon for the 2-D matrices inside the blocks (and stacked "
                                   "experts), AdamW at --lr for embeddings, head, norms, biases and routers",
                          choices=["adamw", "muon"])
-    muon_lr: float = opt(0.02, "Muon learning rate with --muon-adjust-lr original")
-    muon_momentum: float = opt(0.95, "Muon momentum (Nesterov)")
-    muon_weight_decay: float = opt(0.0, "Muon decoupled weight decay")
+    muon_lr: float = opt(0.02, "Muon learning rate with --muon-adjust-lr original", above=0)
+    muon_momentum: float = opt(0.95, "Muon momentum (Nesterov)", min=0, below=1)
+    muon_weight_decay: float = opt(0.0, "Muon decoupled weight decay", min=0)
     muon_adjust_lr: str = opt("original", "Muon per-matrix step (torch.optim.Muon's adjust_lr_fn), for an (A, B) "
                               "matrix: original (Keller Jordan) = --muon-lr * sqrt(max(1, A/B)); match_rms_adamw "
                               "(Moonshot) = --lr * 0.2 * sqrt(max(A, B)), an update of AdamW's RMS at AdamW's "
                               "--lr (--muon-lr is not used)", choices=["original", "match_rms_adamw"])
-    eval_interval: int = opt(250, "evaluate every N steps")
-    eval_batches: int = opt(20, "held-out batches per evaluation")
-    sample_interval: int = opt(500, "print a generated sample every N steps (0 = off)")
+    eval_interval: int = opt(250, "evaluate every N steps", min=1)
+    eval_batches: int = opt(20, "held-out batches per evaluation", min=1)
+    sample_interval: int = opt(500, "print a generated sample every N steps (0 = off)", min=0)
     sample_prompt: str = opt("Once upon a time", "prompt for the samples printed during training")
-    log_interval: int = opt(10, "log metrics every N steps")
-    save_interval: int = opt(500, "checkpoint every N steps (and always at the end)")
-    keep_last: int = opt(2, "checkpoints to keep")
-    seed: int = opt(1337, "random seed")
+    log_interval: int = opt(10, "log metrics every N steps", min=1)
+    save_interval: int = opt(500, "checkpoint every N steps (and always at the end)", min=1)
+    keep_last: int = opt(2, "checkpoints to keep", min=1)
+    seed: int = opt(1337, "random seed", min=0)
     device: str = opt("auto", "cpu, cuda, cuda:N or auto")
     dtype: str = opt("auto", "auto (bf16 on GPUs that have it, else fp16; fp32 on CPU), bfloat16, float16, float32",
                      choices=["auto", "bfloat16", "float16", "float32"])
     compile: str = opt("auto", "torch.compile: auto (on for CUDA), on, off", choices=["auto", "on", "off"])
     grad_checkpointing: bool = opt(False, "activation checkpointing (less memory, ~30% more compute)")
-    max_bad_steps: int = opt(5, "stop after this many non-finite losses in a row (each is skipped)")
+    max_bad_steps: int = opt(5, "stop after this many non-finite losses in a row (each is skipped)", min=1)
     resume: bool = opt(False, "continue the latest checkpoint in --out-dir exactly where it stopped; "
                               "architecture and data flags must match it, training settings may change")
     allow_data_change: bool = opt(False, "with --resume: continue although the dataset changed since the run "
@@ -111,11 +147,11 @@ class DataConfig(ConfigMixin):
                                    "or a Hugging Face dataset id", path=True)
     dataset_config: str = opt("", "Hugging Face dataset config name (e.g. sample-10BT for FineWeb)")
     text_field: str = opt("text", "field holding the text in .jsonl / .parquet / Hub datasets")
-    max_documents: int = opt(0, "use at most this many documents (0 = all; Hub datasets are streamed)")
-    builtin_stories: int = opt(10000, "stories to generate for --dataset builtin")
-    val_fraction: float = opt(0.02, "share of documents held out for evaluation")
+    max_documents: int = opt(0, "use at most this many documents (0 = all; Hub datasets are streamed)", min=0)
+    builtin_stories: int = opt(10000, "stories to generate for --dataset builtin", min=1)
+    val_fraction: float = opt(0.02, "share of documents held out for evaluation", above=0, below=0.5)
     tokenizer: str = opt("bpe", "'bpe' (train a byte-level BPE on the corpus) or a tokenizer id / folder", path=True)
-    vocab_size: int = opt(8192, "vocabulary size when training a BPE")
+    vocab_size: int = opt(8192, "vocabulary size when training a BPE", min=1)
     cache_dir: str = opt("", "where packed token files are cached (default ~/.cache/smolhub)", path=True)
 
 
@@ -127,8 +163,6 @@ MUON_FIELDS = ("muon_lr", "muon_momentum", "muon_weight_decay", "muon_adjust_lr"
 
 def check_flags_act(tcfg: TrainConfig, dcfg: DataConfig, explicit: dict[str, dict[str, Any]]):
     """A flag given explicitly that nothing would read in this configuration is refused, never ignored."""
-    from smolhub_hub.errors import UserError
-
     given = {**explicit.get("train", {}), **explicit.get("data", {})}
     local = Path(dcfg.dataset).expanduser()
     dataset_kind = "builtin" if dcfg.dataset == "builtin" else "local" if local.exists() else "hub"
@@ -178,7 +212,6 @@ class ModelFamily:
     def resolve(self, preset: str, overrides: dict[str, dict[str, Any]] | None = None):
         """Defaults, then the preset, then explicit overrides: (model cfg, train cfg, data cfg)."""
         if preset not in self.presets and preset != "default":
-            from smolhub_hub.errors import UserError
             raise UserError(f"unknown preset '{preset}' for {self.name}; choose from {', '.join(self.preset_names)}")
         layers = [self.presets.get(preset, {}), overrides or {}]
         cfgs = {"model": self.model_config(), "train": self.train, "data": self.data}
@@ -209,8 +242,9 @@ def _add_fields(group, cls, defaults, only=None):
         if only is not None and f.name not in only:
             continue
         meta, default = dict(f.metadata), getattr(defaults, f.name)
+        allowed = f"; {_range_text(meta['range'])}" if meta.get("range") else ""
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                              "help": f"{meta.get('help', '')} (default: {default!r})".replace("%", "%%")}
+                              "help": f"{meta.get('help', '')} (default: {default!r}{allowed})".replace("%", "%%")}
         if "choices" in meta:
             kw["choices"] = meta["choices"]
         if f.type in ("bool", bool):
@@ -223,10 +257,10 @@ def _add_fields(group, cls, defaults, only=None):
 
 
 def build_parser(family: ModelFamily, prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=f"Train {family.name}. {family.description}", epilog=RULE,
+    p = ArgumentParser(prog=prog, description=f"Train {family.name}. {family.description}", epilog=RULE,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", default="default", choices=family.preset_names,
-                   help="named configuration; flags below override it")
+    p.add_argument("--preset", default=None, choices=family.preset_names,
+                   help="named configuration; flags below override it (default: default; on --resume: the run's)")
     cls, defaults = family.model_config, family.model_config()
     _add_fields(p.add_argument_group("model architecture (must match on --resume; from SOURCE on --init-from)"),
                 cls, defaults, set(architecture_fields(cls)) - DERIVED_MODEL_FIELDS)
@@ -238,11 +272,15 @@ def build_parser(family: ModelFamily, prog: str | None = None) -> argparse.Argum
 
 
 def parse_cli(family: ModelFamily, argv=None, prog=None):
-    """Parse flags into (model cfg, train cfg, data cfg, preset name, explicit overrides)."""
+    """Parse flags into (model cfg, train cfg, data cfg, preset name, explicit overrides); the overrides hold
+    "preset" too when --preset was given (--resume compares it with the run's)."""
     ns = vars(build_parser(family, prog).parse_args(argv))
-    preset = ns.pop("preset")
+    given_preset = ns.pop("preset")
+    preset = given_preset or "default"
     sections = [("model", family.model_config, DERIVED_MODEL_FIELDS), ("train", TrainConfig, set()),
                 ("data", DataConfig, set())]
     fields = {k: {f.name for f in dataclasses.fields(c)} - skip for k, c, skip in sections}
     overrides = {k: {n: v for n, v in ns.items() if n in names} for k, names in fields.items()}
+    if given_preset:
+        overrides["preset"] = given_preset
     return (*family.resolve(preset, overrides), preset, overrides)

@@ -19,7 +19,7 @@ import importlib.util
 import random
 from pathlib import Path
 
-from smolhub_hub.errors import UserError, exit_on_user_error
+from smolhub_hub.errors import ArgumentParser, UserError, exit_on_user_error
 from smolhub_hub.extras import require
 
 MAX_PROMPT_CHARS = 2000
@@ -164,7 +164,7 @@ def default_checkpoint(family: str) -> Path:
 
 
 def build_parser(family: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="app.py", description=f"Gradio demo for a {family} checkpoint.")
+    p = ArgumentParser(prog="app.py", description=f"Gradio demo for a {family} checkpoint.")
     p.add_argument("--checkpoint", default=None,
                    help=f"checkpoint folder, run folder, Hub repo id or .gguf file (default: runs/{family}-quick, in "
                         "the working directory or else in the repository)")
@@ -184,6 +184,10 @@ def main(family: str, argv=None):
     from smolhub_hub.inference import load_model
 
     args = build_parser(family).parse_args(argv)
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port {args.port} is not a TCP port; give one in 1-65535")
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1 (got {args.max_new_tokens})")
     require("gradio", "the demo")
     checkpoint = args.checkpoint or str(default_checkpoint(family))
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 
@@ -10,6 +11,13 @@ class UserError(Exception):
     """A mistake the user can fix (bad flag, missing file, wrong checkpoint). Printed as one line."""
 
     exit_code = 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """A parser whose mistakes are a UserError: one line naming the flag, not the whole usage and then the error."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def exit_on_user_error(fn):

@@ -213,10 +213,13 @@ def _read_weights(src: Source):
         from smolhub_hub.extras import require
 
         require("gguf", f"importing {src.text}")
+    from safetensors import SafetensorError
+
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs).eval()
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise UserError(f"{src.text}: transformers cannot load it ({_short(e)})") from None
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:  # missing, foreign or damaged weights
+        raise UserError(f"{src.text}: transformers cannot load it ({_short(e)}); pass a Hugging Face model folder "
+                        "(`smolhub export` makes one of a SmolHub run), a .gguf file or a SmolHub checkpoint") from None
 
 
 

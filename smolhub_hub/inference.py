@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from smolhub_hub.errors import UserError, exit_on_user_error
+from smolhub_hub.errors import ArgumentParser, UserError, exit_on_user_error
 from smolhub_hub.generation import SamplingConfig, generate, generate_tokens
 
 
@@ -125,7 +125,7 @@ def stream_text(model, prompt: str, max_length: int = 100, temperature: float = 
 def build_parser(family: str) -> argparse.ArgumentParser:
     from smolhub_hub.cli import add_sampling_flags
 
-    p = argparse.ArgumentParser(prog=f"{family}/inference.py", description=f"Generate text with a {family} checkpoint.")
+    p = ArgumentParser(prog=f"{family}/inference.py", description=f"Generate text with a {family} checkpoint.")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, run folder, Hub repo id, or any `smolhub "
                                                        "import` source (.gguf file, transformers folder, smollm2)")
     add_sampling_flags(p)

@@ -101,7 +101,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 def load_quantized(path: str | Path):
     """A quantized folder as a CPU model in eval mode with `.tokenizer`, ready for `generate_text`."""
     from smolhub_hub import checkpoint as ckpt_io
-    from smolhub_hub.data.tokenizer import load_tokenizer
+    from smolhub_hub.data.tokenizer import check_fingerprint, load_tokenizer
     from smolhub_hub.registry import get_family
 
     path = Path(path)
@@ -121,6 +121,8 @@ def load_quantized(path: str | Path):
         model.get_submodule(name).weight = nn.Parameter(weight, requires_grad=False)
     model.eval()
     model.tokenizer = load_tokenizer(str(path))
+    check_fingerprint(model.tokenizer, cfg.get(ckpt_io.TOKENIZER_KEY), str(path),
+                      "copy in the tokenizer files of the checkpoint it was quantized from, or quantize it again")
     model.checkpoint_path, model.checkpoint_config = path, cfg
     return model
 

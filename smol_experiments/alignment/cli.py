@@ -24,8 +24,11 @@ def stage_parser(description: str, *, model: str | None, learning_rate: float, b
     from transformers.trainer_utils import SchedulerType
 
     p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default=model, required=model is None, type=path,
-                   help="Hub id or local folder of the starting model")
+    if model is None:
+        p.add_argument("--model", required=True, type=path, help="local folder (or Hub id) of the starting model")
+    else:
+        p.add_argument("--model", "--base", default=model, type=path, dest="model",
+                       help="the base model: a Hub id, a transformers folder or a .gguf file")
     if preference:
         p.add_argument("--dataset", required=True, type=path, help="pairs folder from build_preference_pairs, a "
                        "local JSON/JSONL/parquet file or a Hub id with prompt/chosen/rejected")

@@ -95,6 +95,9 @@ def build_parser():
                    help="paired bootstrap resamples over sentences for the 95%% intervals")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the bootstrap resampling")
     p.add_argument("--note", default="", help="a line printed under the table's heading")
+    p.add_argument("--chat-template", nargs="+", default=[], metavar="NAME",
+                   help="systems prompted zero-shot through their tokenizer's chat template (the user turn is the "
+                        "row's instruction and sentence), as an instruct model is used; without one: the plain prompt")
     return p
 
 
@@ -109,22 +112,33 @@ def claim_eval_dir(out: Path) -> None:
     write_marker(out, {"stage": STAGE, "done": False})
 
 
-def predict(name: str, model_path: str, rows, args, out: Path) -> list[str]:
-    """Greedy corrections; reused from predictions/NAME.json when the same model and rows made them (resume)."""
+def prompts_for(tokenizer, sources: list[str], chat: bool) -> tuple[list[str], str]:
+    """(the prompts, "chat template" or "plain"): the one prompt format, or a user turn of the chat template."""
+    if chat and tokenizer.chat_template:
+        return [tokenizer.apply_chat_template([{"role": "user", "content": s}], tokenize=False,
+                                              add_generation_prompt=True) for s in sources], "chat template"
+    return [make_prompt(s) for s in sources], "plain"
+
+
+def predict(name: str, model_path: str, rows, args, out: Path) -> tuple[list[str], str]:
+    """Greedy corrections and the prompt kind; reused from predictions/NAME.json when the same model, rows and
+    prompting made them (resume)."""
+    chat = name in args.chat_template
     key = {"model": model_path, "model_sha256": model_fingerprint(model_path), "dataset": args.dataset,
            "dataset_sha256": data_fingerprint(args.dataset), "split": args.split, "task": args.task,
-           "rows": len(rows), "max_new_tokens": args.max_new_tokens}
+           "rows": len(rows), "max_new_tokens": args.max_new_tokens, "chat_template": chat}
     cache = out / "predictions" / f"{name}.json"
     if cache.is_file():
         saved = json.loads(cache.read_text())
         if saved["key"] == key:
-            return saved["predictions"]
+            return saved["predictions"], saved["prompt"]
     model, tokenizer = load_model_and_tokenizer(model_path)
-    predictions = generate_corrections(model, tokenizer, [make_prompt(s) for s in rows["src"]],
-                                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, desc=name)
+    prompts, kind = prompts_for(tokenizer, rows["src"], chat)
+    predictions = generate_corrections(model, tokenizer, prompts, batch_size=args.batch_size,
+                                       max_new_tokens=args.max_new_tokens, desc=name)
     cache.parent.mkdir(exist_ok=True)
-    write_atomic(cache, json.dumps({"key": key, "predictions": predictions}, indent=1))
-    return predictions
+    write_atomic(cache, json.dumps({"key": key, "prompt": kind, "predictions": predictions}, indent=1))
+    return predictions, kind
 
 
 def score_systems(predictions: dict[str, list[str]], references: list[str], compare_to: str, *,
@@ -154,7 +168,8 @@ def write_table(results: dict, out: Path) -> None:
              "", "| system | BLEU | chrF | exact match |", "|---|---|---|---|"]
     for name, m in results["systems"].items():
         cells = [f"{m[k]:.4f} [{m[k + '_ci'][0]:.4f}, {m[k + '_ci'][1]:.4f}]" for k in METRICS]
-        lines.append(f"| {name} | {' | '.join(cells)} |")
+        shown = f"{name} (zero-shot, chat template)" if m.get("prompt") == "chat template" else name
+        lines.append(f"| {shown} | {' | '.join(cells)} |")
     lines += ["", f"Difference to {ref} on the same sentences [{interval}]: an interval that contains 0 means "
               "no significant difference, neither a gain nor a loss.", "",
               "| system | Δ BLEU | Δ chrF | Δ exact match | reading |", "|---|---|---|---|---|"]
@@ -183,7 +198,8 @@ def plot_results(results: dict, path: Path) -> None:
         ax.bar_label(bars, fmt="%.3f", fontsize=7)
     ax.set_xticks([j + width * (len(systems) - 1) / 2 for j in range(len(METRICS))], ["BLEU", "chrF", "exact match"])
     ax.set_ylim(0, 1.05)
-    ax.set_title(f"CoEdIT {results['split']} ({results['rows']} rows), greedy decoding; bars: 95% bootstrap CI")
+    ax.set_title(f"{Path(results['dataset']).name} {results['split']} ({results['rows']} rows), greedy decoding; "
+                 "bars: 95% bootstrap CI")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -196,16 +212,21 @@ def run(argv=None) -> dict:
     compare_to = args.compare_to or ("sft" if "sft" in models else next(iter(models)))
     if compare_to not in [COPY_BASELINE, *models]:
         raise UserError(f"--compare-to {compare_to}: not one of the systems ({', '.join([COPY_BASELINE, *models])}).")
+    unknown = sorted(set(args.chat_template) - set(models))
+    if unknown:
+        raise UserError(f"--chat-template {' '.join(unknown)}: not in --models ({', '.join(models)}).")
     out = Path(args.output_dir)
     check_output_folder(out, "--output-dir")
     rows = load_gec_examples(args.dataset, args.split, args.max_samples, args.task)
     claim_eval_dir(out)
     predictions = {COPY_BASELINE: [strip_instruction(s) for s in rows["src"]]}
-    predictions.update({name: predict(name, where, rows, args, out) for name, where in models.items()})
+    prompting = {}
+    for name, where in models.items():
+        predictions[name], prompting[name] = predict(name, where, rows, args, out)
     systems, comparisons = score_systems(predictions, rows["tgt"], compare_to, resamples=args.bootstrap_resamples,
                                          seed=args.seed)
     for name, where in models.items():
-        systems[name]["model"] = where
+        systems[name].update(model=where, prompt=prompting[name])
     results = {"dataset": args.dataset, "split": args.split, "task": args.task, "rows": len(rows),
                "decoding": "greedy", "note": args.note, "compare_to": compare_to,
                "bootstrap": {"resamples": args.bootstrap_resamples, "seed": args.seed, "level": LEVEL,

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from smol_experiments.alignment import build_preference_pairs, cpo, dpo, evaluate, sft
+from smol_experiments.alignment import build_preference_pairs, cpo, dpo, evaluate, real_gec, sft
 from smol_experiments.alignment.cli import BASE_MODEL, DATASET
 from smol_experiments.flags import Parser, path, positive_int, split_stage_args
-from smol_experiments.stages import check_output_folder, stage_main, write_folder_once
+from smol_experiments.stages import check_output_folder, fingerprint, stage_main, write_folder_once
+from smolhub_hub.errors import UserError
 
 # The small model learns nothing at the 135M model's learning rates in a few hundred steps. With DPO's
 # documented 5e-7 (or 2e-5) its loss stays at ln 2; at 1e-4 and beta 0.5 over two epochs it falls to ~0.5 with
@@ -44,9 +45,14 @@ QUICK_NOTE = ("Quick run: a smoke test of the pipeline on a tiny random model an
 def build_parser():
     p = Parser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--output-dir", default="runs/coedit", type=path, help="one subfolder per stage is made here")
-    p.add_argument("--model", default=None, type=path,
-                   help=f"starting model (default {BASE_MODEL}; --quick: a tiny Llama)")
+    p.add_argument("--model", "--base", default=None, type=path, dest="model",
+                   help=f"base model: a Hub id, a transformers folder or a .gguf file (converted once to a folder "
+                        f"under --output-dir) (default {BASE_MODEL}; --quick: a tiny Llama)")
     p.add_argument("--dataset", default=None, type=path, help=f"GEC data (default {DATASET}; --quick: synthetic)")
+    p.add_argument("--packaged-gec", nargs="?", const=real_gec.DEFAULT_SOURCE, default=None, type=path,
+                   metavar="SOURCE", help=f"instead of --dataset, GEC rows made from the real English of a packaged "
+                   f"text ({real_gec.PACKAGE}; SOURCE defaults to {real_gec.DEFAULT_SOURCE}), written to "
+                   "OUTPUT_DIR/gec-data")
     p.add_argument("--quick", action="store_true", help="small offline smoke run")
     p.add_argument("--max-samples", type=positive_int, default=None, help="training rows for SFT and pair building")
     p.add_argument("--eval-samples", type=positive_int, default=None, help="validation rows to evaluate on")
@@ -72,6 +78,21 @@ def quick_inputs(root: Path, model: str | None, dataset: str | None) -> tuple[st
     return model or str(fixtures / "model"), dataset or str(fixtures / "data")
 
 
+def base_folder(model: str, root: Path) -> str:
+    """A `.gguf` base as a transformers folder, converted once (its GGUF tokenizer takes minutes to convert, and
+    SFT and evaluation both load the base); any other source is used as it is."""
+    if Path(model).suffix != ".gguf":
+        return model
+    from smol_experiments.alignment.data import load_model_and_tokenizer
+
+    def convert(tmp: Path) -> None:
+        base, tokenizer = load_model_and_tokenizer(model)
+        base.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return str(write_folder_once(root / f"base-{fingerprint(model, ())[:12]}", convert))
+
+
 def stage_argv(args, stage: str, argv: list[str]) -> list[str]:
     quick = QUICK[stage] if args.quick else []
     overwrite = ["--overwrite"] if args.overwrite and stage != "eval" else []
@@ -84,13 +105,19 @@ def run(argv=None) -> dict:
     args.extra = {stage: split_stage_args(f"--{stage}-args", getattr(args, f"{stage}_args")) for stage in QUICK}
     root = Path(args.output_dir)
     check_output_folder(root, "--output-dir")
-    model, dataset = args.model or BASE_MODEL, args.dataset or DATASET
+    if args.packaged_gec and args.dataset:
+        raise UserError("give --dataset or --packaged-gec, not both.")
+    model, dataset = args.model, args.dataset
+    if args.packaged_gec:  # rebuilt each time: deterministic, seconds, and always from the SOURCE given now
+        dataset = str(root / "gec-data")
+        real_gec.build_gec_dataset(args.packaged_gec, dataset)
     train_rows, eval_rows = args.max_samples, args.eval_samples
     if args.quick:
         if args.model is None:
             torch.set_num_threads(1)  # the small model's matrices are too small to share between threads
-        model, dataset = quick_inputs(root, args.model, args.dataset)
+        model, dataset = quick_inputs(root, model, dataset)
         train_rows, eval_rows = train_rows or QUICK_TRAIN_ROWS, eval_rows or QUICK_EVAL_ROWS
+    model, dataset = base_folder(model or BASE_MODEL, root), dataset or DATASET
     dirs = {stage: str(root / stage) for stage in ("sft", "pairs", "dpo", "cpo", "eval")}
     limit = ["--max-samples", str(train_rows)] if train_rows else []
     report = ["--report-to", args.report_to]
@@ -106,7 +133,7 @@ def run(argv=None) -> dict:
     eval_limit = ["--max-samples", str(eval_rows)] if eval_rows else []
     note = ["--note", QUICK_NOTE] if args.quick else []
     models = [f"base={model}", f"sft={dirs['sft']}", f"sft+dpo={dirs['dpo']}", f"sft+cpo={dirs['cpo']}"]
-    return evaluate.run(stage_argv(args, "eval", ["--models", *models, "--dataset", dataset,
+    return evaluate.run(stage_argv(args, "eval", ["--models", *models, "--dataset", dataset, "--chat-template", "base",
                                                   "--output-dir", dirs["eval"], *eval_limit, *note]))
 
 

@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from smolhub_hub.config import DataConfig
+from smolhub_hub.config import DataConfig, check_ranges
 from smolhub_hub.data.sources import SourceStats, iter_documents, local_files
 from smolhub_hub.data.tokenizer import load_tokenizer, tokenizer_fingerprint, train_bpe, vocab_size_of
 from smolhub_hub.errors import UserError
@@ -83,8 +83,7 @@ def cache_path(cfg: DataConfig, tokenizer=None) -> Path:
 def prepare_data(cfg: DataConfig, rank: int = 0, barrier=None, tokenizer=None) -> PackedData:
     """Build (on rank 0) or reuse the packed files for `cfg`; every rank then maps them. `tokenizer`: the
     one to use instead of `cfg.tokenizer` (a resumed run keeps its own)."""
-    if not 0.0 < cfg.val_fraction < 0.5:
-        raise UserError(f"--val-fraction must be in (0, 0.5) (got {cfg.val_fraction})")
+    check_ranges(cfg)
     out = cache_path(cfg, tokenizer)
     if rank == 0 and not (out / "meta.json").exists():
         _build(cfg, out, tokenizer)

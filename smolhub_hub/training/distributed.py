@@ -30,6 +30,13 @@ class DistInfo:
         if self.enabled:
             dist.barrier()
 
+    def all_true(self, flag: torch.Tensor) -> bool:
+        """A 0-dim bool tensor that must hold on every rank: False on one rank is False on all of them."""
+        if self.enabled:
+            flag = flag.to(torch.int32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag)
+
     def mean(self, t: torch.Tensor) -> torch.Tensor:
         if self.enabled:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)

@@ -11,7 +11,6 @@ can be checked is checked before the first step, and one trainer at a time owns 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import shutil
@@ -25,7 +24,8 @@ import torch
 
 from smolhub_hub import checkpoint as ckpt_io
 from smolhub_hub.config import (DERIVED_MODEL_FIELDS, INVOCATION_FIELDS, DataConfig, ModelFamily, TrainConfig,
-                                architecture_fields, check_flags_act, describe, differences, flag, training_settings)
+                                architecture_fields, check_flags_act, check_ranges, describe, differences, flag,
+                                training_settings)
 from smolhub_hub.data.packed import PackedData, cached_data, prepare_data, window_starts, windows_to_batch
 from smolhub_hub.data.tokenizer import check_fingerprint, load_tokenizer, tokenizer_fingerprint
 from smolhub_hub.errors import UserError
@@ -67,12 +67,11 @@ class Trainer:
             # the source's own tokenizer: no BPE is trained
             dcfg = dcfg.replace(tokenizer=str(self.init_source.path))
         self.family, self.tcfg, self.dcfg = family, tcfg, dcfg
-        _check_model_config(mcfg)
-        _check_train_config(tcfg)
+        _check_flag_values(mcfg, tcfg, dcfg)
         check_flags_act(tcfg, dcfg, self.explicit)
         self.dist = distributed.setup(tcfg.device)
         self.device = self.dist.device
-        self.run_dir = run_dir_of(family, tcfg, preset)
+        self.run_dir, self.preset = run_dir_of(family, tcfg, preset), preset
         self.state = RunState()
         self._stop_signal = None
         self._saved_step = -1
@@ -97,7 +96,9 @@ class Trainer:
             self._load(resume_from)
         elif tcfg.overwrite:
             self._clear_previous_run()  # only now that every check has passed
-        self.metrics = MetricsLog(self.run_dir, self.state.step if resume_from else None, self._wandb())
+        self.metrics = None  # rank 0 alone writes metrics.csv: another rank would rewrite it under rank 0's rows
+        if self.dist.is_main:
+            self.metrics = MetricsLog(self.run_dir, self.state.step if resume_from else None, self._wandb())
 
     # --- setup ---------------------------------------------------------------------------------------
     def _check_run_dir(self) -> Path | None:
@@ -122,6 +123,10 @@ class Trainer:
         if saved["family"] != self.family.name:
             raise UserError(f"{self.resume_from} is a {saved['family']} checkpoint, not {self.family.name}; "
                             f"resume it with {saved['family']}/trainer.py")
+        self.preset = saved.get("preset", self.preset)  # absent in checkpoints written before it was recorded
+        if self.explicit.get("preset", self.preset) != self.preset:
+            raise UserError(f"--resume: --preset {self.explicit['preset']} differs from the run's preset "
+                            f"{self.preset}; drop --preset (the run continues with its own settings)")
         arch = [n for n in architecture_fields(self.family.model_config) if n not in DERIVED_MODEL_FIELDS]
         diffs = differences(self._saved_model_config(saved), mcfg, arch)
         diffs |= differences(DataConfig.from_dict(saved["data"]), self.dcfg,
@@ -295,10 +300,11 @@ class Trainer:
 
     # --- checkpoints ---------------------------------------------------------------------------------
     def _config_dict(self) -> dict:
-        return {"family": self.family.name, "model": self.mcfg.to_dict(), "train": self.tcfg.to_dict(),
-                "data": self.dcfg.to_dict(), "data_fingerprint": self.data.meta.get("fingerprint"),
-                "wandb_run_id": self.wandb_id, "step": self.state.step, "tokens_seen": self.state.tokens,
-                "val_loss": self.state.last_val_loss, "param_counts": self.raw_model.param_counts()}
+        return {"family": self.family.name, "preset": self.preset, "model": self.mcfg.to_dict(),
+                "train": self.tcfg.to_dict(), "data": self.dcfg.to_dict(),
+                "data_fingerprint": self.data.meta.get("fingerprint"), "wandb_run_id": self.wandb_id,
+                "step": self.state.step, "tokens_seen": self.state.tokens, "val_loss": self.state.last_val_loss,
+                "param_counts": self.raw_model.param_counts()}
 
     def save(self):
         if self.state.step == self._saved_step:
@@ -433,8 +439,8 @@ class Trainer:
         clip = self.tcfg.grad_clip if self.tcfg.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
         # One host sync per step: a non-finite loss or gradient skips the update instead of
-        # poisoning the weights.
-        finite = bool(torch.isfinite(norm) & torch.isfinite(lm_sum))
+        # poisoning the weights, on every rank together (each rank's loss is its own).
+        finite = self.dist.all_true(torch.isfinite(norm) & torch.isfinite(lm_sum))
         if finite:
             for opt in self.optimizers:
                 (self.scaler.step(opt) if self.scaler else opt.step())
@@ -618,36 +624,12 @@ def _routing_stats(model) -> dict[str, float]:
     return fn() if fn is not None else {}
 
 
-def _check_train_config(t: TrainConfig):
+def _check_flag_values(mcfg, tcfg: TrainConfig, dcfg: DataConfig):
     """Values argparse accepts but no run can use: one clear line instead of a crash deep inside."""
-    at_least = {"max_steps": 1, "batch_size": 1, "eval_batches": 1, "log_interval": 1, "eval_interval": 1,
-                "save_interval": 1, "keep_last": 1, "max_bad_steps": 1, "seq_len": 0, "total_batch_tokens": 0,
-                "warmup_steps": 0, "seq_len_warmup": 0, "lr_restarts": 0, "sample_interval": 0}
-    for name, low in at_least.items():
-        if getattr(t, name) < low:
-            raise UserError(f"--{name.replace('_', '-')} must be >= {low} (got {getattr(t, name)})")
-    for name in ("lr", "min_lr", "grad_clip", "weight_decay"):
-        value = getattr(t, name)
-        if not (math.isfinite(value) and value >= 0) or (name == "lr" and value == 0):
-            raise UserError(f"--{name.replace('_', '-')} must be a finite number {'> 0' if name == 'lr' else '>= 0'} "
-                            f"(got {value})")
-    for name in ("beta1", "beta2"):
-        if not 0 <= getattr(t, name) < 1:
-            raise UserError(f"--{name} is a moving-average decay and must be in [0, 1) (got {getattr(t, name)})")
-    if t.resume and t.overwrite:
+    for config in (mcfg, tcfg, dcfg):
+        check_ranges(config)
+    if tcfg.resume and tcfg.overwrite:
         raise UserError("--resume continues the run in --out-dir and --overwrite replaces it; give one of them")
-
-
-def _check_model_config(mcfg):
-    """Model sizes and rates no model can use, named before anything is built. A number may be 0 only where its
-    declaration says so (a default of 0, or "0 = ..." in its help); none may be negative or non-finite."""
-    for f in dataclasses.fields(mcfg):
-        value = getattr(mcfg, f.name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        zero_ok = f.default == 0 or "0 =" in f.metadata.get("help", "")
-        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
-            raise UserError(f"--{f.name.replace('_', '-')} must be {'>= 0' if zero_ok else '> 0'} (got {value})")
 
 
 def run_dir_of(family: ModelFamily, tcfg: TrainConfig, preset: str) -> Path:

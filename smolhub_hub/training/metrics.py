@@ -80,14 +80,18 @@ def read_metrics(path: Path) -> list[dict]:
     """The complete rows of a metrics.csv; a row cut short by a kill in the middle of a write is dropped.
 
     The one reader of metrics.csv: training (resume, plots), `smolhub compare` and `smolhub push` use it."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        header = ",".join(reader.fieldnames or [])
-        if header != ",".join(FIELDS):
-            if ",".join(FIELDS).startswith(header):  # empty, or the header itself was cut short
-                return []
-            raise UserError(f"{path} is not a SmolHub metrics file (columns {header}; expected {','.join(FIELDS)})")
-        return [r for r in reader if _complete(r)]
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = ",".join(reader.fieldnames or [])
+            if header != ",".join(FIELDS):
+                if ",".join(FIELDS).startswith(header):  # empty, or the header itself was cut short
+                    return []
+                raise UserError(f"{path} is not a SmolHub metrics file (columns {header}; expected "
+                                f"{','.join(FIELDS)})")
+            return [r for r in reader if _complete(r)]
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a SmolHub metrics file (not UTF-8 text)") from None
 
 
 def _complete(row: dict) -> bool:

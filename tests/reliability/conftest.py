@@ -152,6 +152,20 @@ def assert_same_weights(a: Path, b: Path):
         assert torch.equal(wa[k], wb[k]), k
 
 
+GOOD_RUN_STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory):
+    """A finished StoryLlama run of GOOD_RUN_STEPS steps; tests copy it before damaging it."""
+    from smolhub_hub.training import main
+    from StoryLlama.config import FAMILY
+
+    out = tmp_path_factory.mktemp("good") / "run"
+    main(FAMILY, run_args("StoryLlama", out, GOOD_RUN_STEPS))
+    return out
+
+
 @pytest.fixture(scope="session", autouse=True)
 def packed_data(_smolhub_cache):
     """Build the tiny corpus once, before any test starts two trainers that would both build it."""

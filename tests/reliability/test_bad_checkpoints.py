@@ -20,17 +20,10 @@ from smolhub_hub.training import main
 from SmolMixtral.config import FAMILY as MIXTRAL
 from StoryLlama.config import FAMILY
 from tests.core.test_data import CACHE_DAMAGE
-from tests.reliability.conftest import run_args
+from tests.reliability.conftest import GOOD_RUN_STEPS, run_args
 
-STEPS = 3
+STEPS = GOOD_RUN_STEPS
 CKPT = f"step_{STEPS:07d}"
-
-
-@pytest.fixture(scope="module")
-def good_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("good") / "run"
-    main(FAMILY, run_args("StoryLlama", out, STEPS))
-    return out
 
 
 def _edit_json(name, change):
@@ -82,8 +75,13 @@ DAMAGE = {  # what is done to the checkpoint -> what the message says; loading w
     "binary config": (lambda c: (c / "config.json").write_bytes(os.urandom(64)), "corrupt"),
     "config without a model": (_edit_json("config.json", lambda d: {**d, "model": 5}), "corrupt (no model section)"),
     "config with a wrong type": (_edit_section("model", dim="x"), "corrupt (dim = 'x')"),
-    "config with a zero size": (_edit_section("model", dim=0), "corrupt (dim = 0)"),
-    "config with a negative size": (_edit_section("model", n_layers=-2), "corrupt (n_layers = -2)"),
+    "config with a zero size": (_edit_section("model", dim=0), "corrupt (dim = 0, must be >= 1)"),
+    "config with no heads": (_edit_section("model", n_heads=0), "corrupt (n_heads = 0, must be >= 1)"),
+    "config with a negative size": (_edit_section("model", n_layers=-2), "corrupt (n_layers = -2, must be >= 1)"),
+    "config with a rate outside its range": (_edit_section("model", dropout=1.5),
+                                             "corrupt (dropout = 1.5, must be >= 0 and < 1)"),
+    "config with a non-finite number": (_edit_section("model", rope_base=float("nan")),
+                                        "corrupt (rope_base = nan, must be > 0)"),
     "config with sizes that do not fit together": (_edit_section("model", n_kv_heads=3),
                                                    "must be a multiple of n_kv_heads (3)"),
     "config recording another tokenizer": (_edit_json("config.json", lambda d: {**d, TOKENIZER_KEY: "0" * 64}),
@@ -103,6 +101,8 @@ STATE_DAMAGE = {  # damage only --resume reads
     "config without a train section": (_drop_section("train"), "corrupt (no train section)"),
     "config without a data section": (_drop_section("data"), "corrupt (no data section)"),
     "config with a training setting of a wrong type": (_edit_section("train", lr="fast"), "corrupt (lr = 'fast')"),
+    "config with a training setting outside its range": (_edit_section("train", batch_size=0),
+                                                          "corrupt (batch_size = 0, must be >= 1)"),
 }
 
 TOKENIZER_DAMAGE = {  # damage only loading the model reads (a run's tokenizer comes from its data cache)

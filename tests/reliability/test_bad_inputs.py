@@ -141,10 +141,14 @@ def test_random_bytes_as_a_dataset(data):
 
 # Each of these used to train first and then fail (or crash with a traceback at once): now one line, before step 1.
 UP_FRONT = {  # case: (flags, what the error line says)
-    "beta1 above 1": (["--beta1", "1.5"], "--beta1 is a moving-average decay and must be in [0, 1) (got 1.5)"),
-    "beta2 of 1": (["--beta2", "1"], "--beta2 is a moving-average decay and must be in [0, 1) (got 1.0)"),
-    "context of 0": (["--max-seq-len", "0"], "--max-seq-len must be > 0 (got 0)"),
-    "no heads": (["--n-heads", "0"], "--n-heads must be > 0 (got 0)"),
+    "beta1 above 1": (["--beta1", "1.5"], "--beta1 must be >= 0 and < 1 (got 1.5)"),
+    "beta2 of 1": (["--beta2", "1"], "--beta2 must be >= 0 and < 1 (got 1.0)"),
+    "context of 0": (["--max-seq-len", "0"], "--max-seq-len must be >= 1 (got 0)"),
+    "no heads": (["--n-heads", "0"], "--n-heads must be >= 1 (got 0)"),
+    "no layers": (["--n-layers", "0"], "--n-layers must be >= 1 (got 0)"),
+    "dropout above 1": (["--dropout", "1.5"], "--dropout must be >= 0 and < 1 (got 1.5)"),
+    "infinite learning rate": (["--lr", "inf"], "--lr must be > 0 (got inf)"),
+    "held-out share of a half": (["--val-fraction", "0.5"], "--val-fraction must be > 0 and < 0.5 (got 0.5)"),
     "unknown device": (["--device", "tpu"], "--device 'tpu' is not a device; use auto, cpu, cuda, cuda:N or mps"),
     "no Apple GPU": (["--device", "mps"], "--device mps asked for, but this machine has no Apple GPU (MPS)"),
     "empty prompt": (["--sample-prompt="], "--sample-prompt is empty"),
