@@ -10,13 +10,17 @@ static-cache decoding rows.
     OMP_NUM_THREADS=1 python bench/run.py                               # CPU sizes, a few minutes on 2 cores
     python bench/run.py --only storyllama,mixtral --json /tmp/bench.json
     python bench/run.py --device cuda --json bench/results-cuda.json    # default configs, bf16
+    OMP_NUM_THREADS=1 python bench/run.py --real   # SmolLM2-135M (real weights) in StoryLlama vs transformers, CPU
+    python bench/run.py --real --new-tokens 32 --gen-batches 1 --skip bf16   # any flag of bench/bench_real.py
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
+import functools
 import gc
 import importlib
 import json
@@ -33,8 +37,9 @@ import torch.nn.functional as F
 BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH)
 sys.path.insert(0, os.path.dirname(BENCH))
-from flops import matmul_params, mfu, peak_flops, train_flops_per_token  # noqa: E402
+from flops import mfu, peak_flops, train_flops_per_token  # noqa: E402
 from harness import interleaved_seconds, markdown_table, print_table  # noqa: E402
+from limits import annotate, apply_limits, best_of, measure  # noqa: E402
 
 from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
 
@@ -90,7 +95,7 @@ FAMILIES = {
 OTHER = ("data", "loss")  # bench_data.py, bench_loss.py: no transformers twin, rows of their own
 
 COLUMNS = ["family", "config", "benchmark", "smolhub", "transformers", "loop", "plain", "ratio", "step ms",
-           "HF step ms", "MFU %", "HF MFU %", "peak MB", "HF peak MB", "note"]
+           "HF step ms", "MFU %", "HF MFU %", "roofline %", "HF roofline %", "peak MB", "HF peak MB", "note"]
 
 
 def parse_args(argv=None):
@@ -101,10 +106,17 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1 by default: on a shared, loaded 2-core machine 2 threads "
                         "contend with other processes and time 10-20x worse)")
+    p.add_argument("--real", action="store_true",
+                   help="instead of the families' small sizes: SmolLM2-135M imported into StoryLlama vs transformers "
+                        "(bench/bench_real.py; generation B=1/8 fp32/bf16/int8, training fp32/bf16; ~8 min, CPU)")
     p.add_argument("--repeats", type=int, default=0, help="override every module's repeats (0 = its size's default)")
     p.add_argument("--json", default="", help="write {meta, rows} here")
     p.add_argument("--markdown", default="", help="also write the table as markdown here")
-    return p.parse_args(argv)
+    args, real_argv = p.parse_known_args(argv)
+    if real_argv and not args.real:
+        p.error(f"unrecognized arguments: {' '.join(real_argv)}")
+    args.real_argv = real_argv  # with --real, bench_real.py's own flags (--new-tokens, --gen-batches, --skip, ...)
+    return args
 
 
 # --- rows from a family module ------------------------------------------------------------------
@@ -130,7 +142,7 @@ def autocast(device: str, dtype: str):
     return contextlib.nullcontext()
 
 
-def run_family(key: str, args, peak: float) -> list[dict]:
+def run_family(key: str, args) -> list[dict]:
     fam = FAMILIES[key]
     mod = importlib.import_module(fam.module)
     argv = module_argv(fam, args)
@@ -138,27 +150,21 @@ def run_family(key: str, args, peak: float) -> list[dict]:
     rows = mod.main(argv)
     margs = mod.parse_args(argv)
     dtype = getattr(margs, "dtype", "float32")
+    peak = peak_flops(args.device, dtype)[0] if args.device == "cuda" else None  # for the CUDA-only rows
     ours, theirs = fam.build(mod, margs)
     fpt = train_flops_per_token(ours, margs.seq_len)
     config = describe(ours)
-    out = []
-    for r in rows:
-        row = {"family": fam.name, "config": config, **r}
-        if r["benchmark"].startswith("train tok/s"):
-            tokens = margs.batch_size * margs.seq_len
-            row.update({"step ms": 1e3 * tokens / r["smolhub"], "HF step ms": 1e3 * tokens / r["transformers"],
-                        "MFU %": 100 * mfu(r["smolhub"], fpt, peak),
-                        "HF MFU %": 100 * mfu(r["transformers"], fpt, peak),
-                        "flops/token": fpt, "matmul params": matmul_params(ours)})
-        out.append(row)
+    out = [annotate({"family": fam.name, "config": config, **r}, ours, margs.batch_size * margs.seq_len,
+                    margs.seq_len, dtype) for r in rows]
     prompt = torch.randint(0, ours.config.vocab_size, (1, PROMPT), generator=torch.Generator().manual_seed(0))
     prompt = prompt.to(args.device)
     for b in (1, 8):
         if b not in fam.gen_batches:
             g = generation_tok_s(ours, theirs, prompt.repeat(b, 1), margs, dtype)
-            out.append({"family": fam.name, "config": config,
-                        "benchmark": f"greedy generate tok/s (B={b}, prompt {PROMPT}, {NEW} new) [run.py]",
-                        "smolhub": g["ours"], "transformers": g["hf"], "ratio": g["ours"] / g["hf"]})
+            row = {"family": fam.name, "config": config,
+                   "benchmark": f"greedy generate tok/s (B={b}, prompt {PROMPT}, {NEW} new) [run.py]",
+                   "smolhub": g["ours"], "transformers": g["hf"], "ratio": g["ours"] / g["hf"]}
+            out.append(annotate(row, ours, 0, margs.seq_len, dtype))
     if args.device == "cuda":
         out += cuda_rows(fam, mod, ours, theirs, margs, dtype, fpt, peak, config)
     del ours, theirs
@@ -336,18 +342,31 @@ def main(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here; run with --device cpu")
     dtype = "bfloat16" if args.device == "cuda" else "float32"
-    peak, peak_src = peak_flops(args.device, dtype)
+    limits = measure() if args.device == "cpu" else None
+    peak, peak_src = (limits.fp32_flops, limits.describe()) if limits else peak_flops(args.device, dtype)
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(args.device),
             "command": "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "torch": torch.__version__, "transformers": importlib.import_module("transformers").__version__,
             "threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-            "peak_flops": peak, "peak_source": peak_src}
+            "peak_flops": peak, "peak_source": peak_src, "limits": limits and dataclasses.asdict(limits)}
     print(json.dumps(meta, indent=1), flush=True)
-    rows = []
-    for key in chosen:
-        rows += run_family(key, args, peak) if key in FAMILIES else run_other(key, args)
-    print(f"\nSmolHub vs transformers, same config, same run; device {meta['machine']}; peak {peak / 1e9:.1f} "
-          f"GFLOP/s ({peak_src})")
+    if args.real:
+        repeats = ["--repeats", str(args.repeats)] if args.repeats else []
+        rows = importlib.import_module("bench_real").main([*repeats, *args.real_argv])
+    else:
+        rows = []
+        for key in chosen:
+            rows += run_family(key, args) if key in FAMILIES else run_other(key, args)
+    if limits:
+        limits = best_of(limits, measure())  # measured before and after the rows: load only ever lowers them
+        meta["limits"], meta["peak_flops"] = dataclasses.asdict(limits), limits.fp32_flops
+        apply_limits(rows, limits.matmul_peak, limits.read_bytes_per_s)
+    else:
+        apply_limits(rows, functools.cache(lambda d: peak_flops(args.device, d)[0]), None)
+    print(f"\nSmolHub vs transformers, same config, same run; device {meta['machine']}; "
+          + (limits.describe() if limits else f"peak {peak / 1e9:.1f} GFLOP/s ({peak_src})"))
+    print("MFU %: model FLOPs/s over the matmul peak of the row's dtype; roofline %: weight bytes read per "
+          "second in batch-1 decoding over the memory read bandwidth (limits: best of before and after the rows)")
     print_table(rows, [c for c in COLUMNS if any(r.get(c) is not None for r in rows)])
     if args.json:
         with open(args.json, "w") as f:

@@ -236,15 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["text", "markdown", "csv"], default="text", help="table format")
     s.set_defaults(fn=cmd_compare)
 
-    s = sub.add_parser("quantize", help="int8 weights with torchao; reports size, speed, loss and greedy-text change")
+    s = sub.add_parser("quantize", help="int8 weights for CPU inference; reports size, speed, loss and greedy text")
     s.add_argument("checkpoint", help="checkpoint folder, run folder, or Hub repo id")
     s.add_argument("out_dir", help="new or empty folder for the quantized model")
     s.add_argument("--no-eval", action="store_true", help="skip the held-out loss (needs the training data)")
     s.add_argument("--eval-batches", type=int, default=10, help="held-out batches for the loss comparison")
     s.add_argument("--batch-size", type=int, default=8, help="sequences per held-out batch")
     s.add_argument("--bench-tokens", type=int, default=64, help="new tokens per speed measurement")
-    s.add_argument("--scheme", choices=["weight-only", "dynamic"], default="weight-only",
-                   help="weight-only: int8 weights, fp32 activations; dynamic: activations to int8 per token too")
+    s.add_argument("--scheme", choices=["int8", "weight-only", "dynamic"], default="int8",
+                   help="int8: int8 weights x bf16 activations in torch's CPU kernel (fastest); torchao's "
+                        "weight-only (fp32 activations) or dynamic (activations to int8 per token too)")
     s.set_defaults(fn=cmd_quantize)
     return p
 

@@ -123,7 +123,8 @@ class TrainConfig(ConfigMixin):
     keep_last: int = opt(2, "checkpoints to keep", min=1)
     seed: int = opt(1337, "random seed", min=0)
     device: str = opt("auto", "cpu, cuda, cuda:N or auto")
-    dtype: str = opt("auto", "auto (bf16 on GPUs that have it, else fp16; fp32 on CPU), bfloat16, float16, float32",
+    dtype: str = opt("auto", "auto (bf16 on GPUs that have it, else fp16; on CPU bf16 autocast where it multiplies "
+                     "bf16 natively (AMX / AVX512-BF16), else fp32), bfloat16, float16, float32",
                      choices=["auto", "bfloat16", "float16", "float32"])
     compile: str = opt("auto", "torch.compile: auto (on for CUDA), on, off", choices=["auto", "on", "off"])
     grad_checkpointing: bool = opt(False, "activation checkpointing (less memory, ~30% more compute)")

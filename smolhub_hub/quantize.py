@@ -1,17 +1,22 @@
-"""`smolhub quantize`: int8 weights for CPU inference with torchao, measured before and after.
+"""`smolhub quantize`: int8 weights for CPU inference, measured before and after.
 
-torchao's `quantize_` swaps the weight of every `nn.Linear` (attention, MLP, shared experts, the output head)
-for an int8 tensor with one scale per output row. Two schemes (`--scheme`):
+Every `nn.Linear` (attention, MLP, shared experts, the output head) gets int8 weights with one scale per output
+row. Three schemes (`--scheme`):
 
-  weight-only   `Int8WeightOnlyConfig`: activations stay fp32; the int8 weights are widened inside each matmul.
-  dynamic       `Int8DynamicActivationInt8WeightConfig`: activations are also rounded to int8, per token and
-                call, and multiplied as int8.
+  int8          (default) SmolHub's `Int8Linear`: torch's own CPU kernel `torch._weight_int8pack_mm` multiplies
+                bf16 activations by the int8 rows and applies the scales, reading a quarter of fp32's bytes, so
+                memory-bound batch-1 decoding runs faster (numbers in bench/REAL_SIZE.md). Needs no torchao.
+  weight-only   torchao's `Int8WeightOnlyConfig`: activations stay fp32; the int8 weights are widened inside
+                each matmul (no faster than fp32 on a CPU: kept for folders it wrote and for comparison).
+  dynamic       torchao's `Int8DynamicActivationInt8WeightConfig`: activations are also rounded to int8, per
+                token and call, and multiplied as int8.
 
 Embeddings, norms, grouped MoE experts (3-D parameters, not `nn.Linear`) and StoryKimi's `wkv_b` stay fp32.
 The folder written is safetensors + JSON, loaded without pickle:
 
     OUT/config.json                 the source checkpoint's config plus a "quantization" block
-    OUT/model.int8.safetensors      torchao's flattened int8 tensors (and its metadata) plus the fp32 rest
+    OUT/model.int8.safetensors      int8 weights and their scales (torchao's flattened tensors for its schemes),
+                                    plus the fp32 rest
     OUT/tokenizer files, OUT/quantization_report.json
 
 Load it with `load_model(OUT)` / `load_quantized(OUT)` or `smolhub generate OUT`.
@@ -22,10 +27,11 @@ every family, GPT-2-style SmolTransformers included). transformers 5 reads torch
 `AutoModelForCausalLM.from_pretrained(export_dir, quantization_config=TorchAoConfig(Int8WeightOnlyConfig()))`,
 then `save_pretrained` (GPT-2's Conv1D layers are not `nn.Linear` and stay fp32 there).
 
-Speed: torchao 0.18 ships no int8 CPU kernel for these schemes (its compiled extensions are CUDA-only), so
-on CPU the weight-only scheme widens the weights on every call and decodes slower than fp32 — it saves 4x
-memory and disk, not time (numbers in docs/smolhub_cli.md). Folders written by older SmolHub versions
-(format "smolhub-int8-1", PyTorch's deprecated `torch.ao` int8 layers) are refused with the fix: quantize again.
+Speed: torchao 0.18 ships no int8 CPU kernel for its schemes (its compiled extensions are CUDA-only), so on
+CPU its weight-only scheme widens the weights on every call and decodes slower than fp32 — it saves 4x memory
+and disk, not time (numbers in docs/smolhub_cli.md); the `int8` scheme saves both. Folders written by older
+SmolHub versions (format "smolhub-int8-1", PyTorch's deprecated `torch.ao` int8 layers) are refused with the fix:
+quantize again.
 """
 
 from __future__ import annotations
@@ -43,10 +49,12 @@ from smolhub_hub.errors import UserError
 from smolhub_hub.extras import require
 
 FORMAT = "smolhub-torchao-int8-1"
+INT8_FORMAT = "smolhub-int8pack-1"  # the `int8` scheme: Int8Linear's weight (int8) and scales (bf16) per module
 SAFETENSORS_SUPPORT = "torchao.prototype.safetensors.safetensors_support"  # torchao tensors <-> safetensors
 WEIGHTS = "model.int8.safetensors"
 REPORT = "quantization_report.json"
-SCHEMES = {"weight-only": "Int8WeightOnlyConfig", "dynamic": "Int8DynamicActivationInt8WeightConfig"}
+INT8 = "int8"
+SCHEMES = {"weight-only": "Int8WeightOnlyConfig", "dynamic": "Int8DynamicActivationInt8WeightConfig"}  # torchao's
 # Linear layers whose weight the model also reads as a matrix, outside the layer's own call: they stay fp32.
 # StoryKimi's latent attention folds wkv_b into the query when it decodes with the KV cache.
 READ_AS_MATRIX = ("attn.wkv_b",)
@@ -58,15 +66,68 @@ def _torchao():
 
 def torchao_config(scheme: str):
     if scheme not in SCHEMES:
-        raise UserError(f"--scheme {scheme}: choose one of {', '.join(SCHEMES)}")
+        raise UserError(f"--scheme {scheme}: choose one of {', '.join([INT8, *SCHEMES])}")
     return getattr(_torchao(), SCHEMES[scheme])()
 
 
+class Int8Linear(nn.Module):
+    """A linear layer with int8 weights and one bf16 scale per output row (symmetric, max |w| -> 127).
+
+    `torch._weight_int8pack_mm` (torch's CPU kernel) multiplies bf16 activations by the int8 rows and applies
+    the scales; the result goes back to the input's dtype, so the rest of the model runs as before. The kernel
+    needs the input width to be a multiple of 16; other widths multiply the widened weights instead.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scales", torch.ones(out_features, dtype=torch.bfloat16))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+        q = cls(linear.in_features, linear.out_features, linear.bias is not None)
+        w = linear.weight.detach().float().cpu()
+        q.scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).to(torch.bfloat16)
+        q.weight = (w / q.scales.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
+        if linear.bias is not None:
+            q.bias = linear.bias.detach().float().cpu()
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        if self.in_features % 16 == 0:
+            y = torch._weight_int8pack_mm(flat, self.weight, self.scales)
+        else:
+            y = flat @ (self.weight.to(torch.bfloat16) * self.scales[:, None]).T
+        y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
+
+def _linear_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith(READ_AS_MATRIX)]
+
+
+def _swap_int8(model: nn.Module, names: list[str], convert: bool):
+    """Replace each named nn.Linear with an Int8Linear: quantized from it, or empty (to load weights into)."""
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        linear = model.get_submodule(name)
+        new = Int8Linear.from_linear(linear) if convert else Int8Linear(linear.in_features, linear.out_features,
+                                                                         linear.bias is not None)
+        setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
 # --- quantize / save / load ------------------------------------------------------------------------
-def quantize_model(model: nn.Module, scheme: str = "weight-only") -> list[str]:
-    """Quantize every nn.Linear in place with torchao; returns the quantized module names."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith(READ_AS_MATRIX)]
-    _torchao().quantize_(model, torchao_config(scheme), filter_fn=lambda module, name: name in names)
+def quantize_model(model: nn.Module, scheme: str = INT8) -> list[str]:
+    """Quantize every nn.Linear in place (SmolHub's Int8Linear, or torchao); returns the quantized module names."""
+    names = _linear_names(model)
+    if scheme == INT8:
+        _swap_int8(model, names, convert=True)
+    else:
+        _torchao().quantize_(model, torchao_config(scheme), filter_fn=lambda module, name: name in names)
     return names
 
 
@@ -77,21 +138,22 @@ def is_quantized(path: str | Path) -> bool:
 def _read_config(path: Path) -> dict:
     cfg = json.loads((path / "config.json").read_text())
     fmt = cfg.get("quantization", {}).get("format")
-    if fmt != FORMAT:
+    if fmt not in (FORMAT, INT8_FORMAT):
         raise UserError(f"{path} was quantized by an older SmolHub (format {fmt!r}, PyTorch's deprecated int8 "
                         "layers); quantize the checkpoint again with `smolhub quantize`")
     return cfg
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+def _read_weights(path: Path, torchao: bool) -> dict[str, torch.Tensor]:
     from safetensors import safe_open
 
-    unflatten_tensor_state_dict = require(SAFETENSORS_SUPPORT, "reading a quantized folder").unflatten_tensor_state_dict
-
+    support = require(SAFETENSORS_SUPPORT, "reading a quantized folder") if torchao else None
     try:
         with safe_open(path / WEIGHTS, "pt") as f:
             tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
-        state, leftover = unflatten_tensor_state_dict(tensors, metadata)
+        if support is None:
+            return tensors
+        state, leftover = support.unflatten_tensor_state_dict(tensors, metadata)
     except Exception as e:  # truncated or corrupt file
         raise UserError(f"{path / WEIGHTS} cannot be read ({type(e).__name__}: {str(e)[:120]}); "
                         "quantize the checkpoint again") from None
@@ -110,15 +172,7 @@ def load_quantized(path: str | Path):
     cfg = _read_config(path)
     fam = get_family(cfg["family"])
     model = fam.model_class()(fam.model_config.from_dict(cfg["model"]))
-    state = _read_weights(path)
-    int8 = {name: state.pop(f"{name}.weight", None) for name in cfg["quantization"]["modules"]}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k.removesuffix(".weight") not in int8 and not ckpt_io._is_tied_alias(model, k)]
-    if missing or unexpected or any(w is None for w in int8.values()):
-        raise UserError(f"{path / WEIGHTS} does not fit its config (missing {missing[:3]}, unexpected "
-                        f"{unexpected[:3]}); quantize the checkpoint again with `smolhub quantize`")
-    for name, weight in int8.items():  # a head tied to the embedding is untied here, as when it was quantized
-        model.get_submodule(name).weight = nn.Parameter(weight, requires_grad=False)
+    _load_weights(model, path, cfg["quantization"])
     model.eval()
     model.tokenizer = load_tokenizer(str(path))
     check_fingerprint(model.tokenizer, cfg.get(ckpt_io.TOKENIZER_KEY), str(path),
@@ -127,18 +181,37 @@ def load_quantized(path: str | Path):
     return model
 
 
+def _load_weights(model: nn.Module, path: Path, quant: dict):
+    from smolhub_hub import checkpoint as ckpt_io
+
+    torchao = quant["format"] == FORMAT
+    if not torchao:  # Int8Linear modules, whose buffers the state dict fills
+        _swap_int8(model, quant["modules"], convert=False)
+    state = _read_weights(path, torchao)
+    int8 = {name: state.pop(f"{name}.weight", None) for name in quant["modules"]} if torchao else {}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k.removesuffix(".weight") not in int8 and not ckpt_io._is_tied_alias(model, k)]
+    if missing or unexpected or any(w is None for w in int8.values()):
+        raise UserError(f"{path / WEIGHTS} does not fit its config (missing {missing[:3]}, unexpected "
+                        f"{unexpected[:3]}); quantize the checkpoint again with `smolhub quantize`")
+    for name, weight in int8.items():  # a head tied to the embedding is untied here, as when it was quantized
+        model.get_submodule(name).weight = nn.Parameter(weight, requires_grad=False)
+
+
 def _save(model, cfg: dict, quant: dict, folder: Path):
     from safetensors.torch import save_file
-
-    flatten_tensor_state_dict = require(SAFETENSORS_SUPPORT, "smolhub quantize").flatten_tensor_state_dict
 
     from smolhub_hub import checkpoint as ckpt_io
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     plain = ckpt_io._untie({k: v for k, v in state.items() if type(v) is torch.Tensor})  # a tied matrix once
-    int8 = {k: v for k, v in state.items() if type(v) is not torch.Tensor}
-    tensors, metadata = flatten_tensor_state_dict({**plain, **int8})
-    save_file(tensors, folder / WEIGHTS, metadata=metadata)
+    if quant["format"] == INT8_FORMAT:
+        save_file(plain, folder / WEIGHTS, metadata={"format": INT8_FORMAT})
+    else:
+        flatten_tensor_state_dict = require(SAFETENSORS_SUPPORT, "smolhub quantize").flatten_tensor_state_dict
+        int8 = {k: v for k, v in state.items() if type(v) is not torch.Tensor}
+        tensors, metadata = flatten_tensor_state_dict({**plain, **int8})
+        save_file(tensors, folder / WEIGHTS, metadata=metadata)
     (folder / "config.json").write_text(json.dumps({**cfg, "quantization": quant}, indent=2))
     model.tokenizer.save_pretrained(folder)
 
@@ -188,17 +261,23 @@ def _measure(model, cfg: dict, weights: Path, prompt: str, evaluate: bool, eval_
     return out
 
 
-def quantize_checkpoint(checkpoint: str, out: str | Path, evaluate: bool = True, eval_batches: int = 10,
-                        batch_size: int = 8, bench_tokens: int = 64, scheme: str = "weight-only") -> dict:
-    """Write OUT (must be new or empty) and return the before/after report."""
-    torchao = require("torchao", "smolhub quantize")
+def _library(scheme: str) -> tuple[str, str, str]:
+    """(format, library, config) of a scheme; an unknown scheme or a missing torchao fails before any work."""
+    if scheme == INT8:
+        return INT8_FORMAT, f"torch {torch.__version__} (_weight_int8pack_mm)", "Int8Linear"
+    torchao_config(scheme)
+    return FORMAT, f"torchao {require('torchao', 'smolhub quantize').__version__}", SCHEMES[scheme]
 
+
+def quantize_checkpoint(checkpoint: str, out: str | Path, evaluate: bool = True, eval_batches: int = 10,
+                        batch_size: int = 8, bench_tokens: int = 64, scheme: str = INT8) -> dict:
+    """Write OUT (must be new or empty) and return the before/after report."""
     from smolhub_hub.hf_folder import ensure_empty
     from smolhub_hub.inference import load_model
 
     out = Path(out)
     ensure_empty(out)
-    torchao_config(scheme)  # an unknown scheme or a missing torchao fails before any work
+    fmt, library, config = _library(scheme)
     model = load_model(checkpoint, device="cpu")
     ckpt, cfg = model.checkpoint_path, model.checkpoint_config
     prompt = cfg.get("train", {}).get("sample_prompt") or "Once upon a time"
@@ -211,8 +290,8 @@ def quantize_checkpoint(checkpoint: str, out: str | Path, evaluate: bool = True,
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    quant = {"format": FORMAT, "library": f"torchao {torchao.__version__}", "scheme": scheme,
-             "config": SCHEMES[scheme], "modules": names, "source": str(ckpt)}
+    quant = {"format": fmt, "library": library, "scheme": scheme, "config": config, "modules": names,
+             "source": str(ckpt)}
     _save(model, cfg, quant, tmp)
     after = _measure(model, cfg, tmp / WEIGHTS, **bench)
     same = next((i for i, (a, b) in enumerate(zip(before["greedy_tokens"], after["greedy_tokens"])) if a != b),

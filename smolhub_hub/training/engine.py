@@ -30,6 +30,7 @@ from smolhub_hub.data.packed import PackedData, cached_data, prepare_data, windo
 from smolhub_hub.data.tokenizer import check_fingerprint, load_tokenizer, tokenizer_fingerprint
 from smolhub_hub.errors import UserError
 from smolhub_hub.training import distributed
+from smolhub_hub.training.cpu_bf16 import cpu_default_dtype, native_bf16_features
 from smolhub_hub.training.metrics import RUN_FILES, MetricsLog, plot_run
 from smolhub_hub.training.optim import build_optimizers
 from smolhub_hub.training.schedule import SEQ_LEN_WARMUP_START, lr_factor, seq_len_at
@@ -260,13 +261,20 @@ class Trainer:
     def _precision(self):
         want, cuda = self.tcfg.dtype, self.device.startswith("cuda")
         if want == "auto":
-            want = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if cuda else "float32"
+            want = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if cuda else cpu_default_dtype()
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}[want]
         if dtype is torch.float16 and not cuda and self.dist.is_main:
             print("note: --dtype float16 on a CPU exercises the loss-scaled fp16 path of GPUs without bf16; "
                   "bfloat16 or float32 suit a CPU better")
         scaler = torch.amp.GradScaler(self.device.split(":")[0]) if dtype is torch.float16 else None
         return dtype, scaler
+
+    def _precision_name(self) -> str:
+        name = "fp32" if self.amp_dtype is None else f"{str(self.amp_dtype).removeprefix('torch.')} autocast"
+        if self.tcfg.dtype == "auto" and not self.device.startswith("cuda"):
+            native = ", ".join(native_bf16_features()) or "no native bf16 multiply"
+            name += f" (--dtype auto on this CPU: {native}; --dtype float32 or bfloat16 to choose)"
+        return name
 
     def _wrap(self, model):
         use_compile = self.tcfg.compile == "on" or (self.tcfg.compile == "auto" and self.device.startswith("cuda"))
@@ -521,7 +529,8 @@ class Trainer:
             pc = self.raw_model.param_counts()
             print(f"{self.family.name}: {pc['total'] / 1e6:.2f}M parameters ({pc['active'] / 1e6:.2f}M active), "
                   f"{self.data.meta['train_tokens']:,} training tokens, {self.accum} micro-step(s) x "
-                  f"{t.batch_size} x {self.seq_len} tokens x {self.dist.world_size} process(es), device {self.device}")
+                  f"{t.batch_size} x {self.seq_len} tokens x {self.dist.world_size} process(es), device {self.device}, "
+                  f"{self._precision_name()}")
         bar = _progress(t.max_steps, self.state.step, disable=not is_main)
         if t.init_from and self.state.step == 0:  # the source's own held-out loss: what fine-tuning starts from
             self._evaluate_and_log(bar)

@@ -53,19 +53,23 @@ def test_compare_missing_run(tmp_path, capsys):
     assert e.value.code == 2 and "does not exist" in capsys.readouterr().err
 
 
-def test_quantize_reports_and_reloads_without_pickle(runs, tmp_path, capsys):
+@pytest.mark.parametrize("scheme, library, int8_type", [("int8", "torch", "Int8Linear"),
+                                                        ("weight-only", "torchao", "Int8Tensor")])
+def test_quantize_reports_and_reloads_without_pickle(scheme, library, int8_type, runs, tmp_path, capsys):
     out = tmp_path / "int8"
-    cli.main(["quantize", str(runs[0]), str(out), "--eval-batches", "2", "--bench-tokens", "16"])
+    argv = ["quantize", str(runs[0]), str(out), "--eval-batches", "2", "--bench-tokens", "16"]
+    cli.main(argv + ([] if scheme == "int8" else ["--scheme", scheme]))  # int8 is the default
     printed = capsys.readouterr().out
     assert "size" in printed and "tokens/s" in printed and "held-out" in printed and "greedy" in printed
     report = json.loads((out / "quantization_report.json").read_text())
-    assert report["library"].startswith("torchao") and report["scheme"] == "weight-only"
+    assert report["library"].split()[0] == library and report["scheme"] == scheme
     assert report["after"]["bytes"] < 0.6 * report["before"]["bytes"]
     assert abs(report["after"]["heldout_loss"] - report["before"]["heldout_loss"]) < 0.05
     assert len(report["after"]["greedy_tokens"]) == 16 and 0 <= report["greedy_tokens_equal"] <= 16
     assert {p.suffix for p in out.iterdir()} <= {".json", ".safetensors"}
     model, ref = load_model(out), load_model(runs[0], device="cpu")
-    assert type(model.blocks[0].attn.wqkv.weight).__name__ == "Int8Tensor"  # torchao's, not torch.ao's
+    wqkv = model.blocks[0].attn.wqkv
+    assert int8_type in (type(wqkv).__name__, type(wqkv.weight).__name__)  # torchao's Int8Tensor, not torch.ao's
     x = torch.randint(0, 500, (1, 24))
     assert (model(x).logits - ref(x).logits).abs().max() < 0.1
     text = generate_text(model, "Once upon a time", max_length=8, greedy=True)
