@@ -50,9 +50,9 @@ QUICK = {
     # Trains on the built-in corpus on a 2-core CPU in a few minutes and visibly learns.
     "model": {"dim": 128, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "n_experts": 8, "top_k": 2,
               "expert_hidden": 192, "max_seq_len": 128},
-    "train": {"max_steps": 400, "batch_size": 16, "total_batch_tokens": 0, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 40,
-              "weight_decay": 0.01, "eval_interval": 100, "eval_batches": 10, "sample_interval": 200,
-              "save_interval": 200, "log_interval": 10},
+    "train": {"max_steps": 400, "batch_size": 16, "total_batch_tokens": 0, "lr": 3e-3, "min_lr": 3e-4,
+              "warmup_steps": 40, "weight_decay": 0.01, "eval_interval": 100, "eval_batches": 10,
+              "sample_interval": 200, "save_interval": 200, "log_interval": 10},
     "data": {"dataset": "builtin", "tokenizer": "bpe", "vocab_size": 2048, "builtin_stories": 6000},
 }
 
@@ -66,11 +66,12 @@ PRESETS = {
 FAMILY = ModelFamily(
     name="SmolMixtral",
     model_config=MixtralConfig,
-    model_class=lambda: __import__("SmolMixtral.model", fromlist=["SmolMixtral"]).SmolMixtral,
+    model="SmolMixtral.model:SmolMixtral",
     # 524,288 tokens per optimizer step, as in the reference run.
     train=TrainConfig(total_batch_tokens=524_288, max_steps=13000, batch_size=16),
     data=DataConfig(dataset="roneneldan/TinyStories", tokenizer=LLAMA_TOKENIZER),
     presets=PRESETS,
+    converter="SmolMixtral.convert",
     hf_architecture="MixtralForCausalLM",
     description="Mixtral-style sparse MoE: 8 SwiGLU experts, top-2, noisy top-k, load balancing "
                 "(~124M total, ~48M active, TinyStories).",

@@ -9,22 +9,12 @@
 
 from smolhub_hub import inference
 from smolhub_hub.inference import generate_text, stream_text  # noqa: F401  (the documented API)
-from SmolMixtral.routing import show_routing
-
-FAMILY = "SmolMixtral"
+from SmolMixtral.config import FAMILY
 
 
 def load_model(path_or_hub_id: str, device: str = "auto"):
     return inference.load_model(path_or_hub_id, family=FAMILY, device=device)
 
 
-def main(family: str = FAMILY, argv=None):
-    """The shared CLI plus `--show-routing`; StoryMixtral's inference.py calls this with its name."""
-    parser = inference.build_parser(family)
-    parser.add_argument("--show-routing", action="store_true",
-                        help="after each text, list the experts every generated token went to, per layer")
-    inference.main(family, argv, parser=parser, after_generate=show_routing)
-
-
 if __name__ == "__main__":
-    main()
+    inference.main(FAMILY, show_routing=True)

@@ -42,7 +42,7 @@ class SmolTransformerConfig(ConfigMixin):
     def head_dim(self) -> int:
         return self.dim // self.n_heads
 
-    def validate(self, seq_len: int = 0) -> "SmolTransformerConfig":
+    def validate(self, seq_len: int = 0) -> SmolTransformerConfig:
         """Positions are learned, so nothing can run past `max_seq_len`: say so before training starts."""
         if seq_len > self.max_seq_len:
             raise UserError(f"--seq-len {seq_len} exceeds the {self.max_seq_len} learned positions of "
@@ -63,8 +63,9 @@ PRESETS = {
     "quick": {
         "model": {"dim": 128, "n_layers": 4, "n_heads": 4, "max_seq_len": 128},
         "train": {"max_steps": 400, "batch_size": 16, "total_batch_tokens": 0, "lr": 3e-3, "min_lr": 3e-4,
-                  "warmup_steps": 40, "weight_decay": 0.01, "eval_interval": 100, "eval_batches": 10, "sample_interval": 200,
-                  "save_interval": 200, "log_interval": 10, "sample_prompt": "Once upon a time"},
+                  "warmup_steps": 40, "weight_decay": 0.01, "eval_interval": 100, "eval_batches": 10,
+                  "sample_interval": 200, "save_interval": 200, "log_interval": 10,
+                  "sample_prompt": "Once upon a time"},
         "data": {"dataset": "builtin", "dataset_config": "", "tokenizer": "bpe", "vocab_size": 2048,
                  "builtin_stories": 6000},
     },
@@ -77,12 +78,13 @@ PRESETS = {
 FAMILY = ModelFamily(
     name="SmolTransformer",
     model_config=SmolTransformerConfig,
-    model_class=lambda: __import__("SmolTransformer.model", fromlist=["SmolTransformer"]).SmolTransformer,
+    model="SmolTransformer.model:SmolTransformer",
     # build-nanogpt's GPT-2 recipe: 2**19 tokens per step, 19,073 steps = one pass over FineWeb sample-10BT.
     train=TrainConfig(total_batch_tokens=524_288, max_steps=19_073, warmup_steps=715, batch_size=16,
                       lr=6e-4, min_lr=6e-5, sample_prompt="The meaning of life is"),
     data=DataConfig(dataset="HuggingFaceFW/fineweb", dataset_config="sample-10BT", tokenizer="gpt2"),
     presets=PRESETS,
+    converter="SmolTransformer.convert",
     hf_architecture="GPT2LMHeadModel",
     description="Classic decoder: learned positions, multi-head attention, GELU MLP (~150M, FineWeb).",
 )

@@ -9,8 +9,7 @@
 
 from smolhub_hub import inference
 from smolhub_hub.inference import generate_text, stream_text  # noqa: F401  (the documented API)
-
-FAMILY = "SmolTransformer"
+from SmolTransformer.config import FAMILY
 
 
 def load_model(path_or_hub_id: str, device: str = "auto"):

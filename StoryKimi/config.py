@@ -1,7 +1,7 @@
 """StoryKimi configuration: DeepSeek-V3 / Kimi-K2 architecture at small scale, its training defaults, presets.
 
 Field names follow DeepSeek-V3 where it has one (kv_lora_rank, qk_rope_head_dim, routed_scaling_factor...)
-so that a DeepSeek user recognises them and `smolhub_hub/export/deepseek_v3.py` maps them one to one.
+so that a DeepSeek user recognises them and `StoryKimi/convert.py` maps them one to one.
 """
 
 from __future__ import annotations
@@ -85,8 +85,9 @@ PRESETS = {
         "model": {"dim": 128, "n_layers": 4, "n_heads": 4, "kv_lora_rank": 32, "qk_nope_head_dim": 32,
                   "qk_rope_head_dim": 16, "v_head_dim": 32, "n_experts": 8, "top_k": 2, "moe_hidden": 128,
                   "dense_hidden": 384, "max_seq_len": 128, "tie_embeddings": True},
-        "train": {"max_steps": 300, "batch_size": 16, "total_batch_tokens": 0, "lr": 6e-3, "min_lr": 6e-4, "warmup_steps": 30,
-                  "weight_decay": 0.01, "optimizer": "muon", "muon_lr": 0.05, "eval_interval": 100, "eval_batches": 10,
+        "train": {"max_steps": 300, "batch_size": 16, "total_batch_tokens": 0, "lr": 6e-3, "min_lr": 6e-4,
+                  "warmup_steps": 30, "weight_decay": 0.01, "optimizer": "muon", "muon_lr": 0.05,
+                  "eval_interval": 100, "eval_batches": 10,
                   "sample_interval": 150, "save_interval": 150, "log_interval": 10},
         "data": {"dataset": "builtin", "tokenizer": "bpe", "vocab_size": 2048, "builtin_stories": 6000},
     },
@@ -95,11 +96,12 @@ PRESETS = {
 FAMILY = ModelFamily(
     name="StoryKimi",
     model_config=StoryKimiConfig,
-    model_class=lambda: __import__("StoryKimi.model", fromlist=["StoryKimi"]).StoryKimi,
+    model="StoryKimi.model:StoryKimi",
     # 524,288 tokens per optimizer step, as in the reference run; Muon 0.02 + AdamW 6e-4.
     train=TrainConfig(total_batch_tokens=524_288, max_steps=5000, batch_size=32, optimizer="muon"),
     data=DataConfig(dataset="roneneldan/TinyStories", tokenizer="hf-internal-testing/llama-tokenizer"),
     presets=PRESETS,
+    converter="StoryKimi.convert",
     hf_architecture="DeepseekV3ForCausalLM",
     description="DeepSeek-V3 / Kimi-K2 style: latent attention (MLA), MoE with a shared expert and "
                 "aux-loss-free balancing, Muon (~180M total, TinyStories).",

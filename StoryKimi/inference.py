@@ -1,6 +1,6 @@
 """Generate stories with a StoryKimi checkpoint (the latent KV cache is used automatically).
 
-    python inference.py --checkpoint ../runs/StoryKimi-quick --prompt "Once upon a time" [--greedy]
+    python inference.py --checkpoint ../runs/StoryKimi-quick --prompt "Once upon a time" [--greedy] [--show-routing]
 
     from StoryKimi.inference import load_model, generate_text
     model = load_model("runs/StoryKimi-quick")          # or a Hub repo id
@@ -9,8 +9,7 @@
 
 from smolhub_hub import inference
 from smolhub_hub.inference import generate_text, stream_text  # noqa: F401  (the documented API)
-
-FAMILY = "StoryKimi"
+from StoryKimi.config import FAMILY
 
 
 def load_model(path_or_hub_id: str, device: str = "auto"):
@@ -18,4 +17,4 @@ def load_model(path_or_hub_id: str, device: str = "auto"):
 
 
 if __name__ == "__main__":
-    inference.main(FAMILY)
+    inference.main(FAMILY, show_routing=True)

@@ -1,23 +1,29 @@
-"""StoryKimi: the DeepSeek-V3 / Kimi-K2 architecture at small scale.
+"""StoryKimi: the DeepSeek-V3 / Kimi-K2 architecture at small scale, read top to bottom in this file.
 
-Pre-norm blocks of RMSNorm -> multi-head latent attention (MLA) -> RMSNorm -> feed-forward, where the
-feed-forward is a dense SwiGLU in the first `first_k_dense` blocks and a DeepSeek MoE after that:
-sigmoid-scored routed experts plus always-on shared experts, balanced without an auxiliary loss by a
-per-expert bias that only decides *which* experts are chosen. Numerically the same function as
-transformers' `DeepseekV3ForCausalLM` with the same weights (`smolhub_hub/export/deepseek_v3.py`).
+    token ids (B, T)
+      -> token embedding                                        (B, T, dim)
+      -> n_layers x KimiBlock:  x = x + latent attention(RMSNorm(x))     MLA, decoupled RoPE
+                                x = x + FFN(RMSNorm(x))   dense SwiGLU in the first `first_k_dense` blocks, then
+                                                          DeepSeek MoE: routed + shared experts
+      -> RMSNorm -> output head                                 (B, T, vocab) -> cross-entropy (+ sequence balance)
 
-MLA in one paragraph: each token's keys and values are compressed into one `kv_lora_rank` latent (plus
-one small RoPE key shared by the heads); every head up-projects the latent with its own slice of
-`wkv_b`. Training expands the latent into per-head keys/values and runs ordinary attention. Generation
-caches only the latent and the RoPE key and folds the up-projections into the query and the output
-("absorption"), so attention runs directly against the cache, which is several times smaller per
-token than a multi-head KV cache.
+The MoE scores experts with a sigmoid and balances them without an auxiliary loss: a per-expert bias, nudged after
+every optimizer step, decides *which* experts are chosen but never how much they weigh. Numerically the same
+function as transformers' `DeepseekV3ForCausalLM` with the same weights (`StoryKimi/convert.py`,
+tests/StoryKimi/test_hf_parity.py). The SwiGLU is StoryLlama's; the stacked experts are
+`smolhub_hub.moe_kernels.GroupedExperts`, shared with the Mixtral family.
+
+MLA in one paragraph (DeepSeek-V2, https://arxiv.org/abs/2405.04434): each token's keys and values are compressed
+into one `kv_lora_rank` latent (plus one small RoPE key shared by the heads); every head up-projects the latent
+with its own slice of `wkv_b`. Training expands the latent into per-head keys/values and runs ordinary attention.
+Generation caches only the latent and the RoPE key and folds the up-projections into the query and the output
+("absorption"), so attention runs directly against the cache, which is several times smaller per token than a
+multi-head KV cache.
 """
 
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 import torch.distributed as dist
@@ -25,10 +31,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from smolhub_hub.kv_cache import KVCache
-from smolhub_hub.layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rope, causal_attention
-from smolhub_hub.modeling import CausalLM
-from smolhub_hub.moe import GroupedExperts, RouterOutput, RoutingStats, expert_counts, moe_routing_stats
+from smolhub_hub.layers import RMSNorm, RotaryEmbedding, apply_rope, causal_attention
+from smolhub_hub.losses import head_and_loss
+from smolhub_hub.modeling import INIT_STD, CausalLM, LMOutput, init_normal, residual_std
+from smolhub_hub.moe_kernels import GroupedExperts, MoELayer, RouterOutput, expert_counts
 from StoryKimi.config import StoryKimiConfig
+from StoryLlama.model import SwiGLU
 
 # transformers' DeepseekV3 builds its latent norms with the default eps, whatever rms_norm_eps says.
 LATENT_NORM_EPS = 1e-6
@@ -38,7 +46,7 @@ LATENT_NORM_EPS = 1e-6
 class LatentCache(KVCache):
     """MLA's generation cache: per layer and token, the normalised KV latent and the roped shared key.
 
-    Same shape of use as `KVCache` (`pos`, `check_room`, `update`, `advance`, `nbytes_per_token`); the
+    Same shape of use as `KVCache` (`pos`, `reserve`, `update`, `advance`, `nbytes_per_token`); the
     two parts live side by side in one (layers, batch, 1, max_len, kv_lora_rank + rope) tensor, so the
     latent attention reads keys as the whole row and values as its first `kv_lora_rank` columns.
     """
@@ -66,10 +74,12 @@ class LatentAttention(nn.Module):
     def __init__(self, c: StoryKimiConfig, layer_idx: int):
         super().__init__()
         self.layer_idx, self.n_heads, self.dropout = layer_idx, c.n_heads, c.dropout
-        self.nope, self.rope_dim, self.v_dim, self.rank = c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim, c.kv_lora_rank
+        self.nope, self.rope_dim = c.qk_nope_head_dim, c.qk_rope_head_dim
+        self.v_dim, self.rank = c.v_head_dim, c.kv_lora_rank
         self.scale = c.qk_head_dim ** -0.5
         q_out = c.n_heads * c.qk_head_dim
-        if c.q_lora_rank:
+        self.q_lora = c.q_lora_rank > 0  # queries through their own low-rank latent (DeepSeek-V3), or one matrix
+        if self.q_lora:
             self.wq_a = nn.Linear(c.dim, c.q_lora_rank, bias=False)
             self.q_norm = RMSNorm(c.q_lora_rank, LATENT_NORM_EPS)
             self.wq_b = nn.Linear(c.q_lora_rank, q_out, bias=False)
@@ -78,7 +88,7 @@ class LatentAttention(nn.Module):
         self.wkv_a = nn.Linear(c.dim, c.kv_lora_rank + c.qk_rope_head_dim, bias=False)  # down-projection + RoPE key
         self.kv_norm = RMSNorm(c.kv_lora_rank, LATENT_NORM_EPS)
         self.wkv_b = nn.Linear(c.kv_lora_rank, c.n_heads * (c.qk_nope_head_dim + c.v_head_dim), bias=False)
-        self.wo = nn.Linear(c.n_heads * c.v_head_dim, c.dim, bias=False)
+        self.wo = nn.Linear(c.n_heads * c.v_head_dim, c.dim, bias=False)  # writes into the residual stream
         self.resid_dropout = nn.Dropout(c.dropout)
         self.track_max_logit = c.qk_clip_tau > 0
         # Per-head max logit over the step, for QK-clip. Not a buffer: DDP would overwrite it with rank 0's.
@@ -86,11 +96,11 @@ class LatentAttention(nn.Module):
 
     @property
     def q_proj(self) -> nn.Linear:
-        return self.wq_b if hasattr(self, "wq_b") else self.wq
+        return self.wq_b if self.q_lora else self.wq
 
     def forward(self, x, rope, cache: LatentCache | None = None):
         B, T, _ = x.shape
-        q = self.q_proj(self.q_norm(self.wq_a(x)) if hasattr(self, "wq_b") else x)
+        q = self.q_proj(self.q_norm(self.wq_a(x)) if self.q_lora else x)  # (B, T, H * (nope + rope))
         q_nope, q_rope = q.view(B, T, self.n_heads, -1).transpose(1, 2).split([self.nope, self.rope_dim], -1)
         latent, k_rope = self.wkv_a(x).split([self.rank, self.rope_dim], -1)
         latent = self.kv_norm(latent)
@@ -148,9 +158,10 @@ class LatentAttention(nn.Module):
 
     @torch.no_grad()
     def qk_clip(self, tau: float) -> torch.Tensor:
-        """Kimi K2's QK-clip: a head whose max logit S exceeded tau gets its query/key weights scaled so that
-        S becomes tau: the head-specific nope parts by sqrt(tau/S) each, its RoPE query by tau/S (the RoPE
-        key is shared by all heads, so it stays). Returns the heads that were clipped (bool, H)."""
+        """Kimi K2's QK-clip (https://arxiv.org/abs/2507.20534): a head whose max logit S exceeded tau gets its
+        query/key weights scaled so that S becomes tau: the head-specific nope parts by sqrt(tau/S) each, its RoPE
+        query by tau/S (the RoPE key is shared by all heads, so it stays). Returns the heads that were clipped
+        (bool, H)."""
         max_logit = self.max_logit if self.max_logit is not None else self.wo.weight.new_zeros(self.n_heads).float()
         if dist.is_initialized():
             dist.all_reduce(max_logit, op=dist.ReduceOp.MAX)
@@ -175,7 +186,7 @@ class DeepSeekRouter(nn.Module):
         self.n_group, self.topk_group = c.n_group, c.topk_group
         self.scaling, self.normalize = c.routed_scaling_factor, c.norm_topk_prob
         self.weight = nn.Parameter(torch.empty(c.n_experts, c.dim))
-        nn.init.normal_(self.weight, 0.0, 0.02)
+        nn.init.normal_(self.weight, 0.0, INIT_STD)
         # DeepSeek's e_score_correction_bias: a persistent buffer, so checkpoints and resume carry it.
         self.register_buffer("expert_bias", torch.zeros(c.n_experts))
 
@@ -216,17 +227,16 @@ def sequence_balance_loss(affinity: torch.Tensor, expert_ids: torch.Tensor) -> t
     return (counts * (E / (k * T)) * affinity.mean(1)).sum(-1).mean()
 
 
-class DeepSeekMoE(nn.Module):
-    """Routed SwiGLU experts (grouped, shared `smolhub_hub.moe`) plus shared experts every token uses."""
+class DeepSeekMoE(MoELayer):
+    """Routed SwiGLU experts (`smolhub_hub.moe_kernels.GroupedExperts`) plus shared experts every token uses
+    (DeepSeekMoE, https://arxiv.org/abs/2401.06066)."""
 
     def __init__(self, c: StoryKimiConfig, down_init_std: float):
-        super().__init__()
+        super().__init__(c.n_experts)
         self.router = DeepSeekRouter(c)
-        self.experts = GroupedExperts(c.n_experts, c.dim, c.moe_hidden, 0.02, down_init_std, c.moe_impl)
+        self.experts = GroupedExperts(c.n_experts, c.dim, c.moe_hidden, INIT_STD, down_init_std, c.moe_impl)
         self.shared = SwiGLU(c.dim, c.moe_hidden * c.n_shared_experts) if c.n_shared_experts else None
         self.seq_aux_loss_coef = c.seq_aux_loss_coef
-        self.stats = RoutingStats(c.n_experts)
-        self.track_stats = True
         # Token copies per expert over the current optimizer step (training forwards only). A plain
         # tensor, not a buffer: DDP re-broadcasts rank 0's buffers every forward and would erase ours.
         self.step_load: torch.Tensor | None = None
@@ -236,6 +246,7 @@ class DeepSeekMoE(nn.Module):
         flat = x.reshape(-1, D)
         r = self.router(flat, with_probs=not generating)
         y = self.experts(flat, r.expert_ids, r.weights).view_as(x)
+        self.last_routing = r
         if self.shared is not None:
             y = y + self.shared(x)
         aux = None
@@ -244,29 +255,30 @@ class DeepSeekMoE(nn.Module):
             load = expert_counts(r.expert_ids, self.router.n_experts)
             self.step_load = load if self.step_load is None else self.step_load + load
             if self.seq_aux_loss_coef:
-                aux = self.seq_aux_loss_coef * sequence_balance_loss(r.probs.view(B, T, -1), r.expert_ids.view(B, T, -1))
-        if self.track_stats and not generating:  # telemetry is for training and evaluation forwards
+                balance = sequence_balance_loss(r.probs.view(B, T, -1), r.expert_ids.view(B, T, -1))
+                aux = self.seq_aux_loss_coef * balance
+        if not generating:  # telemetry is for training and evaluation forwards
             self.stats.update(r)
         return y, aux
 
     def on_step_skipped(self):
+        super().on_step_skipped()
         self.step_load = None  # the next bias update counts the tokens of applied steps only
-        self.stats.reset()
-
-    def inactive_params_per_token(self) -> int:
-        return (self.router.n_experts - self.router.top_k) * self.experts.params_per_expert()
 
 
 # --- the model ------------------------------------------------------------------------------------------
 class KimiBlock(nn.Module):
+    """Latent attention, then a dense SwiGLU (the first `first_k_dense` blocks) or a DeepSeek MoE. Every block
+    returns (x, auxiliary loss or None), so that one loop runs the mixed stack."""
+
     def __init__(self, c: StoryKimiConfig, layer_idx: int):
         super().__init__()
         self.attn_norm = RMSNorm(c.dim, c.norm_eps)
         self.attn = LatentAttention(c, layer_idx)
         self.ffn_norm = RMSNorm(c.dim, c.norm_eps)
         self.is_moe = c.is_moe_layer(layer_idx)
-        down_std = 0.02 / math.sqrt(2 * c.n_layers)
-        self.ffn = DeepSeekMoE(c, down_std) if self.is_moe else SwiGLU(c.dim, c.dense_hidden)
+        # The routed experts' down projections write into the residual stream: GPT-2's scaled std, set as built.
+        self.ffn = DeepSeekMoE(c, residual_std(c.n_layers)) if self.is_moe else SwiGLU(c.dim, c.dense_hidden)
         self.ffn_dropout = nn.Dropout(c.dropout)
 
     def forward(self, x, rope, cache=None):
@@ -277,43 +289,68 @@ class KimiBlock(nn.Module):
 
 
 class StoryKimi(CausalLM):
-    config_class = StoryKimiConfig
-    family = "StoryKimi"
-
     def __init__(self, config: StoryKimiConfig):
-        super().__init__(config)
-        self.rope = RotaryEmbedding(config.qk_rope_head_dim, config.max_seq_len, config.rope_base)
+        super().__init__()
+        self.config = c = config
+        self.tok_emb = nn.Embedding(c.vocab_size, c.dim)
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(KimiBlock(c, i) for i in range(c.n_layers))
+        self.norm = RMSNorm(c.dim, c.norm_eps)
+        self.lm_head = nn.Linear(c.dim, c.vocab_size, bias=False)
+        if c.tie_embeddings:  # DeepSeek does not tie; the quick preset does (a small vocabulary-heavy model)
+            self.lm_head.weight = self.tok_emb.weight
+        # RoPE on the decoupled qk_rope_head_dim part only: the latent (nope) part carries no position.
+        self.rope = RotaryEmbedding(c.qk_rope_head_dim, c.max_seq_len, c.rope_base)
+        init_normal(self)  # routers and routed experts initialised themselves (they hold no nn.Linear)
+        for block in self.blocks:
+            ffn_out = block.ffn.shared if block.is_moe else block.ffn  # a SwiGLU, or None: no shared expert
+            init_normal(block.attn.wo, *([ffn_out.w_down] if ffn_out is not None else []),
+                        std=residual_std(c.n_layers))
+        self.qk_clipped: torch.Tensor | None = None  # (layer, head)s QK-clip rescaled since `routing_stats` last read
 
-    def make_block(self, layer_idx):
-        return KimiBlock(self.config, layer_idx)
-
-    def make_final_norm(self):
-        return RMSNorm(self.config.dim, self.config.norm_eps)
-
-    def positions(self, start, length):
-        return self.rope(start, length)
-
-    def moe_layers(self) -> dict[int, DeepSeekMoE]:
-        return {i: b.ffn for i, b in enumerate(self.blocks) if b.is_moe}
-
-    def inactive_params_per_token(self) -> int:
-        return sum(m.inactive_params_per_token() for m in self.moe_layers().values())
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: LatentCache | None = None) -> LMOutput:
+        B, T = idx.shape
+        start = 0 if cache is None else cache.reserve(T)   # a cache holds the tokens before these
+        x = self.drop(self.tok_emb(idx))                    # (B, T, dim)
+        rope = self.rope(start, T)                          # cos, sin tables of positions start .. start + T
+        aux_losses = []
+        for block in self.blocks:
+            x, aux = self.run_block(block, x, rope, cache)  # (B, T, dim), the MoE's sequence balance loss
+            if aux is not None:
+                aux_losses.append(aux)
+        if cache is not None:
+            cache.advance(T)
+        x = self.norm(x)
+        if targets is None:  # generation reads the last position only: skip the (B, T, vocab) projection
+            return LMOutput(self.lm_head(x[:, -1:] if cache is not None else x))
+        logits, loss = head_and_loss(x, self.lm_head, targets, self.loss_chunk_size)
+        return LMOutput.with_losses(logits, loss, torch.stack(aux_losses).sum() if aux_losses else None)
 
     def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> LatentCache:
-        c, p = self.config, self.tok_emb.weight
+        c, p = self.config, self.tok_emb.weight  # the embedding is never quantized
         return LatentCache(c.n_layers, batch_size, max_len, c.kv_lora_rank, c.qk_rope_head_dim,
                            device=device or p.device, dtype=dtype or p.dtype)
+
+    def moe_layers(self) -> dict[int, DeepSeekMoE]:
+        return {i: block.ffn for i, block in enumerate(self.blocks) if block.is_moe}
 
     @torch.no_grad()
     def on_optimizer_step(self):
         """Once per optimizer step: aux-loss-free bias update from the step's load, then QK-clip."""
         self._update_expert_bias()
         if self.config.qk_clip_tau > 0:
-            clipped = [b.attn.qk_clip(self.config.qk_clip_tau) for b in self.blocks]
-            self._qk_clipped = torch.stack(clipped).sum() + getattr(self, "_qk_clipped", 0)
+            clipped = torch.stack([b.attn.qk_clip(self.config.qk_clip_tau) for b in self.blocks]).sum()
+            self.qk_clipped = clipped if self.qk_clipped is None else self.qk_clipped + clipped
+
+    def on_step_skipped(self):
+        super().on_step_skipped()  # routing statistics and the step's expert loads
+        for block in self.blocks:
+            block.attn.on_step_skipped()  # the step's max attention logits
 
     def _update_expert_bias(self):
-        """bias_e += gamma * sign(mean load - load_e), the load summed over micro-batches and DDP ranks."""
+        """DeepSeek-V3's auxiliary-loss-free balancing (https://arxiv.org/abs/2412.19437, section 2.1.2):
+        bias_e += gamma * sign(mean load - load_e), the load summed over micro-batches and DDP ranks."""
         moes = [m for m in self.moe_layers().values() if m.step_load is not None]
         if not moes:
             return
@@ -321,20 +358,15 @@ class StoryKimi(CausalLM):
         if dist.is_initialized():
             dist.all_reduce(load, op=dist.ReduceOp.SUM)
         step = self.config.bias_update_rate * torch.sign(load.mean(-1, keepdim=True) - load)
-        for m, s in zip(moes, step):
+        for m, s in zip(moes, step, strict=True):
             m.router.expert_bias.add_(s)
             m.step_load = None
 
     def routing_stats(self) -> dict[str, float]:
-        """Per-layer expert load / entropy since the last call (trainer telemetry), named by block index."""
-        layers = self.moe_layers()
-        # moe_routing_stats numbers the MoE layers 0..n-1; name them by their block instead.
-        block_of = {f"moe/layer{j}/": f"moe/layer{i}/" for j, i in enumerate(layers)}
-        out = {}
-        for k, v in moe_routing_stats(list(layers.values())).items():
-            m = re.match(r"moe/layer\d+/", k)
-            out[block_of[m.group()] + k[m.end():] if m else k] = v
-        if hasattr(self, "_qk_clipped"):
-            out["attn/qk_clip_heads"] = float(self._qk_clipped)  # clipped (layer, head)s since last asked
-            del self._qk_clipped
+        """Per-layer expert load / entropy since the last call (`moe/layer<block>/...`), and the heads QK-clip
+        rescaled since then."""
+        out = super().routing_stats()
+        if self.qk_clipped is not None:
+            out["attn/qk_clip_heads"] = float(self.qk_clipped)
+            self.qk_clipped = None
         return out

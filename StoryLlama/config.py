@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from smolhub_hub.config import DataConfig, ModelFamily, TrainConfig, opt
-from smolhub_hub.layers import llama_ffn_hidden
 from smolhub_hub.modeling import ConfigMixin
+
+
+def llama_ffn_hidden(dim: int, multiple_of: int = 64) -> int:
+    """Llama's SwiGLU width: 2/3 of 4 * dim (the parameters of a 4 * dim GELU MLP), rounded up to a multiple of 64."""
+    return multiple_of * math.ceil(int(2 * 4 * dim / 3) / multiple_of)
 
 
 @dataclass
@@ -38,9 +43,9 @@ PRESETS = {
     # Trains on the built-in corpus on a 2-core CPU in a few minutes and visibly learns.
     "quick": {
         "model": {"dim": 128, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "max_seq_len": 128},
-        "train": {"max_steps": 400, "batch_size": 16, "total_batch_tokens": 0, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 40,
-                  "weight_decay": 0.01, "eval_interval": 100, "eval_batches": 10, "sample_interval": 200,
-                  "save_interval": 200, "log_interval": 10},
+        "train": {"max_steps": 400, "batch_size": 16, "total_batch_tokens": 0, "lr": 3e-3, "min_lr": 3e-4,
+                  "warmup_steps": 40, "weight_decay": 0.01, "eval_interval": 100, "eval_batches": 10,
+                  "sample_interval": 200, "save_interval": 200, "log_interval": 10},
         "data": {"dataset": "builtin", "tokenizer": "bpe", "vocab_size": 2048, "builtin_stories": 6000},
     },
     # llama2.c's 15M model: dim 288, 6 layers, 6 heads, context 256.
@@ -53,11 +58,12 @@ PRESETS = {
 FAMILY = ModelFamily(
     name="StoryLlama",
     model_config=StoryLlamaConfig,
-    model_class=lambda: __import__("StoryLlama.model", fromlist=["StoryLlama"]).StoryLlama,
+    model="StoryLlama.model:StoryLlama",
     # 524,288 tokens per optimizer step, as in the reference run (2 x A100).
     train=TrainConfig(total_batch_tokens=524_288, max_steps=5000, batch_size=32),
     data=DataConfig(dataset="roneneldan/TinyStories", tokenizer="gpt2"),
     presets=PRESETS,
+    converter="StoryLlama.convert",
     hf_architecture="LlamaForCausalLM",
     description="Llama-style: RoPE, SwiGLU, GQA/MQA, RMSNorm (~88M, TinyStories).",
 )

@@ -29,10 +29,11 @@ PRESETS = {
 FAMILY = ModelFamily(
     name="StoryMixtral",
     model_config=StoryMixtralConfig,
-    model_class=lambda: __import__("StoryMixtral.model", fromlist=["StoryMixtral"]).StoryMixtral,
+    model="StoryMixtral.model:StoryMixtral",
     train=TrainConfig(total_batch_tokens=524_288, max_steps=10000, batch_size=32),
     data=DataConfig(dataset="roneneldan/TinyStories", tokenizer=LLAMA_TOKENIZER),
     presets=PRESETS,
+    converter="StoryMixtral.convert",
     hf_architecture="MixtralForCausalLM",
     description="The Mixtral family at story scale: 8 experts top-2, noisy top-k, load balancing "
                 "(~200M total, ~77M active, TinyStories).",

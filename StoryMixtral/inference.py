@@ -1,13 +1,15 @@
-"""Generate stories with a StoryMixtral checkpoint (SmolMixtral's CLI, `--show-routing` included).
+"""Generate stories with a StoryMixtral checkpoint (`--show-routing` lists each token's experts).
 
     python inference.py --checkpoint ../runs/StoryMixtral-quick --prompt "Once upon a time" [--show-routing]
+
+    from StoryMixtral.inference import load_model, generate_text
+    model = load_model("runs/StoryMixtral-quick")          # or a Hub repo id
+    print(generate_text(model, "Once upon a time", max_length=100, temperature=0.7))
 """
 
 from smolhub_hub import inference
 from smolhub_hub.inference import generate_text, stream_text  # noqa: F401  (the documented API)
-from SmolMixtral.inference import main
-
-FAMILY = "StoryMixtral"
+from StoryMixtral.config import FAMILY
 
 
 def load_model(path_or_hub_id: str, device: str = "auto"):
@@ -15,4 +17,4 @@ def load_model(path_or_hub_id: str, device: str = "auto"):
 
 
 if __name__ == "__main__":
-    main(FAMILY)
+    inference.main(FAMILY, show_routing=True)

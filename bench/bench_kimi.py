@@ -27,9 +27,9 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import add_run_args, autocast, interleaved_seconds, moe_train_tok_s, print_table, save_json  # noqa: E402
 
-from smolhub_hub.export.deepseek_v3 import to_hf  # noqa: E402
 from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
 from StoryKimi.config import FAMILY  # noqa: E402
+from StoryKimi.convert import to_hf  # noqa: E402
 from StoryKimi.model import StoryKimi  # noqa: E402
 
 HF_IMPLS = ("eager", "grouped_mm")

@@ -25,11 +25,10 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import add_run_args, autocast, interleaved_seconds, moe_train_tok_s, print_table, save_json  # noqa: E402
 
-from smolhub_hub.export.mixtral import to_hf  # noqa: E402
 from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
-from smolhub_hub.moe import MoEFeedForward  # noqa: E402
 from SmolMixtral.config import FAMILY  # noqa: E402
-from SmolMixtral.model import SmolMixtral  # noqa: E402
+from SmolMixtral.convert import to_hf  # noqa: E402
+from SmolMixtral.model import MoEFeedForward, SmolMixtral  # noqa: E402
 
 HF_IMPLS = ("eager", "grouped_mm")
 

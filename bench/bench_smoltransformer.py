@@ -6,7 +6,8 @@ batch, same loss. Generation: greedy decoding with a KV cache, batch 1 (the inte
 
     python bench/bench_smoltransformer.py                # quick-preset shape, a couple of minutes on 2 cores
     python bench/bench_smoltransformer.py --dim 256 --vocab-size 8192 --batch-size 8   # a larger CPU size
-    python bench/bench_smoltransformer.py --device cuda --dtype bfloat16 --dim 768 --n-layers 12 --n-heads 12 --seq-len 1024
+    python bench/bench_smoltransformer.py --device cuda --dtype bfloat16 \
+        --dim 768 --n-layers 12 --n-heads 12 --seq-len 1024
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import adamw, add_run_args, autocast, interleaved_seconds, print_table, save_json, train_step_fn  # noqa: E402
 
-from smolhub_hub.export.gpt2 import to_hf  # noqa: E402
 from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
 from SmolTransformer.config import FAMILY  # noqa: E402
+from SmolTransformer.convert import to_hf  # noqa: E402
 from SmolTransformer.model import SmolTransformer  # noqa: E402
 
 

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import adamw, add_run_args, autocast, interleaved_seconds, print_table, save_json, train_step_fn  # noqa: E402
 
-from smolhub_hub.export.llama import to_hf  # noqa: E402
 from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
 from StoryLlama.config import FAMILY  # noqa: E402
+from StoryLlama.convert import to_hf  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -11,7 +11,7 @@ import contextlib
 import json
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -60,7 +60,8 @@ def median_seconds(fn: Callable[[], object], device: str = "cpu", warmup: int = 
     return statistics.median(times)
 
 
-def interleaved_seconds(fns: dict[str, Callable[[], object]], device: str = "cpu", repeats: int = 5) -> dict[str, float]:
+def interleaved_seconds(fns: dict[str, Callable[[], object]], device: str = "cpu",
+                        repeats: int = 5) -> dict[str, float]:
     """Median seconds of each callable, timed round-robin (A, B, A, B, ...) after one warm-up round,
     so that load from other processes on a shared machine hits every candidate alike."""
     times: dict[str, list[float]] = {name: [] for name in fns}

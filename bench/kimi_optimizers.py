@@ -32,7 +32,8 @@ def one_run(opt: str, lr: float, muon_lr: float | None, steps: int, out_dir: str
     summary = train(FAMILY, mcfg, tcfg, dcfg, "quick")
     s = series(Path(out_dir) / "metrics.csv")
     return {"optimizer": opt, "lr": lr, "muon_lr": muon_lr, "steps": steps, "val_loss": summary["val_loss"],
-            "val_curve": list(zip(*s["val/loss"])), "train_curve": list(zip(*s["train/loss"]))}
+            "val_curve": list(zip(*s["val/loss"], strict=True)),
+            "train_curve": list(zip(*s["train/loss"], strict=True))}
 
 
 def main():

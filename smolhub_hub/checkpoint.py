@@ -34,6 +34,7 @@ from smolhub_hub.data.tokenizer import tokenizer_fingerprint
 from smolhub_hub.errors import UserError
 
 LATEST = "LATEST"
+NATIVE_SUBFOLDER = "smolhub"  # where a repo pushed to the Hub keeps the SmolHub checkpoint (beside its export)
 FORMAT = "smolhub-checkpoint-1"
 TOKENIZER_KEY = "tokenizer_sha256"  # absent in checkpoints written before it was recorded
 RUN_SECTIONS = {"train": TrainConfig, "data": DataConfig}
@@ -171,11 +172,25 @@ def resolve_checkpoint(path: str | Path) -> Path:
             raise UserError(f"{p / LATEST} is corrupt; write the name of a checkpoint folder in it "
                             f"(one of: {', '.join(sorted(c.name for c in p.glob('step_*'))) or 'none here'})")
         p = p / name
-    elif (p / "smolhub" / "config.json").exists():  # a repo pulled from the Hub keeps it in smolhub/
-        p = p / "smolhub"
+    elif (p / NATIVE_SUBFOLDER / "config.json").exists():  # a repo pulled from the Hub
+        p = p / NATIVE_SUBFOLDER
     if not (p / "config.json").exists() or not (p / "model.safetensors").exists():
         raise UserError(f"'{path}' is not a SmolHub checkpoint (no config.json + model.safetensors in it)")
     return p
+
+
+def checkpoint_in(root: Path) -> Path:
+    """The SmolHub checkpoint inside a downloaded repo: `smolhub/` in a pushed repo, else the root."""
+    native = Path(root) / NATIVE_SUBFOLDER
+    return native if (native / "config.json").exists() else Path(root)
+
+
+def run_dir_of(ckpt: Path) -> Path | None:
+    """The training run a checkpoint belongs to (where metrics.csv and loss_curve.png live), if any."""
+    for d in (ckpt, ckpt.parent):
+        if (d / "metrics.csv").exists():
+            return d
+    return None
 
 
 def read_config(ckpt: Path, sections: tuple[str, ...] = ("model",)) -> dict:

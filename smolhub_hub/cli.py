@@ -49,7 +49,7 @@ def cmd_list(args):
 def _load_for_export(checkpoint: str, out_dir: str, overwrite: bool):
     from smolhub_hub.hf_folder import ensure_empty
     from smolhub_hub.inference import load_model
-    from smolhub_hub.quantize import is_quantized
+    from smolhub_hub.quantized_folder import is_quantized
 
     if is_quantized(Path(checkpoint)):
         raise UserError(f"{checkpoint} is a `smolhub quantize` folder; export the checkpoint it was made from")
@@ -60,8 +60,8 @@ def _load_for_export(checkpoint: str, out_dir: str, overwrite: bool):
 
 
 def _write_export_card(model, out: Path, gguf_file: str | None = None):
+    from smolhub_hub.checkpoint import run_dir_of
     from smolhub_hub.compare import summarize_checkpoint
-    from smolhub_hub.hub import run_dir_of
     from smolhub_hub.model_card import render_export_card
 
     summary = summarize_checkpoint(model.checkpoint_path, run_dir_of(model.checkpoint_path))
@@ -106,12 +106,8 @@ def cmd_export(args):
 
 def cmd_generate(args):
     from smolhub_hub.inference import generate_text, load_model
-    from smolhub_hub.quantize import is_quantized, load_quantized
 
-    if is_quantized(args.checkpoint):
-        model = load_quantized(args.checkpoint)
-    else:
-        model = load_model(args.checkpoint, device=args.device)
+    model = load_model(args.checkpoint, device=args.device)  # a quantized folder loads on the CPU
     for prompt in args.prompt:
         print(generate_text(model, prompt, args.max_length, args.temperature, args.top_k, args.top_p,
                             greedy=args.greedy, seed=args.seed, chat=args.chat))
@@ -136,13 +132,14 @@ def cmd_pull(args):
 
 
 def cmd_push(args):
-    from smolhub_hub.hub import push, stage
+    from smolhub_hub.publish import push, stage
 
     if args.dry_run:
         out = stage(args.checkpoint, Path(args.dry_run), args.repo_id)
         print(f"dry run: wrote the folder that would be uploaded to {args.repo_id} in {out}")
         return
-    print(f"pushed {args.checkpoint} to {push(args.checkpoint, args.repo_id, args.private, args.revision, args.message)}")
+    url = push(args.checkpoint, args.repo_id, args.private, args.revision, args.message)
+    print(f"pushed {args.checkpoint} to {url}")
 
 
 def cmd_compare(args):
@@ -163,23 +160,9 @@ def cmd_quantize(args):
     print(format_report(report, Path(args.out_dir)))
 
 
-def add_sampling_flags(p):
-    """The sampling options of every model folder's inference.py and of `smolhub generate`."""
-    p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for several)")
-    p.add_argument("--max-length", type=int, default=100, help="new tokens to generate")
-    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0 = greedy)")
-    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens only")
-    p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set of tokens holding this "
-                                                             "probability (nucleus sampling)")
-    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    p.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same text")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (quantized folders run on CPU)")
-    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
-                   help="wrap the prompt in the tokenizer's chat template and print the answer (default: when the "
-                        "tokenizer has one); --no-chat continues the prompt as plain text")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from smolhub_hub.inference import add_sampling_flags
+
     p = ArgumentParser(prog="smolhub", description="SmolHub: train, export and share small language models.")
     sub = p.add_subparsers(dest="command", required=True)
 

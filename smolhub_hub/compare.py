@@ -69,13 +69,11 @@ def summarize_checkpoint(ckpt: Path, run: Path | None, name: str | None = None) 
 
 def summarize_run(path: str | Path) -> RunSummary:
     """A run folder (its LATEST checkpoint), one of its step_* folders, or a pulled Hub repo."""
-    from smolhub_hub.hub import checkpoint_in, run_dir_of
-
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"run folder '{path}' does not exist; pass the --out-dir of a training run")
-    ckpt = ckpt_io.resolve_checkpoint(checkpoint_in(p))
-    run = run_dir_of(ckpt)
+    ckpt = ckpt_io.resolve_checkpoint(ckpt_io.checkpoint_in(p))
+    run = ckpt_io.run_dir_of(ckpt)
     if run is None:
         raise UserError(f"'{path}' has no metrics.csv next to its checkpoint; pass a training run folder")
     return summarize_checkpoint(ckpt, run, name=p.resolve().name)
@@ -84,7 +82,7 @@ def summarize_run(path: str | Path) -> RunSummary:
 def _unique_names(runs: list[RunSummary], paths: list[str]):
     """Two runs both called `run` in different folders are labelled with their parent folder too."""
     names = [r.name for r in runs]
-    for r, p in zip(runs, paths):
+    for r, p in zip(runs, paths, strict=False):
         if names.count(r.name) > 1:
             r.name = "/".join(Path(p).resolve().parts[-2:])
 
@@ -109,7 +107,7 @@ def differing_settings(runs: list[RunSummary]) -> list[str]:
 def _setting_names(keys: list[str]) -> list[str]:
     """`lr` for train.lr; the section stays where two sections share a name (model and data vocab_size)."""
     short = [k.split(".", 1)[1] for k in keys]
-    return [s if short.count(s) == 1 else k for k, s in zip(keys, short)]
+    return [s if short.count(s) == 1 else k for k, s in zip(keys, short, strict=False)]
 
 
 def _setting(value) -> str:
@@ -149,7 +147,7 @@ def format_table(runs: list[RunSummary], fmt: str = "text") -> str:
         return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in rows])
     widths = [max(len(h), *(len(c[i]) for c in rows)) for i, h in enumerate(header)]
     fmt_row = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)  # noqa: E731
-                                      for i, (c, w) in enumerate(zip(cells, widths)))
+                                      for i, (c, w) in enumerate(zip(cells, widths, strict=False)))
     return "\n".join([fmt_row(header), fmt_row(["-" * w for w in widths]), *map(fmt_row, rows)])
 
 
@@ -162,11 +160,11 @@ def loss_curves_figure(runs: list[RunSummary], x: str = "tokens"):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     col = 1 if x == "tokens" else 0
     for i, r in enumerate(runs):
-        for ax, name in zip(axes, ("train/loss", "val/loss")):
+        for ax, name in zip(axes, ("train/loss", "val/loss"), strict=False):
             if name in r.curves:
                 ax.plot(r.curves[name][col], r.curves[name][2], color=f"C{i % 10}", label=r.name,
                         **({"marker": "o", "markersize": 5} if name == "val/loss" else {"linewidth": 1}))
-    for ax, title in zip(axes, ("train loss", "held-out loss")):
+    for ax, title in zip(axes, ("train loss", "held-out loss"), strict=False):
         ax.set_title(title)
         log_y(ax)
         ax.set_xlabel("tokens seen" if x == "tokens" else "step")

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from types import ModuleType
+from typing import Any
 
 from smolhub_hub.errors import ArgumentParser, UserError
 from smolhub_hub.modeling import ConfigMixin
+from smolhub_hub.registry import load_object
 
 
 def opt(default, help: str, *, training: bool = False, min=None, max=None, above=None, below=None, **kw):
@@ -128,6 +131,9 @@ class TrainConfig(ConfigMixin):
                      choices=["auto", "bfloat16", "float16", "float32"])
     compile: str = opt("auto", "torch.compile: auto (on for CUDA), on, off", choices=["auto", "on", "off"])
     grad_checkpointing: bool = opt(False, "activation checkpointing (less memory, ~30% more compute)")
+    loss_chunk_size: int = opt(256, "compute the training loss in chunks of this many tokens without holding the "
+                                    "full logits: 2.5-3.6x less memory for the head at a 49k vocabulary, "
+                                    "smolhub_hub/losses.py (0 = plain cross-entropy over the full logits)", min=0)
     max_bad_steps: int = opt(5, "stop after this many non-finite losses in a row (each is skipped)", min=1)
     resume: bool = opt(False, "continue the latest checkpoint in --out-dir exactly where it stopped; "
                               "architecture and data flags must match it, training settings may change")
@@ -197,16 +203,26 @@ def _has_records(path: Path) -> bool:
 
 @dataclass
 class ModelFamily:
-    """Everything the shared tools need to know about one model folder."""
+    """Everything the shared tools need to know about one model folder. The model and its converter are named by
+    module path and imported when asked for, so a folder's config.py never imports its model.py."""
 
     name: str
     model_config: type
-    model_class: Callable[[], type]            # lazy: importing a config never imports torch models
+    model: str                                 # "StoryLlama.model:StoryLlama": the nn.Module class
     train: TrainConfig
     data: DataConfig
     presets: dict[str, dict[str, dict[str, Any]]]
+    converter: str = ""                        # "StoryLlama.convert": to_hf / from_hf / hf_config for transformers
     hf_architecture: str = ""                  # the transformers class `smolhub export` writes
     description: str = ""
+
+    def model_class(self) -> type:
+        return load_object(self.model)
+
+    def converter_module(self) -> ModuleType:
+        if not self.converter:
+            raise UserError(f"no transformers export for model family '{self.name}'")
+        return importlib.import_module(self.converter)
 
     def build(self, preset: str = "default", **model_overrides):
         mcfg, _, _ = self.resolve(preset)

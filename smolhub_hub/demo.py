@@ -19,6 +19,7 @@ import importlib.util
 import random
 from pathlib import Path
 
+from smolhub_hub.config import ModelFamily
 from smolhub_hub.errors import ArgumentParser, UserError, exit_on_user_error
 from smolhub_hub.extras import require
 
@@ -122,7 +123,7 @@ def build_demo(model, title: str, max_new_tokens: int = 256, max_queue: int = 64
 
     with gr.Blocks(title=title) as demo:
         gr.Markdown(f"## {title}\n{counts['total'] / 1e6:.1f}M parameters ({counts['active'] / 1e6:.1f}M active) · "
-                    f"context {ctx} tokens · checkpoint `{getattr(model, 'checkpoint_path', '')}`")
+                    f"context {ctx} tokens · checkpoint `{model.checkpoint_path}`")
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", value=examples[0], lines=3, elem_id="prompt",
@@ -153,21 +154,21 @@ def build_demo(model, title: str, max_new_tokens: int = 256, max_queue: int = 64
     return demo
 
 
-def default_checkpoint(family: str) -> Path:
+def default_checkpoint(family: ModelFamily) -> Path:
     """runs/<family>-quick, where the quick preset writes it: under the working directory if it is there,
     else under the repository that holds the model folder (so it is found from the root and from gradio/)."""
-    run = Path("runs") / f"{family}-quick"
-    spec = importlib.util.find_spec(family)
-    if run.exists() or spec is None or spec.origin is None:
+    run = Path("runs") / f"{family.name}-quick"
+    folder = importlib.util.find_spec(family.model.partition(".")[0])  # the package that holds the model
+    if run.exists() or folder is None or folder.origin is None:
         return run
-    return Path(spec.origin).resolve().parents[1] / run
+    return Path(folder.origin).resolve().parents[1] / run
 
 
-def build_parser(family: str) -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="app.py", description=f"Gradio demo for a {family} checkpoint.")
+def build_parser(family: ModelFamily) -> argparse.ArgumentParser:
+    p = ArgumentParser(prog="app.py", description=f"Gradio demo for a {family.name} checkpoint.")
     p.add_argument("--checkpoint", default=None,
-                   help=f"checkpoint folder, run folder, Hub repo id or .gguf file (default: runs/{family}-quick, in "
-                        "the working directory or else in the repository)")
+                   help=f"checkpoint folder, run folder, Hub repo id or .gguf file (default: runs/{family.name}-quick, "
+                        "in the working directory or else in the repository)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to your network)")
     p.add_argument("--port", type=int, default=7860, help="port to serve on")
     p.add_argument("--max-new-tokens", type=int, default=256, help="server-side cap on generated tokens")
@@ -180,7 +181,7 @@ def build_parser(family: str) -> argparse.ArgumentParser:
 
 
 @exit_on_user_error
-def main(family: str, argv=None):
+def main(family: ModelFamily, argv=None):
     from smolhub_hub.inference import load_model
 
     args = build_parser(family).parse_args(argv)
@@ -193,7 +194,7 @@ def main(family: str, argv=None):
     try:
         model = load_model(checkpoint, family=family, device=args.device)
     except UserError as e:
-        raise UserError(f"{e}. Train one first: python {family}/trainer.py --preset quick, "
+        raise UserError(f"{e}. Train one first: python {family.name}/trainer.py --preset quick, "
                         "then pass --checkpoint runs/<run>") from None
-    demo = build_demo(model, f"{family} demo", args.max_new_tokens, chat=args.chat)
+    demo = build_demo(model, f"{family.name} demo", args.max_new_tokens, chat=args.chat)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share)

@@ -6,8 +6,8 @@ Generation stops at EOS per sequence; finished rows keep emitting EOS until all 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -24,7 +24,7 @@ class SamplingConfig:
     top_p: float | None = None
     greedy: bool = False
 
-    def validate(self) -> "SamplingConfig":
+    def validate(self) -> SamplingConfig:
         if self.max_new_tokens < 0:
             raise UserError(f"max new tokens must be >= 0 (got {self.max_new_tokens})")
         if self.temperature < 0 or self.temperature != self.temperature:

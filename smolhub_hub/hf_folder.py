@@ -1,5 +1,5 @@
 """Write a loaded SmolHub model as a Hugging Face transformers folder (weights, config, tokenizer,
-generation config), through the family's converter in `smolhub_hub.export`.
+generation config), through the converter in its family's folder (`<Folder>/convert.py`).
 
 The folder reads the same in transformers 4.x and 5.x. Two things differ between them and are written
 for both here (the weights themselves are saved in the layout both read):
@@ -40,15 +40,15 @@ def _update_json(path: Path, **changes):
 def write_hf_folder(model, out: Path) -> Path:
     from transformers import GenerationConfig
 
-    from smolhub_hub.export import converter_for
+    from smolhub_hub.registry import get_family
 
     tok = model.tokenizer
     ids = special_token_ids(tok)
-    hf = converter_for(model.checkpoint_config["family"]).to_hf(model, **ids)
+    hf = get_family(model.checkpoint_config["family"]).converter_module().to_hf(model, **ids)
     hf.generation_config = GenerationConfig(**ids, do_sample=True, temperature=0.7, max_new_tokens=100)
     hf.save_pretrained(out)
     tok.save_pretrained(out)
-    rope = getattr(hf.config, "rope_parameters", None)
+    rope = hf.config.to_dict().get("rope_parameters")
     if rope:  # GPT-2 has no RoPE
         _update_json(out / "config.json", rope_theta=rope["rope_theta"])
     # model_max_length: transformers warns (and pipelines truncate) past the model's real context.

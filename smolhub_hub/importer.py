@@ -238,12 +238,12 @@ def _short(e: Exception) -> str:
 
 def from_transformers(hf, tokenizer, family: str | None = None, source: Source | None = None):
     """A transformers model (and its tokenizer) as the SmolHub model of its family. The one place a converter runs."""
-    from smolhub_hub.export import converter_for
+    from smolhub_hub.registry import get_family
 
     text = source.text if source else type(hf).__name__
     name = family_for(type(hf).__name__, family, text)
     try:
-        model = _as_family(converter_for(name).from_hf(hf), name)
+        model = _as_family(get_family(name).converter_module().from_hf(hf), name)
     except ValueError as e:  # a variant the family cannot compute (another head size, sliding windows, ...)
         raise UserError(f"{text}: {e}") from None
     if tokenizer is not None and len(tokenizer) > model.config.vocab_size:

@@ -13,24 +13,27 @@ from pathlib import Path
 
 import torch
 
+from smolhub_hub.config import ModelFamily
 from smolhub_hub.errors import ArgumentParser, UserError, exit_on_user_error
 from smolhub_hub.generation import SamplingConfig, generate, generate_tokens
+from smolhub_hub.routing import format_routing, routing_of
 
 
-def load_model(path_or_hub_id: str, family: str | None = None, device: str = "auto"):
+def load_model(path_or_hub_id: str, family: ModelFamily | None = None, device: str = "auto"):
     """A model in eval mode with `.tokenizer` attached. `family` refuses checkpoints of other models.
 
     Any `smolhub import` source loads: a checkpoint or run folder, a Hub repo id, a transformers folder, a .gguf
     file or `smollm2` (those that are not SmolHub checkpoints are imported once into a cache)."""
     from smolhub_hub.importer import load
-    from smolhub_hub.quantize import is_quantized, load_quantized
+    from smolhub_hub.quantized_folder import is_quantized, load_quantized
 
     if is_quantized(Path(path_or_hub_id)):  # `smolhub quantize` output: int8 weights, CPU only
         model = load_quantized(path_or_hub_id)
-        if family is not None and model.checkpoint_config["family"] != family:
-            raise UserError(f"{path_or_hub_id} is a quantized {model.checkpoint_config['family']} model, not {family}")
+        if family is not None and model.checkpoint_config["family"] != family.name:
+            raise UserError(f"{path_or_hub_id} is a quantized {model.checkpoint_config['family']} model, not "
+                            f"{family.name}")
         return model
-    return load(str(path_or_hub_id), family).to(_pick_device(device))
+    return load(str(path_or_hub_id), family.name if family else None).to(_pick_device(device))
 
 
 def _pick_device(device: str) -> torch.device:
@@ -122,25 +125,44 @@ def stream_text(model, prompt: str, max_length: int = 100, temperature: float = 
 
 
 # --- CLI -------------------------------------------------------------------------------------------
-def build_parser(family: str) -> argparse.ArgumentParser:
-    from smolhub_hub.cli import add_sampling_flags
+def add_sampling_flags(p: argparse.ArgumentParser):
+    """The sampling options of every model folder's inference.py and of `smolhub generate`."""
+    p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for several)")
+    p.add_argument("--max-length", type=int, default=100, help="new tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0 = greedy)")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens only")
+    p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set of tokens holding this "
+                                                             "probability (nucleus sampling)")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same text")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (quantized folders run on CPU)")
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="wrap the prompt in the tokenizer's chat template and print the answer (default: when the "
+                        "tokenizer has one); --no-chat continues the prompt as plain text")
 
-    p = ArgumentParser(prog=f"{family}/inference.py", description=f"Generate text with a {family} checkpoint.")
+
+def build_parser(family: ModelFamily, show_routing: bool = False) -> argparse.ArgumentParser:
+    p = ArgumentParser(prog=f"{family.name}/inference.py",
+                       description=f"Generate text with a {family.name} checkpoint.")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, run folder, Hub repo id, or any `smolhub "
                                                        "import` source (.gguf file, transformers folder, smollm2)")
     add_sampling_flags(p)
+    if show_routing:
+        p.add_argument("--show-routing", action="store_true",
+                       help="after each text, list the experts every generated token went to, per MoE layer")
     return p
 
 
 @exit_on_user_error
-def main(family: str, argv=None, parser: argparse.ArgumentParser | None = None, after_generate=None):
-    args = (parser or build_parser(family)).parse_args(argv)
+def main(family: ModelFamily, argv=None, show_routing: bool = False):
+    """A model folder's inference CLI; `show_routing` adds --show-routing (the mixture-of-experts families)."""
+    args = build_parser(family, show_routing).parse_args(argv)
     model = load_model(args.checkpoint, family=family, device=args.device)
     cfg = SamplingConfig(args.max_length, args.temperature, args.top_k, args.top_p, args.greedy).validate()
     chat = uses_chat(model, args.chat)
     for prompt in args.prompt:
         ids, out = _generate(model, prompt, cfg, args.seed, chat)
         print(shown_text(model, ids[0].tolist(), out[0, ids.shape[1]:].tolist(), chat))
-        if after_generate is not None:
-            after_generate(model, args, ids, out)
+        if show_routing and args.show_routing:
+            print(format_routing(model.tokenizer, out[:1], routing_of(model, out[:1]), start=ids.shape[1]))
         sys.stdout.flush()

@@ -1,12 +1,11 @@
-"""Building blocks shared by the model folders: norms, rotary embeddings, attention, feed-forwards.
+"""The generic pieces every model.py imports: RMSNorm, rotary position embeddings, the attention call.
 
-Conventions follow Hugging Face transformers where a choice is arbitrary (RoPE's rotate-half layout,
-RMSNorm computed in fp32), so that exported weights need no permutation.
+What makes an architecture itself (its attention module, its feed-forward, its router) lives in its folder;
+these are the few operations they all share. Conventions follow Hugging Face transformers where a choice is
+arbitrary (RoPE's rotate-half layout, RMSNorm computed in fp32), so that exported weights need no permutation.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn as nn
@@ -93,110 +92,3 @@ def causal_attention(q, k, v, dropout_p: float = 0.0, impl: str = "sdpa") -> tor
     offset = tk - tq
     mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=offset)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
-
-
-class GroupedQueryAttention(nn.Module):
-    """Multi-head attention with `n_kv_heads` key/value heads (1 = MQA, n_heads = MHA).
-
-    The query, key and value projections are one fused `wqkv` linear (rows: queries, then keys, then
-    values), so a decoded token costs one matmul instead of three, and RoPE rotates the queries and
-    keys together. Checkpoints with separate `wq` / `wk` / `wv` load unchanged (fused on load);
-    `unfused_state_dict` gives the separate layout that exporters map to other libraries.
-    `rope` is None for models with learned absolute positions (SmolTransformer).
-    """
-
-    def __init__(self, dim: int, n_heads: int, n_kv_heads: int, layer_idx: int, head_dim: int | None = None,
-                 bias: bool = False, dropout: float = 0.0, impl: str = "sdpa"):
-        super().__init__()
-        if n_heads % n_kv_heads:
-            raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
-        if head_dim is None and dim % n_heads:
-            raise ValueError(f"dim ({dim}) must be a multiple of n_heads ({n_heads})")
-        self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
-        self.head_dim = head_dim or dim // n_heads
-        self.layer_idx, self.dropout, self.impl = layer_idx, dropout, impl
-        self.wqkv = nn.Linear(dim, sum(self.qkv_sizes), bias=bias)
-        self.wo = nn.Linear(n_heads * self.head_dim, dim, bias=bias)
-        self.resid_dropout = nn.Dropout(dropout)
-        self.register_load_state_dict_pre_hook(_fuse_separate_qkv)
-
-    @property
-    def qkv_sizes(self) -> tuple[int, int, int]:
-        """Output rows of the query, key and value parts of `wqkv`."""
-        return self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim
-
-    def forward(self, x, rope=None, cache=None):
-        B, T, _ = x.shape
-        H, Hkv = self.n_heads, self.n_kv_heads
-        # split, not slicing: a split's backward is one concatenation, a slice's a zero-fill of the whole.
-        qk, v = self.wqkv(x).view(B, T, H + 2 * Hkv, self.head_dim).split([H + Hkv, Hkv], dim=2)
-        qk, v = qk.transpose(1, 2), v.transpose(1, 2)
-        if rope is not None:
-            qk = apply_rope(qk, *rope)
-        q, k = qk.split([H, Hkv], dim=1)
-        if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)
-        # Dropout only while training: eval and generation are deterministic (a reference-project bug).
-        y = causal_attention(q, k, v, self.dropout if self.training else 0.0, self.impl)
-        return self.resid_dropout(self.wo(y.transpose(1, 2).reshape(B, T, -1)))
-
-
-QKV_NAMES = ("wq", "wk", "wv")
-
-
-def _fuse_separate_qkv(module, state_dict, prefix, *args):
-    """load_state_dict pre-hook: `wq`/`wk`/`wv` (older checkpoints, importers) -> the fused `wqkv`."""
-    for kind in ("weight", "bias"):
-        names = [f"{prefix}{w}.{kind}" for w in QKV_NAMES]
-        if all(n in state_dict for n in names):
-            state_dict[f"{prefix}wqkv.{kind}"] = torch.cat([state_dict.pop(n) for n in names])
-
-
-def unfused_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """`model.state_dict()` with every attention's fused `wqkv` split into `wq`, `wk`, `wv` (views).
-
-    The layout exporters map one to one onto transformers' q_proj / k_proj / v_proj; loading such a
-    dict back into the model fuses it again.
-    """
-    state = model.state_dict()
-    for name, m in model.named_modules():
-        if isinstance(m, GroupedQueryAttention):
-            for kind in ("weight", "bias"):
-                fused = state.pop(f"{name}.wqkv.{kind}", None)
-                if fused is not None:
-                    for w, part in zip(QKV_NAMES, fused.split(m.qkv_sizes)):
-                        state[f"{name}.{w}.{kind}"] = part
-    return state
-
-
-class SwiGLU(nn.Module):
-    """Llama's feed-forward: down(silu(gate(x)) * up(x))."""
-
-    def __init__(self, dim: int, hidden: int, bias: bool = False):
-        super().__init__()
-        self.w_gate = nn.Linear(dim, hidden, bias=bias)
-        self.w_up = nn.Linear(dim, hidden, bias=bias)
-        self.w_down = nn.Linear(hidden, dim, bias=bias)
-
-    def forward(self, x):
-        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
-
-
-class GeluMLP(nn.Module):
-    """The classic transformer feed-forward (GPT-2): fc -> GELU -> proj."""
-
-    def __init__(self, dim: int, hidden: int, bias: bool = True, approximate: str = "tanh", dropout: float = 0.0):
-        super().__init__()
-        self.fc = nn.Linear(dim, hidden, bias=bias)
-        self.proj = nn.Linear(hidden, dim, bias=bias)
-        self.approximate = approximate
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x):
-        return self.dropout(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
-
-
-def llama_ffn_hidden(dim: int, multiple_of: int = 64, multiplier: float = 1.0) -> int:
-    """Llama's SwiGLU width: 2/3 of 4*dim (same parameters as a 4*dim GELU MLP), rounded up."""
-    hidden = int(multiplier * int(2 * 4 * dim / 3))
-    return multiple_of * math.ceil(hidden / multiple_of)

@@ -1,23 +1,51 @@
-"""Chunked (fused linear) cross-entropy: the LM head and the loss without the (tokens, vocab) logits.
+"""The language-modelling loss: mean next-token cross-entropy, plain or chunked.
+
+`head_and_loss` is what every model's forward ends with. With `chunk_size` 0 it projects to the full logits and
+takes the cross-entropy (transformers' way); with `chunk_size` > 0 (the trainer's --loss-chunk-size, on by
+default) it never holds them:
 
 `F.cross_entropy(hidden @ W.T, targets)` keeps the full fp32 logits and their gradient alive between
 forward and backward: 2 x tokens x vocab x 4 bytes (1.6 GB for 4,096 tokens at a 50k vocabulary).
 `chunked_cross_entropy` walks the tokens in chunks; for each chunk it computes the logits, the loss and,
 at once, the gradients with respect to the hidden states and the head weight (softmax - one_hot is the
 gradient of the logits), then drops the chunk's logits. Peak extra memory is one chunk's logits.
-This is the torch version of Liger-Kernel's fused linear cross-entropy; same value and gradients as
-the plain loss (mean over the targets that are not `ignore_index`).
+This is the torch version of Liger-Kernel's fused linear cross-entropy
+(https://github.com/linkedin/Liger-Kernel); same value and gradients as the plain loss (mean over the targets that
+are not `ignore_index`). Measured at SmolLM's 49,152-token vocabulary, 2,048 tokens, dim 576 on one CPU thread
+(bench/bench_loss.py, chunk 256): 3.6x less peak memory for the head and loss in fp32 (327 vs 1,168 MB) at 0.89x
+the speed, 2.5x less (489 vs 1,217 MB) at 0.84x under bf16 autocast; at the quick presets' 2,048-token vocabulary
+it is also 1.6x faster.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100  # targets that do not count (transformers' convention)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss of (..., vocab) logits, computed in fp32 (bf16 logits lose the small probabilities)."""
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+def head_and_loss(hidden: torch.Tensor, lm_head: nn.Linear, targets: torch.Tensor,
+                  chunk_size: int = 0) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(logits, loss) of the final hidden states (B, T, dim) through the output head; logits are None when the
+    loss was computed in chunks of `chunk_size` tokens (nothing reads them in training)."""
+    if chunk_size > 0:
+        return None, chunked_cross_entropy(hidden, lm_head.weight, targets, chunk_size)
+    logits = lm_head(hidden)  # (B, T, vocab)
+    return logits, cross_entropy(logits, targets)
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_size: int, ignore_index: int):
-        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    def forward(ctx, hidden, weight, targets, chunk_size: int, ignore_index: int, grad_enabled: bool):
+        # Forward runs with autograd off, so the caller says whether gradients will be asked for (not in eval).
+        want_h, want_w = grad_enabled and ctx.needs_input_grad[0], grad_enabled and ctx.needs_input_grad[1]
         n_valid = (targets != ignore_index).sum()
         acc = torch.promote_types(hidden.dtype, torch.float32)  # bf16/fp16 logits are upcast, fp64 kept
         total = torch.zeros((), device=hidden.device, dtype=acc)
@@ -51,11 +79,13 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
         return (grad_h * grad_out if grad_h is not None else None,
-                grad_w * grad_out if grad_w is not None else None, None, None, None)
+                grad_w * grad_out if grad_w is not None else None, None, None, None, None)
 
 
+# A Python loop over chunks, which torch.compile would unroll: it runs eager, with a graph break around it.
+@torch.compiler.disable
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                          chunk_size: int = 1024, ignore_index: int = -100) -> torch.Tensor:
+                          chunk_size: int = 256, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Mean next-token cross-entropy of `hidden @ weight.T` against `targets`, computed in chunks.
 
     hidden: (..., dim) final hidden states; weight: (vocab, dim) the LM head; targets: (...) ids, with
@@ -65,4 +95,5 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 (got {chunk_size})")
     h = hidden.reshape(-1, hidden.shape[-1])
-    return _ChunkedLinearCrossEntropy.apply(h, weight, targets.reshape(-1), chunk_size, ignore_index)
+    return _ChunkedLinearCrossEntropy.apply(h, weight, targets.reshape(-1), chunk_size, ignore_index,
+                                            torch.is_grad_enabled())

@@ -97,7 +97,8 @@ def card_body(model, summary: RunSummary, has_loss_curve: bool, title: str, expo
         + (f", {counts['active']:,} active per token (mixture of experts)" if moe else ""),
         f"- Context length: {model.max_seq_len} tokens",
         f"- Tokenizer: {tokenizer}",
-        f"- License: {license_of(data)}" + (" (its tokenizer's)" if data.get("tokenizer") in TOKENIZER_LICENSES else ""),
+        f"- License: {license_of(data)}"
+        + (" (its tokenizer's)" if data.get("tokenizer") in TOKENIZER_LICENSES else ""),
         "",
         "<details><summary>Full configuration</summary>",
         "",
@@ -147,7 +148,8 @@ def render_model_card(model, summary: RunSummary, has_loss_curve: bool, repo_id:
             "```python",
             "from transformers import pipeline",
             f'generate = pipeline("text-generation", model="{repo_id}")',
-            'print(generate("Once upon a time", max_new_tokens=100, do_sample=True, temperature=0.7)[0]["generated_text"])',
+            'print(generate("Once upon a time", max_new_tokens=100, do_sample=True, temperature=0.7)'
+            '[0]["generated_text"])',
             "```",
             "",
         ]

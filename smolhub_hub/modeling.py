@@ -1,9 +1,15 @@
-"""The shape every SmolHub model shares: token ids in, logits (and losses) out.
+"""What every SmolHub model promises the shared tools (trainer, generation, export, demo), and nothing more.
 
-A model folder subclasses `CausalLM` and says only what makes its architecture itself: its block
-(`make_block`), its positions (`positions` / `embed`), and for MoE models the parameters a token does
-not use. Embedding, the final norm, the tied head, the loss, activation checkpointing, the KV cache
-and parameter counting live here once.
+Each model folder's `model.py` builds its own modules and owns its forward pass, nanoGPT-style:
+
+    class StoryLlama(CausalLM):
+        def __init__(self, config): ...           # tok_emb, blocks, norm, lm_head (tied when configured), init
+        def forward(self, idx, targets=None, cache=None) -> LMOutput: ...
+        def new_cache(self, batch_size, max_len, device=None, dtype=None): ...
+
+`CausalLM` adds the few plain methods the tools call, each with a default that suits a dense model and is
+overridden where a model differs (mixture-of-experts models list their `moe_layers`; StoryKimi updates its
+router biases in `on_optimizer_step`). It never calls back into a subclass to build or run the network.
 """
 
 from __future__ import annotations
@@ -11,15 +17,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from smolhub_hub.errors import UserError
 from smolhub_hub.kv_cache import KVCache
+from smolhub_hub.moe_kernels import MoELayer, moe_routing_stats
+
+INIT_STD = 0.02  # GPT-2's weight init
 
 
 class ConfigMixin:
@@ -43,111 +51,81 @@ class ConfigMixin:
 
 @dataclass
 class LMOutput:
-    logits: torch.Tensor
+    logits: torch.Tensor | None            # (B, T, vocab); (B, 1, vocab) with a cache; None if the loss was chunked
     loss: torch.Tensor | None = None       # what to backpropagate: lm_loss + aux_loss
     lm_loss: torch.Tensor | None = None    # next-token cross-entropy alone, for logging and eval
     aux_loss: torch.Tensor | None = None   # e.g. MoE load balancing, already scaled by its coefficient
 
+    @classmethod
+    def with_losses(cls, logits, lm_loss: torch.Tensor, aux_loss: torch.Tensor | None = None) -> LMOutput:
+        return cls(logits, lm_loss if aux_loss is None else lm_loss + aux_loss, lm_loss, aux_loss)
+
+
+def init_normal(*modules: nn.Module, std: float = INIT_STD):
+    """GPT-2's init, as nanoGPT writes it: every Linear and Embedding weight inside `modules` from N(0, std), Linear
+    biases zero. Norms keep their ones, and modules with weights of their own (routers, stacked experts) initialise
+    them in their constructor."""
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, 0.0, std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def residual_std(n_layers: int) -> float:
+    """GPT-2's std for the projections that write into the residual stream: 2 per block add to it, so each gets
+    1/sqrt(2 * n_layers) of the usual std and the stream's variance does not grow with depth (GPT-2 paper, 2.3)."""
+    return INIT_STD / math.sqrt(2 * n_layers)
+
 
 class CausalLM(nn.Module):
-    config_class: ClassVar[type]
-    family: ClassVar[str]
-    # Residual-branch output projections get GPT-2's 1/sqrt(2 * n_layers) scaled init.
-    residual_projections: ClassVar[tuple[str, ...]] = ("wo", "w_down", "proj")
+    """Token ids in, `LMOutput` out. A subclass sets `self.config` and defines `forward` and `new_cache`."""
 
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.tok_emb = nn.Embedding(config.vocab_size, config.dim)
-        self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(self.make_block(i) for i in range(config.n_layers))
-        self.norm = self.make_final_norm()
-        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.tok_emb.weight
-        self.gradient_checkpointing = False
-        self.apply(self._init_weights)
-        std = 0.02 / math.sqrt(2 * config.n_layers)
-        for name, p in self.named_parameters():
-            if name.endswith(".weight") and name.split(".")[-2] in self.residual_projections:
-                nn.init.normal_(p, 0.0, std)
-
-    # --- what a model folder provides -------------------------------------------------------------
-    def make_block(self, layer_idx: int) -> nn.Module:
-        """A block maps (x, positions, cache) to (x, aux_loss or None)."""
-        raise NotImplementedError
-
-    def make_final_norm(self) -> nn.Module:
-        raise NotImplementedError
-
-    def positions(self, start: int, length: int):
-        """Whatever the blocks need to know about positions (RoPE cos/sin), or None."""
-        return None
-
-    def embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:
-        return self.tok_emb(idx)
-
-    def inactive_params_per_token(self) -> int:
-        """Parameters a token does not use (unchosen experts); 0 for dense models."""
-        return 0
-
-    # --- shared machinery ------------------------------------------------------------------------
-    def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, 0.0, 0.02)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
+    config: Any
+    # Set by the trainer (--grad-checkpointing): `run_block` recomputes each block's activations in the backward pass.
+    gradient_checkpointing: bool = False
+    # Set by the trainer (--loss-chunk-size): > 0 computes the training loss without the full logits (losses.py).
+    loss_chunk_size: int = 0
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache=None) -> LMOutput:
-        B, T = idx.shape
-        start = 0
-        if cache is not None:
-            cache.check_room(T)
-            start = cache.pos
-        x = self.drop(self.embed(idx, start))
-        pos = self.positions(start, T)
-        aux_losses = []
-        for block in self.blocks:
-            if self.gradient_checkpointing and self.training and cache is None:
-                x, aux = checkpoint(block, x, pos, None, use_reentrant=False)
-            else:
-                x, aux = block(x, pos, cache)
-            if aux is not None:
-                aux_losses.append(aux)
-        if cache is not None:
-            cache.advance(T)
-        x = self.norm(x)
-        if targets is None:
-            # Generation needs only the last position: skip the (B, T, vocab) projection.
-            return LMOutput(self.lm_head(x[:, -1:] if cache is not None else x))
-        logits = self.lm_head(x)
-        lm_loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-        aux_loss = torch.stack(aux_losses).sum() if aux_losses else None
-        loss = lm_loss if aux_loss is None else lm_loss + aux_loss
-        return LMOutput(logits, loss, lm_loss, aux_loss)
+        raise NotImplementedError
+
+    def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:
+        """The generation cache this architecture reads and writes (on the model's device and dtype by default)."""
+        raise NotImplementedError
+
+    def run_block(self, block: nn.Module, x: torch.Tensor, *args):
+        """`block(x, *args)`; under activation checkpointing (training, no cache) its activations are not kept but
+        recomputed in the backward pass: less memory for ~30% more compute."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, *args, use_reentrant=False)
+        return block(x, *args)
 
     @property
     def max_seq_len(self) -> int:
+        """The longest prompt + generation the model serves (generation refuses more up front)."""
         return self.config.max_seq_len
 
-    def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None):
-        c = self.config
-        p = next(self.parameters())
-        head_dim = getattr(c, "head_dim", None) or c.dim // c.n_heads
-        return KVCache(c.n_layers, batch_size, getattr(c, "n_kv_heads", c.n_heads), max_len, head_dim,
-                       device=device or p.device, dtype=dtype or p.dtype)
+    def moe_layers(self) -> dict[int, MoELayer]:
+        """The mixture-of-experts feed-forwards, keyed by block index; {} for a dense model."""
+        return {}
 
     def param_counts(self) -> dict[str, int]:
-        total = sum(p.numel() for p in self.parameters())  # a tied matrix is counted once
-        return {"total": total, "active": total - self.inactive_params_per_token()}
+        """{"total", "active"}: a tied matrix counts once; "active" leaves out the experts a token is not sent to."""
+        total = sum(p.numel() for p in self.parameters())
+        inactive = sum(m.inactive_params_per_token() for m in self.moe_layers().values())
+        return {"total": total, "active": total - inactive}
+
+    def routing_stats(self) -> dict[str, float]:
+        """Routing telemetry since the last call, `moe/layer<block>/<name>` and means over layers ({} if dense)."""
+        return moe_routing_stats(self.moe_layers())
 
     def on_optimizer_step(self):
         """Called by the trainer after every optimizer step (never per micro-batch, never in eval)."""
 
     def on_step_skipped(self):
-        """Called by the trainer instead of `on_optimizer_step` when a step's loss or gradient was not finite
-        and no update was applied. Every submodule with an `on_step_skipped` drops what that step's forwards
-        gathered (max attention logits, expert loads, routing statistics), so a skipped step leaves no trace."""
-        for module in self.modules():
-            if module is not self and hasattr(module, "on_step_skipped"):
-                module.on_step_skipped()
+        """Called instead of `on_optimizer_step` when a step's loss or gradient was not finite and no update was
+        applied: what that step's forwards gathered (routing statistics, ...) is dropped, so it leaves no trace."""
+        for layer in self.moe_layers().values():
+            layer.on_step_skipped()

@@ -16,6 +16,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # workers share the cores; OpenMP oversubscription is slower, not faster
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tests run tiny tensors: a second thread costs more in start-up and waiting on shared cores than it saves."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _smolhub_cache(tmp_path_factory):
     """Packed-token caches go to a per-session folder, never to the user's ~/.cache."""
@@ -27,6 +36,15 @@ def _smolhub_cache(tmp_path_factory):
         os.environ.pop("SMOLHUB_CACHE", None)
     else:
         os.environ["SMOLHUB_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer():
+    """A byte-level BPE of 400 ids trained on 300 built-in stories: for checkpoints made without training."""
+    from smolhub_hub.data.builtin import generate_stories
+    from smolhub_hub.data.tokenizer import train_bpe
+
+    return train_bpe(generate_stories(300), vocab_size=400)
 
 
 # CI explores the same examples every run (a red CI must be reproducible); locally hypothesis explores.

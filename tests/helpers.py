@@ -25,6 +25,19 @@ def tiny_run_args(out_dir, steps=20, extra=()):
             *tiny_data(extra), *extra]
 
 
+def tiny_llama(**kw):
+    """A tiny StoryLlama in eval mode, seeded: the model the shared-library tests run."""
+    import torch
+
+    from StoryLlama.config import StoryLlamaConfig
+    from StoryLlama.model import StoryLlama
+
+    cfg = dict(vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64)
+    cfg.update(kw)
+    torch.manual_seed(0)
+    return StoryLlama(StoryLlamaConfig(**cfg)).eval()
+
+
 def randomise_norms_and_biases(model, seed: int = 0):
     """Give every vector parameter of `model` (ours or transformers') a random value: norm weights around 1
     but never 1, biases around 0 but never 0. Initial values (all 1, all 0) would let a converter that
@@ -38,6 +51,40 @@ def randomise_norms_and_biases(model, seed: int = 0):
                 noise = 0.2 * torch.randn(p.shape, generator=g)
                 p.copy_(1.0 + noise if name.endswith("weight") else noise)
     return model
+
+
+def tiny_checkpoint(path, family: str, tokenizer, weight_scale: float = 4.0, **overrides):
+    """A checkpoint as the trainer writes it, of `family`'s quick preset with `overrides`, in seconds (no training).
+    Weights are the model's init times `weight_scale`, so that attention is sharp and a wrong position encoding
+    shows in the logits, as in a trained model; norms and biases are random, so that a swapped or dropped one
+    shows too."""
+    import torch
+
+    from smolhub_hub import checkpoint as ckpt_io
+    from smolhub_hub.registry import get_family
+
+    fam = get_family(family)
+    mcfg, tcfg, dcfg = fam.resolve("quick")
+    mcfg = mcfg.replace(vocab_size=len(tokenizer) + 48, **overrides)
+    torch.manual_seed(0)
+    model = randomise_norms_and_biases(fam.model_class()(mcfg))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(weight_scale)
+    cfg = {"family": family, "model": mcfg.to_dict(), "train": tcfg.to_dict(), "data": dcfg.to_dict(), "step": 120,
+           "tokens_seen": 245_760, "val_loss": 3.25, "param_counts": model.param_counts()}
+    return ckpt_io.save_checkpoint(path, 120, model, cfg, tokenizer)
+
+
+def show_routing_table(capsys, family, ckpt, n_new: int = 6) -> list[str]:
+    """What `<family>/inference.py --show-routing` prints after the text: a header, then one row per new token."""
+    from smolhub_hub import inference
+
+    inference.main(family, ["--checkpoint", str(ckpt), "--prompt", "Once upon a time", "--greedy",
+                            "--max-length", str(n_new), "--show-routing", "--device", "cpu"], show_routing=True)
+    lines = capsys.readouterr().out.strip().splitlines()
+    return lines[next(i for i, line in enumerate(lines) if line.startswith("token")):]
 
 
 def assert_loop_experts_match_grouped_under_bf16(model, experts):
@@ -55,7 +102,7 @@ def assert_loop_experts_match_grouped_under_bf16(model, experts):
             out = model(idx, targets=idx)
         out.loss.backward()
         results.append((out.logits.float(), experts[-1].w_down.grad.clone()))
-    for a, b in zip(*results):
+    for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=0.02, atol=0.02)
 
 

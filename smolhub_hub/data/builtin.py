@@ -78,7 +78,8 @@ def _story(rng: random.Random) -> str:
         s.append(f"{f_subj.capitalize()} looked everywhere, and soon {f_subj} found the {obj}.")
     else:
         s.append(f'{name} asked {helper} for help. "Please help me find my {obj}," {subj} said.')
-        s.append(f"Together they looked under the {rng.choice(['bench', 'tree', 'bed', 'table', 'bush'])}, and there it was!")
+        place = rng.choice(['bench', 'tree', 'bed', 'table', 'bush'])
+        s.append(f"Together they looked under the {place}, and there it was!")
     s.append(f'"Thank you!" said {name}. {Subj} was so {rng.choice(["happy", "glad", "proud"])}.')
     if rng.random() < 0.4:
         s.append(f"{name} knew that {rng.choice(LESSONS)}.")

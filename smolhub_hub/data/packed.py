@@ -16,9 +16,9 @@ import json
 import os
 import shutil
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -221,7 +221,7 @@ def _write_splits(tmp: Path, tok, labelled: Iterator[tuple[str, str]], dtype: np
     with open(tmp / "train.bin", "wb") as ftrain, open(tmp / "val.bin", "wb") as fval:
         while batch := list(itertools.islice(labelled, TOKENIZE_BATCH)):
             ids = tok([doc for _, doc in batch], add_special_tokens=False)["input_ids"]
-            for (split, doc), doc_ids in zip(batch, ids):
+            for (split, doc), doc_ids in zip(batch, ids, strict=False):
                 if split == "val":
                     held_out.add(_doc_key(doc))
                 else:
@@ -246,7 +246,7 @@ def _cut_documents(path: Path, dtype: np.dtype, starts: np.ndarray, cut: np.ndar
     gaps = np.flatnonzero(cut)
     kept = path.with_name(path.name + ".kept")
     with open(kept, "wb") as f:  # copy what lies between the cut documents
-        for lo, hi in zip([0, *ends[gaps]], [*starts[gaps], len(tokens)]):
+        for lo, hi in zip([0, *ends[gaps]], [*starts[gaps], len(tokens)], strict=False):
             for a in range(lo, hi, COPY_CHUNK):
                 f.write(tokens[a:min(hi, a + COPY_CHUNK)].tobytes())
     removed = int((ends - starts)[cut].sum())

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import codecs
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from smolhub_hub.config import DataConfig
 from smolhub_hub.errors import UserError
@@ -128,7 +128,8 @@ def _iter_jsonl(f: Path, text_field: str) -> Iterator:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise UserError(f"{f}:{lineno} is not valid JSON ({e.msg}); each line of a .jsonl file is one object") from None
+            raise UserError(f"{f}:{lineno} is not valid JSON ({e.msg}); each line of a .jsonl file is one "
+                            "object") from None
         if not isinstance(row, dict) or text_field not in row:
             raise UserError(f"{f}:{lineno} has no field '{text_field}'; set --text-field to the field holding the text")
         yield row[text_field]

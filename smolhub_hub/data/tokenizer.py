@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from smolhub_hub.errors import UserError
 
@@ -71,9 +71,10 @@ def tokenizer_fingerprint(tok) -> str:
 
     Saving and loading the tokenizer does not change it; a checkpoint records it next to its weights, so
     that weights are never used with a tokenizer whose ids mean something else."""
-    backend = getattr(tok, "backend_tokenizer", None)
-    if backend is not None:
-        spec = json.loads(backend.to_str())
+    from transformers import PreTrainedTokenizerFast
+
+    if isinstance(tok, PreTrainedTokenizerFast):  # backed by a `tokenizers` Tokenizer
+        spec = json.loads(tok.backend_tokenizer.to_str())
         spec = {k: spec.get(k) for k in ("added_tokens", "normalizer", "pre_tokenizer", "model")}
     else:  # a tokenizer without a `tokenizers` backend: its vocabulary is what it has
         spec = {"vocab": sorted(tok.get_vocab().items(), key=lambda item: item[1])}

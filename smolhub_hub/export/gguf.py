@@ -29,7 +29,7 @@ import torch
 from smolhub_hub.errors import UserError
 from smolhub_hub.extras import require
 
-ARCHITECTURES = {"StoryLlama": "llama", "SmolTransformer": "gpt2"}  # SmolHub family -> GGUF architecture
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "GPT2LMHeadModel": "gpt2"}  # transformers class -> GGUF architecture
 OUTTYPES = ("f16", "q8_0")
 PRE_TOKENIZER = "gpt-2"
 # What llama.cpp splits text with for PRE_TOKENIZER (llama-vocab.cpp, LLAMA_VOCAB_PRE_TYPE_GPT2): GPT-2's rule.
@@ -41,17 +41,21 @@ def _gguf():
     return require("gguf", "--format gguf")
 
 
-def check_supported(family: str, config):
-    """A UserError naming the fix for a model the GGUF export cannot write (nothing is written before)."""
-    from smolhub_hub.export import converter_for
+def check_supported(family: str, config) -> str:
+    """The GGUF architecture of a `family` model with `config`, or a UserError naming the fix (nothing is written
+    before)."""
+    from smolhub_hub.registry import get_family
 
-    if family not in ARCHITECTURES:
+    fam = get_family(family)
+    if fam.hf_architecture not in ARCHITECTURES:
         raise UserError(f"no GGUF export for {family}: llama.cpp and transformers' GGUF loader both read only "
                         f"{' and '.join(ARCHITECTURES)} models; use --format hf")
-    if family == "SmolTransformer" and config.gelu_approximate != "tanh":
-        raise UserError("llama.cpp's GPT-2 uses the tanh GELU; this SmolTransformer was trained with the exact "
-                        "one (--gelu-approximate none): use --format hf")
-    converter_for(family).hf_config(config)  # e.g. an RMSNorm SmolTransformer has no GPT-2 form
+    hf = fam.converter_module().hf_config(config)  # e.g. an RMSNorm SmolTransformer has no GPT-2 form
+    arch = ARCHITECTURES[fam.hf_architecture]
+    if arch == "gpt2" and hf.activation_function != "gelu_new":
+        raise UserError(f"llama.cpp's GPT-2 uses the tanh GELU; this {family} was trained with the exact one "
+                        "(--gelu-approximate none): use --format hf")
+    return arch
 
 
 def gguf_names(arch: str, n_layers: int, hf_names) -> dict[str, str]:
@@ -164,17 +168,16 @@ def _add_hyperparameters(writer, arch: str, h):
 
 def write_gguf(model, path: Path, outtype: str = "f16", name: str = "") -> Path:
     """Write `model` (a SmolHub model with `.tokenizer`) to the GGUF file `path`."""
-    from smolhub_hub.export import converter_for
     from smolhub_hub.model_card import license_of
+    from smolhub_hub.registry import get_family
 
     gguf = _gguf()
     family = model.checkpoint_config["family"]
-    check_supported(family, model.config)
+    arch = check_supported(family, model.config)
     if outtype not in OUTTYPES:
         raise UserError(f"--outtype {outtype}: choose one of {', '.join(OUTTYPES)}")
     pre_tokenizer_name(model.tokenizer)  # refuse before any work
-    arch = ARCHITECTURES[family]
-    hf = converter_for(family).to_hf(model)
+    hf = get_family(family).converter_module().to_hf(model)
     state = {k: v for k, v in hf.state_dict().items() if not (k == "lm_head.weight" and hf.config.tie_word_embeddings)}
     names = gguf_names(arch, hf.config.num_hidden_layers, state)
     writer = gguf.GGUFWriter(path, arch)

@@ -23,9 +23,20 @@ from pathlib import Path
 import torch
 
 from smolhub_hub import checkpoint as ckpt_io
-from smolhub_hub.config import (DERIVED_MODEL_FIELDS, INVOCATION_FIELDS, DataConfig, ModelFamily, TrainConfig,
-                                architecture_fields, check_flags_act, check_ranges, describe, differences, flag,
-                                training_settings)
+from smolhub_hub.config import (
+    DERIVED_MODEL_FIELDS,
+    INVOCATION_FIELDS,
+    DataConfig,
+    ModelFamily,
+    TrainConfig,
+    architecture_fields,
+    check_flags_act,
+    check_ranges,
+    describe,
+    differences,
+    flag,
+    training_settings,
+)
 from smolhub_hub.data.packed import PackedData, cached_data, prepare_data, window_starts, windows_to_batch
 from smolhub_hub.data.tokenizer import check_fingerprint, load_tokenizer, tokenizer_fingerprint
 from smolhub_hub.errors import UserError
@@ -87,6 +98,7 @@ class Trainer:
         torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
         self.raw_model = self._build_model().to(self.device)
         self.raw_model.gradient_checkpointing = tcfg.grad_checkpointing
+        self.raw_model.loss_chunk_size = tcfg.loss_chunk_size
         self.optimizers = build_optimizers(self.raw_model, tcfg, self.device)
         self.accum = self._grad_accum_steps()
         self.amp_dtype, self.scaler = self._precision()
@@ -217,7 +229,8 @@ class Trainer:
                 model = self.family.model_class()(self.mcfg)
             except (AssertionError, ValueError, ZeroDivisionError, RuntimeError) as e:  # e.g. heads not dividing dim
                 raise UserError(f"{self.family.name} cannot be built with these settings ({type(e).__name__}: "
-                                f"{str(e)[:160] or 'inconsistent sizes'}); check --dim, --n-heads and related flags") from None
+                                f"{str(e)[:160] or 'inconsistent sizes'}); check --dim, --n-heads and related "
+                                "flags") from None
         if self.data.meta["vocab_size"] > self.mcfg.vocab_size:
             raise UserError(f"the tokenizer has {self.data.meta['vocab_size']} ids but the model embeds only "
                             f"{self.mcfg.vocab_size}; use the tokenizer the model was trained with (--tokenizer)")
@@ -377,14 +390,17 @@ class Trainer:
                             "the checkpoint trained; resume with the checkpoint's value, or start a new run")
 
     def _load_training_state(self, path: Path):
+        """--resume restores everything the next step depends on, so that a resumed run takes the steps the
+        uninterrupted one would: the weights (loaded before), each optimizer's moments, the fp16 loss scale, the
+        step and token counters (they place the LR schedule and the data windows) and every rank's RNG state."""
         st = ckpt_io.load_training_state(path)
         if len(st["optimizers"]) != len(self.optimizers):
             raise UserError(f"{path} was trained with {len(st['optimizers'])} optimizer(s), this run builds "
                             f"{len(self.optimizers)}; resume with the same --optimizer")
-        for opt, sd in zip(self.optimizers, st["optimizers"]):
+        for opt, sd in zip(self.optimizers, st["optimizers"], strict=False):
             settings = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
             opt.load_state_dict(sd)
-            for group, mine in zip(opt.param_groups, settings):
+            for group, mine in zip(opt.param_groups, settings, strict=False):
                 group.update(mine)  # this run's lr, weight decay, betas...: only the state comes from the checkpoint
         if self.scaler and st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])
@@ -431,16 +447,22 @@ class Trainer:
         has_aux = False
         for m, (x, y) in self._micro_batches(step, seq):
             last = m == self.accum - 1
+            # DDP all-reduces the gradients in every backward; no_sync skips that on all micro-batches but the
+            # last, whose backward then averages the accumulated sum across processes: one all-reduce per step.
             sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.model.no_sync()
             with sync:
                 with self._autocast():
                     out = self.model(x, y)
+                # Gradients add up over the micro-batches: dividing each loss by their number makes the sum the
+                # gradient of the mean loss over the whole batch, as if it had been one big micro-batch.
                 loss = out.loss / self.accum
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             lm_sum += out.lm_loss.detach()
             if out.aux_loss is not None:
                 aux_sum += out.aux_loss.detach()
                 has_aux = True
+        # The order matters: unscale the fp16 gradients first (clipping scaled ones would clip at the wrong norm),
+        # then clip, then step, then let the scaler adapt its scale to whether this step overflowed.
         if self.scaler:
             for opt in self.optimizers:
                 self.scaler.unscale_(opt)
@@ -473,14 +495,14 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         stats: dict[str, float] = {}
         batches = 0
-        _routing_stats(model)  # drop routing counted in training since the last log
+        model.routing_stats()  # drop routing counted in training since the last log
         for i in range(0, len(mine), b):
             x, y = windows_to_batch(self.data.val, mine[i:i + b], self.seq_len, self.device)
             with self._autocast():
                 out = model(x, y)
             total += out.lm_loss.float()
             batches += 1
-            for k, v in _routing_stats(model).items():
+            for k, v in model.routing_stats().items():
                 stats[k] = stats.get(k, 0.0) + v
         model.train()
         loss = self.dist.mean(total / max(batches, 1)).item()
@@ -563,7 +585,7 @@ class Trainer:
                            "train/tokens_per_s": tps, "train/seq_len": out["seq"]}
                     if out["has_aux"]:
                         row["train/aux_loss"] = self.dist.mean(out["aux"].clone()).item()
-                    row.update({f"train/{k}": v for k, v in _routing_stats(self.raw_model).items()})
+                    row.update({f"train/{k}": v for k, v in self.raw_model.routing_stats().items()})
                     if is_main:
                         self.metrics.log(self.state.step, self.state.tokens, row)
                         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
@@ -626,11 +648,6 @@ def _locate_init_source(init_from: str):
         return locate(init_from)
     except UserError as e:
         raise UserError(f"--init-from: {e}") from None
-
-
-def _routing_stats(model) -> dict[str, float]:
-    fn = getattr(model, "routing_stats", None)
-    return fn() if fn is not None else {}
 
 
 def _check_flag_values(mcfg, tcfg: TrainConfig, dcfg: DataConfig):

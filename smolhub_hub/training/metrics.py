@@ -186,7 +186,7 @@ def expert_load_figure(s: dict[str, tuple[list[int], list[float]]]):
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols + 1.2, 2.9 * rows), squeeze=False, sharex=True,
                              sharey=True, layout="constrained")
-    for i, (ax, layer) in enumerate(zip(axes.flat, sorted(load))):
+    for i, (ax, layer) in enumerate(zip(axes.flat, sorted(load), strict=False)):
         experts = len(load[layer])
         for e, (xs, ys) in sorted(load[layer].items()):
             ax.plot(xs, ys, label=f"expert {e}", linewidth=1)

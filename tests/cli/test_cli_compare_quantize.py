@@ -10,7 +10,8 @@ from smolhub_hub import checkpoint as ckpt_io
 from smolhub_hub import cli
 from smolhub_hub.compare import compare, format_table
 from smolhub_hub.inference import generate_text, load_model
-from smolhub_hub.quantize import WEIGHTS, load_quantized, quantize_checkpoint
+from smolhub_hub.quantize import quantize_checkpoint
+from smolhub_hub.quantized_folder import WEIGHTS, load_quantized
 from smolhub_hub.registry import available_families, get_family
 from tests.helpers import run_cli, tiny_run_args
 
@@ -39,7 +40,7 @@ def test_compare_table_and_plot(runs, tmp_path, capsys):
     assert png.stat().st_size > 10_000
     header, rule, *rows = out.splitlines()[:4]
     assert header.split()[:4] == ["run", "family", "lr", "params"] and rows[0].startswith("fast")
-    for run, s in zip(runs, compare(list(map(str, runs)))):
+    for run, s in zip(runs, compare(list(map(str, runs))), strict=False):
         cfg = ckpt_io.read_config(ckpt_io.resolve_checkpoint(run))
         assert s.train_loss == _last(run, "train/loss") and s.val_loss == _last(run, "val/loss")
         assert s.tokens == cfg["tokens_seen"] and s.params_total == cfg["param_counts"]["total"] and s.tokens_per_s > 0
@@ -101,10 +102,11 @@ def _relative_error(q, ref, x):
 
 @pytest.mark.parametrize("family", available_families())
 def test_quantize_and_stage_every_family(family, runs, tmp_path):
-    """Quick-preset weights of each registered family: int8 logits follow fp32, the staged repo loads in transformers."""
+    """Quick-preset weights of each registered family: int8 logits follow fp32, the staged repo loads in
+    transformers."""
     from transformers import AutoModelForCausalLM
 
-    from smolhub_hub.hub import stage
+    from smolhub_hub.publish import stage
 
     ckpt = _random_checkpoint(family, runs, tmp_path)
     report = quantize_checkpoint(str(ckpt), tmp_path / "q", evaluate=False, bench_tokens=4)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from smolhub_hub import cli, hub
+from smolhub_hub import cli, publish
+from smolhub_hub.checkpoint import NATIVE_SUBFOLDER
 from smolhub_hub.inference import generate_text, load_model
 from tests.helpers import REPO, run_cli, tiny_run_args
 
@@ -25,7 +26,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def staged(run, tmp_path_factory):
-    return hub.stage(str(run), tmp_path_factory.mktemp("stage") / "repo", "me/tiny-llama")
+    return publish.stage(str(run), tmp_path_factory.mktemp("stage") / "repo", "me/tiny-llama")
 
 
 def _smolhub(*args, env=None):
@@ -50,7 +51,7 @@ def test_staged_repo_is_a_transformers_folder_and_a_smolhub_checkpoint(run, stag
     assert all(not n.endswith((".bin", ".pt", ".pkl")) for n in names)  # nothing loaded with pickle
     hf = AutoModelForCausalLM.from_pretrained(staged).eval()
     tok = AutoTokenizer.from_pretrained(staged)
-    ours = load_model(staged / hub.NATIVE_SUBFOLDER, device="cpu")
+    ours = load_model(staged / NATIVE_SUBFOLDER, device="cpu")
     ids = tok("Once upon a time", return_tensors="pt")["input_ids"]
     assert (hf(ids).logits - ours(ids).logits).abs().max() < 1e-4
 
@@ -84,7 +85,8 @@ def test_push_uploads_the_staged_folder_with_the_login_token(run, monkeypatch, c
         return RepoUrl(f"https://huggingface.co/{repo_id}")
 
     def upload_folder(self, *, repo_id, folder_path, token=None, **kw):
-        files = {p.relative_to(folder_path).as_posix(): p.read_bytes() for p in Path(folder_path).rglob("*") if p.is_file()}
+        files = {p.relative_to(folder_path).as_posix(): p.read_bytes()
+                 for p in Path(folder_path).rglob("*") if p.is_file()}
         calls["upload"] = dict(repo_id=repo_id, token=token, files=files)
 
     monkeypatch.setenv("HF_TOKEN", SECRET)
@@ -142,7 +144,7 @@ def fake_hub(staged, monkeypatch):
 
 def test_load_model_and_pull_from_a_pushed_repo(run, fake_hub, tmp_path, capsys):
     model = load_model("me/tiny-llama", device="cpu")
-    assert model.checkpoint_path.name == hub.NATIVE_SUBFOLDER
+    assert model.checkpoint_path.name == NATIVE_SUBFOLDER
     assert not (model.checkpoint_path.parent / "model.safetensors").exists()  # load_model skips the HF copy
     local = load_model(run, device="cpu")
     assert generate_text(model, "Once upon", 8, greedy=True) == generate_text(local, "Once upon", 8, greedy=True)

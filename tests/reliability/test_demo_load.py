@@ -14,7 +14,7 @@ from smolhub_hub.data.builtin import generate_stories
 from smolhub_hub.data.tokenizer import train_bpe
 from smolhub_hub.demo import MAX_PROMPT_CHARS, build_demo
 from smolhub_hub.inference import generate_text, load_model
-from StoryLlama.config import StoryLlamaConfig
+from StoryLlama.config import FAMILY, StoryLlamaConfig
 from StoryLlama.model import StoryLlama
 
 CAP = 16  # the server-side cap on new tokens
@@ -55,7 +55,7 @@ def test_twenty_simultaneous_requests_are_all_answered_within_the_caps(demo_clie
     with ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(lambda p: _ask(client, p), prompts))
     peak_after_first_wave = _rss_mb()
-    for prompt, (story, _) in zip(prompts, answers):  # greedy: exactly what CAP new tokens give in-process
+    for prompt, (story, _) in zip(prompts, answers, strict=True):  # greedy: exactly what CAP new tokens give in-process
         assert story == generate_text(model, prompt, max_length=CAP, greedy=True)
     with ThreadPoolExecutor(20) as pool:
         assert all(pool.map(lambda p: _ask(client, p, temperature=0.8)[0].startswith(p), prompts))
@@ -73,4 +73,4 @@ def test_limits_are_enforced_by_the_server(demo_client):
 def test_default_bind_is_loopback():
     from smolhub_hub.demo import build_parser
 
-    assert build_parser("StoryLlama").parse_args([]).host == "127.0.0.1"
+    assert build_parser(FAMILY).parse_args([]).host == "127.0.0.1"

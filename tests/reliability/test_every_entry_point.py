@@ -27,11 +27,13 @@ from smol_experiments.moe import run_pipeline as moe_pipeline
 from smolhub_hub import checkpoint as ckpt_io
 from smolhub_hub import cli, demo, inference
 from smolhub_hub.config import DERIVED_MODEL_FIELDS, DataConfig, TrainConfig, flag
-from smolhub_hub.registry import FAMILIES, get_family
+from smolhub_hub.registry import family_names, get_family
 from smolhub_hub.training import engine
 from smolhub_hub.training import main as train_main
 from tests.cli.test_help import _experiment_modules
 from tests.reliability.conftest import GOOD_RUN_STEPS, SMALL_MODEL, run_args, run_cli
+
+FAMILIES = family_names()
 
 EXAMPLES = settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -200,16 +202,16 @@ def test_inference_bad_flags(name, runs):
     @EXAMPLES
     @given(argv=with_one_mistake(generate_args(runs[name]), sampling_mistakes))
     def check(argv):
-        refused_and_unchanged(lambda a: inference.main(name, a), argv, runs[name])
+        refused_and_unchanged(lambda a: inference.main(get_family(name), a), argv, runs[name])
     check()
 
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_inference_and_demo_damaged_checkpoint(name, damaged, tmp_path, monkeypatch):
     run = damaged(name)
-    refused_and_unchanged(lambda a: inference.main(name, a), generate_args(run), tmp_path)
+    refused_and_unchanged(lambda a: inference.main(get_family(name), a), generate_args(run), tmp_path)
     monkeypatch.setattr(demo, "build_demo", _no_server)
-    refused_and_unchanged(lambda a: demo.main(name, a), ["--checkpoint", run, "--device", "cpu"], tmp_path)
+    refused_and_unchanged(lambda a: demo.main(get_family(name), a), ["--checkpoint", run, "--device", "cpu"], tmp_path)
 
 
 def _no_server(*args, **kwargs):
@@ -230,7 +232,7 @@ def test_demo_bad_flags(name, runs, monkeypatch):
     @EXAMPLES
     @given(argv=with_one_mistake(["--checkpoint", str(runs[name]), "--device", "cpu"], demo_mistakes))
     def check(argv):
-        refused_and_unchanged(lambda a: demo.main(name, a), argv, runs[name])
+        refused_and_unchanged(lambda a: demo.main(get_family(name), a), argv, runs[name])
     check()
 
 

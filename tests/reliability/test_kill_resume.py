@@ -8,8 +8,16 @@ import signal
 import pytest
 
 from smolhub_hub.checkpoint import LATEST
-from tests.reliability.conftest import (assert_same_weights, finish, latest, losses, run_args, start,
-                                        trainer_cmd, wait_for_step)
+from tests.reliability.conftest import (
+    assert_same_weights,
+    finish,
+    latest,
+    losses,
+    run_args,
+    start,
+    trainer_cmd,
+    wait_for_step,
+)
 
 STEPS = 30
 

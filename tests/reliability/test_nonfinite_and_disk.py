@@ -20,6 +20,13 @@ from tests.reliability.conftest import assert_same_weights, latest, run_args, we
 from tests.reliability.disk import fill, free_bytes, small_disk
 
 
+def building(family, cls):
+    """`family` building `cls`, a test's subclass that no module path names."""
+    family = dataclasses.replace(family)
+    object.__setattr__(family, "model_class", lambda: cls)
+    return family
+
+
 def faulty_family(family=FAMILY, nan_loss=(), inf_grad=(), poisoned_input=None, poisoned_update=None):
     """`family` whose n-th training forward (one per step attempt here) returns a NaN loss (`nan_loss`), leaves
     an inf gradient while the loss stays finite (`inf_grad`), or runs on embeddings multiplied by
@@ -30,11 +37,17 @@ def faulty_family(family=FAMILY, nan_loss=(), inf_grad=(), poisoned_input=None, 
     class Faulty(family.model_class()):
         attempts, updates, poison = 0, 0, None
 
+        def __init__(self, config):
+            super().__init__(config)
+            self.tok_emb.register_forward_hook(lambda m, args, x: x if Faulty.poison is None else x * Faulty.poison)
+
         def forward(self, idx, targets=None, cache=None):
             if not self.training or targets is None:
                 return super().forward(idx, targets, cache)
             n, Faulty.attempts = Faulty.attempts, Faulty.attempts + 1
             Faulty.poison = poisoned_input.get(n)
+            if n in inf_grad:
+                self.loss_chunk_size = 0  # the full logits, to hook their gradient
             out = super().forward(idx, targets, cache)
             Faulty.poison = None
             if n in nan_loss:
@@ -43,10 +56,6 @@ def faulty_family(family=FAMILY, nan_loss=(), inf_grad=(), poisoned_input=None, 
                 out.logits.register_hook(lambda g: g * float("inf"))
             return out
 
-        def embed(self, idx, start):
-            x = super().embed(idx, start)
-            return x if Faulty.poison is None else x * Faulty.poison
-
         def on_optimizer_step(self):
             super().on_optimizer_step()
             Faulty.updates += 1
@@ -54,7 +63,7 @@ def faulty_family(family=FAMILY, nan_loss=(), inf_grad=(), poisoned_input=None, 
                 with torch.no_grad():
                     self.norm.weight.fill_(float("nan"))
 
-    return dataclasses.replace(family, model_class=lambda: Faulty)
+    return building(family, Faulty)
 
 
 def train(family, out, steps, capsys, *extra):
@@ -99,7 +108,7 @@ def filling_family(disk, at_attempt: int, leave: int):
                     fill(disk, leave)
             return super().forward(idx, targets, cache)
 
-    return dataclasses.replace(FAMILY, model_class=lambda: Filling)
+    return building(FAMILY, Filling)
 
 
 def one_error_line(capsys, stop) -> str:

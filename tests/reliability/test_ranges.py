@@ -9,9 +9,9 @@ import pytest
 from smolhub_hub import checkpoint as ckpt_io
 from smolhub_hub.config import DataConfig, TrainConfig, check_ranges
 from smolhub_hub.errors import UserError
-from smolhub_hub.registry import FAMILIES, get_family
+from smolhub_hub.registry import family_names, get_family
 
-CONFIGS = [TrainConfig, DataConfig, *(get_family(name).model_config for name in FAMILIES)]
+CONFIGS = [TrainConfig, DataConfig, *(get_family(name).model_config for name in family_names())]
 
 
 @pytest.mark.parametrize("cls", CONFIGS, ids=lambda c: c.__name__)

@@ -38,7 +38,8 @@ def test_another_preset_on_resume_is_refused_and_the_run_keeps_its_own(good_run,
 
 
 def test_a_quantized_folder_with_another_tokenizer_is_refused(good_run, tmp_path):
-    from smolhub_hub.quantize import load_quantized, quantize_checkpoint
+    from smolhub_hub.quantize import quantize_checkpoint
+    from smolhub_hub.quantized_folder import load_quantized
 
     quantize_checkpoint(str(good_run), tmp_path / "q", evaluate=False, bench_tokens=2)
     _other_tokenizer(tmp_path / "q")

@@ -11,8 +11,17 @@ import pytest
 from smolhub_hub import checkpoint as ck
 from smolhub_hub.training import main
 from StoryLlama.config import FAMILY
-from tests.reliability.conftest import (assert_clean, finish, latest, logged_steps, run_args, run_cli, start,
-                                        trainer_cmd, wait_for_step)
+from tests.reliability.conftest import (
+    assert_clean,
+    finish,
+    latest,
+    logged_steps,
+    run_args,
+    run_cli,
+    start,
+    trainer_cmd,
+    wait_for_step,
+)
 
 STOPS = {  # case: (launcher, signals sent in turn, the one that stops the run)
     "SIGTERM": ([], [signal.SIGTERM], signal.SIGTERM),
