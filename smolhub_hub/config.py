@@ -140,8 +140,10 @@ class TrainConfig(ConfigMixin):
     allow_data_change: bool = opt(False, "with --resume: continue although the dataset changed since the run "
                                          "started (its fingerprint differs)")
     overwrite: bool = opt(False, "allow starting fresh in an --out-dir that already holds checkpoints")
-    init_from: str = opt("", "start from Hugging Face weights (path or Hub id): the architecture comes from "
-                             "them, training settings from this run's flags", path=True)
+    init_from: str = opt("", "start from another model's weights: a transformers folder, a Hub id, a .gguf file, "
+                             "smollm2 or a SmolHub checkpoint (as `smolhub import` takes); the architecture and, "
+                             "unless --tokenizer is given, the tokenizer come from it, training settings from this "
+                             "run's flags", path=True)
     wandb: bool = opt(False, "log to Weights & Biases (--resume continues the same wandb run)")
     wandb_project: str = opt("smolhub", "wandb project")
     wandb_mode: str = opt("env", "wandb mode: env (wandb's own WANDB_MODE, else online), online, offline, "

@@ -32,15 +32,22 @@ EXAMPLES = [
     "Tom and his dog Max went to the park on a sunny day. They played with a stick and ran "
     "after the birds. Then Max saw a big puddle and",
 ]
+CHAT_EXAMPLES = [  # for a checkpoint whose tokenizer has a chat template (an instruct model)
+    "What is the capital of France?",
+    "Explain what a Python list comprehension is, with an example.",
+    "Write a short story about a robot who learns to paint.",
+]
 
 
-def room_for(model, prompt: str, wanted: int) -> tuple[int, int, str | None]:
+def room_for(model, prompt: str, wanted: int, chat: bool = False) -> tuple[int, int, str | None]:
     """(prompt tokens, new tokens to generate, problem): `wanted` bounded by what the context leaves."""
+    from smolhub_hub.inference import prompt_ids
+
     if not prompt or not prompt.strip():
         return 0, 0, "Type a prompt first."
     if len(prompt) > MAX_PROMPT_CHARS:
         return 0, 0, f"The prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}. Shorten it."
-    n_prompt = len(model.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    n_prompt = len(prompt_ids(model, prompt, chat))
     room = model.max_seq_len - n_prompt
     if room < 1:
         return n_prompt, 0, (f"The prompt is {n_prompt} tokens; this model reads at most {model.max_seq_len - 1} "
@@ -48,9 +55,11 @@ def room_for(model, prompt: str, wanted: int) -> tuple[int, int, str | None]:
     return n_prompt, min(wanted, room), None
 
 
-def _decoded(model, prompt: str) -> str:
-    ids = model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    return model.tokenizer.decode(ids, skip_special_tokens=True)
+def _decoded(model, prompt: str, chat: bool) -> str:
+    """What stream_text shows when EOS comes first: the prompt, or an empty answer."""
+    from smolhub_hub.inference import prompt_ids, shown_text
+
+    return shown_text(model, prompt_ids(model, prompt, chat), [], chat)
 
 
 def finished_status(made: int, planned: int, wanted: int, n_prompt: int, ctx: int, seed: int) -> str:
@@ -62,8 +71,9 @@ def finished_status(made: int, planned: int, wanted: int, n_prompt: int, ctx: in
     return f"Generated {made} tokens{why}. Seed {seed}."
 
 
-def story_events(model, cap: int, prompt, max_tokens, temperature, top_k, top_p, seed):
-    """What the Generate button does: yield (story, status) as the tokens arrive.
+def story_events(model, cap: int, prompt, max_tokens, temperature, top_k, top_p, seed, chat: bool = False):
+    """What the Generate button does: yield (story, status) as the tokens arrive. `chat`: the prompt goes through
+    the tokenizer's chat template and the answer alone is shown.
 
     A prompt it cannot answer yields `gr.update()` for the story (the previous one stays) and the reason."""
     import gradio as gr
@@ -71,7 +81,7 @@ def story_events(model, cap: int, prompt, max_tokens, temperature, top_k, top_p,
     from smolhub_hub.inference import stream_text
 
     wanted = int(min(max(int(max_tokens or 1), 1), cap))  # the slider's bound is enforced here too
-    n_prompt, planned, problem = room_for(model, prompt, wanted)
+    n_prompt, planned, problem = room_for(model, prompt, wanted, chat)
     if problem:
         yield gr.update(), f"⚠ {problem}"
         return
@@ -82,12 +92,12 @@ def story_events(model, cap: int, prompt, max_tokens, temperature, top_k, top_p,
         for made, text in enumerate(stream_text(model, prompt, max_length=planned, temperature=float(temperature),
                                                 top_k=int(top_k) if top_k else None,
                                                 top_p=float(top_p) if top_p and float(top_p) < 1.0 else None,
-                                                seed=seed), start=1):
+                                                seed=seed, chat=chat), start=1):
             yield text, f"{GENERATING}{made} of {planned} tokens…"
     except UserError as e:
         yield gr.update(), f"⚠ {e}"
         return
-    if made == 1 and text == _decoded(model, prompt):  # EOS came first: stream_text showed the prompt alone
+    if made == 1 and text == _decoded(model, prompt, chat):  # EOS came first: stream_text showed the prompt alone
         made = 0
     yield text, finished_status(made, planned, wanted, n_prompt, model.max_seq_len, seed)
 
@@ -99,9 +109,14 @@ def stopped_status(status: str | None):
     return f"Stopped after {status.removeprefix(GENERATING).rstrip('…')}."
 
 
-def build_demo(model, title: str, max_new_tokens: int = 256, max_queue: int = 64):
+def build_demo(model, title: str, max_new_tokens: int = 256, max_queue: int = 64, chat: bool | None = None):
+    """`chat=None`: an instruct model (its tokenizer has a chat template) answers questions, others continue stories."""
     import gradio as gr
 
+    from smolhub_hub.inference import uses_chat
+
+    chat = uses_chat(model, chat)
+    examples = CHAT_EXAMPLES if chat else EXAMPLES
     counts = model.param_counts()
     ctx = model.max_seq_len
     cap = max(1, min(max_new_tokens, ctx - 1))
@@ -111,7 +126,7 @@ def build_demo(model, title: str, max_new_tokens: int = 256, max_queue: int = 64
                     f"context {ctx} tokens · checkpoint `{model.checkpoint_path}`")
         with gr.Row():
             with gr.Column():
-                prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0], lines=3, elem_id="prompt",
+                prompt = gr.Textbox(label="Prompt", value=examples[0], lines=3, elem_id="prompt",
                                     max_length=MAX_PROMPT_CHARS)
                 max_tokens = gr.Slider(1, cap, value=min(100, cap), step=1, label="Max new tokens",
                                        info="fewer when the prompt leaves less room in the context",
@@ -125,11 +140,11 @@ def build_demo(model, title: str, max_new_tokens: int = 256, max_queue: int = 64
                 with gr.Row():
                     button = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop")
-                gr.Examples([[e] for e in EXAMPLES], inputs=[prompt], label="Examples")
+                gr.Examples([[e] for e in examples], inputs=[prompt], label="Examples")
             with gr.Column():
-                output = gr.Textbox(label="Story", lines=14, elem_id="output")
+                output = gr.Textbox(label="Answer" if chat else "Story", lines=14, elem_id="output")
                 status = gr.Markdown(elem_id="status")
-        event = button.click(functools.partial(story_events, model, cap),
+        event = button.click(functools.partial(story_events, model, cap, chat=chat),
                              [prompt, max_tokens, temperature, top_k, top_p, seed], [output, status],
                              api_name="run", concurrency_limit=2, show_progress_on=output)
         stop.click(None, cancels=[event])
@@ -152,13 +167,16 @@ def default_checkpoint(family: ModelFamily) -> Path:
 def build_parser(family: ModelFamily) -> argparse.ArgumentParser:
     p = ArgumentParser(prog="app.py", description=f"Gradio demo for a {family.name} checkpoint.")
     p.add_argument("--checkpoint", default=None,
-                   help=f"checkpoint folder, run folder, or Hub repo id (default: runs/{family.name}-quick, in the "
-                        "working directory or else in the repository)")
+                   help=f"checkpoint folder, run folder, Hub repo id or .gguf file (default: runs/{family.name}-quick, "
+                        "in the working directory or else in the repository)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to your network)")
     p.add_argument("--port", type=int, default=7860, help="port to serve on")
     p.add_argument("--max-new-tokens", type=int, default=256, help="server-side cap on generated tokens")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
     p.add_argument("--share", action="store_true", help="create a public gradio.live link")
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="answer through the tokenizer's chat template (default: when it has one); --no-chat continues "
+                        "the prompt as plain text")
     return p
 
 
@@ -178,5 +196,5 @@ def main(family: ModelFamily, argv=None):
     except UserError as e:
         raise UserError(f"{e}. Train one first: python {family.name}/trainer.py --preset quick, "
                         "then pass --checkpoint runs/<run>") from None
-    demo = build_demo(model, f"{family.name} demo", args.max_new_tokens)
+    demo = build_demo(model, f"{family.name} demo", args.max_new_tokens, chat=args.chat)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share)

@@ -1,7 +1,8 @@
 """Loading checkpoints and generating text: the API every model folder's inference.py exposes.
 
-    model = load_model("runs/StoryLlama-quick")           # a run folder, a checkpoint, or a Hub id
+    model = load_model("runs/StoryLlama-quick")           # a run folder, a checkpoint, a Hub id, a .gguf ...
     generate_text(model, "Once upon a time", max_length=100, temperature=0.7, top_k=None, top_p=None)
+    generate_text(load_model("smollm2"), "What is the capital of France?")  # through its chat template
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-from smolhub_hub import checkpoint as ckpt_io
 from smolhub_hub.config import ModelFamily
 from smolhub_hub.errors import ArgumentParser, UserError, exit_on_user_error
 from smolhub_hub.generation import SamplingConfig, generate, generate_tokens
@@ -20,42 +20,13 @@ from smolhub_hub.routing import format_routing, routing_of
 from smolhub_hub.training.distributed import pick_device
 
 
-def resolve_source(path_or_hub_id: str) -> Path:
-    """A local checkpoint / run folder, or a Hub repo downloaded to the local cache.
-
-    The Hub is asked only when the text could be a repo id and no local folder is meant; when the Hub
-    cannot give it either, the message says both."""
-    p = Path(path_or_hub_id).expanduser()
-    if p.exists() or not _could_be_hub_id(path_or_hub_id):
-        return ckpt_io.resolve_checkpoint(p)  # a missing folder is reported as such
-    from smolhub_hub.hub import download
-
-    try:
-        return ckpt_io.resolve_checkpoint(download(path_or_hub_id))
-    except UserError as e:
-        raise UserError(f"'{path_or_hub_id}' is neither a folder here ({Path.cwd()}) nor a Hub repo that could be "
-                        f"fetched: {e}") from None
-
-
-def _could_be_hub_id(text: str) -> bool:
-    """user/name, valid for the Hub, and not inside a local folder (runs/x with runs/ present is a path)."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    if text.count("/") != 1 or text.startswith((".", "/", "~")) or Path(text).parent.exists():
-        return False
-    try:
-        validate_repo_id(text)
-    except HFValidationError:
-        return False
-    return True
-
-
 def load_model(path_or_hub_id: str, family: ModelFamily | None = None, device: str = "auto"):
-    """A model in eval mode with `.tokenizer` attached. `family` refuses checkpoints of other models."""
-    from smolhub_hub.data.tokenizer import check_fingerprint, load_tokenizer
+    """A model in eval mode with `.tokenizer` attached. `family` refuses checkpoints of other models.
+
+    Any `smolhub import` source loads: a checkpoint or run folder, a Hub repo id, a transformers folder, a .gguf
+    file or `smollm2` (those that are not SmolHub checkpoints are imported once into a cache)."""
+    from smolhub_hub.importer import load
     from smolhub_hub.quantized_folder import is_quantized, load_quantized
-    from smolhub_hub.registry import get_family
 
     if is_quantized(Path(path_or_hub_id)):  # `smolhub quantize` output: int8 weights, CPU only
         model = load_quantized(path_or_hub_id)
@@ -63,34 +34,33 @@ def load_model(path_or_hub_id: str, family: ModelFamily | None = None, device: s
             raise UserError(f"{path_or_hub_id} is a quantized {model.checkpoint_config['family']} model, not "
                             f"{family.name}")
         return model
-    ckpt = resolve_source(str(path_or_hub_id))
-    cfg = ckpt_io.read_config(ckpt)
-    if family is not None and cfg["family"] != family.name:
-        raise UserError(f"{ckpt} is a {cfg['family']} checkpoint, not {family.name}; "
-                        f"load it with {cfg['family']}/inference.py (or `smolhub generate`)")
-    fam = get_family(cfg["family"])
-    model = ckpt_io.build_model(ckpt, fam.model_class(), ckpt_io.model_config(ckpt, cfg, fam.model_config))
-    ckpt_io.load_weights(ckpt, model)
-    model = model.to(pick_device(device)).eval()
-    model.tokenizer = load_tokenizer(str(ckpt), fix="use an earlier checkpoint")
-    check_fingerprint(model.tokenizer, cfg.get(ckpt_io.TOKENIZER_KEY), str(ckpt),
-                      "copy in the tokenizer files of the run that trained these weights, or use another checkpoint")
-    model.checkpoint_path = ckpt
-    model.checkpoint_config = cfg
-    if len(model.tokenizer) > model.config.vocab_size:
-        raise UserError(f"{ckpt}: the tokenizer has {len(model.tokenizer)} ids but the model embeds "
-                        f"{model.config.vocab_size}; the checkpoint's files do not belong together")
-    return model
+    return load(str(path_or_hub_id), family.name if family else None).to(pick_device(device))
 
 
 def _device_of(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def encode_prompt(model, prompt: str, max_new_tokens: int) -> torch.Tensor:
+def uses_chat(model, chat: bool | None = None) -> bool:
+    """Whether prompts go through the tokenizer's chat template: `chat`, or (None) whether the tokenizer has one."""
+    has_template = bool(getattr(model.tokenizer, "chat_template", None))
+    if chat and not has_template:
+        raise UserError("this checkpoint's tokenizer has no chat template; drop --chat (prompts are continued as text)")
+    return has_template if chat is None else chat
+
+
+def prompt_ids(model, prompt: str, chat: bool = False) -> list[int]:
+    """The prompt's token ids: plain text, or one user turn of the chat template with the assistant's turn opened."""
     if not isinstance(prompt, str):
         raise UserError(f"the prompt must be text (got {type(prompt).__name__})")
-    ids = model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if chat:
+        turn = [{"role": "user", "content": prompt}]
+        return list(model.tokenizer.apply_chat_template(turn, add_generation_prompt=True)["input_ids"])
+    return model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def encode_prompt(model, prompt: str, max_new_tokens: int, chat: bool = False) -> torch.Tensor:
+    ids = prompt_ids(model, prompt, chat)
     if not ids:  # an empty prompt starts a new document
         ids = [model.tokenizer.eos_token_id]
     room = model.max_seq_len - max_new_tokens
@@ -100,36 +70,47 @@ def encode_prompt(model, prompt: str, max_new_tokens: int) -> torch.Tensor:
     return torch.tensor([ids], device=_device_of(model))
 
 
+def shown_text(model, head: list[int], new: list[int], chat: bool) -> str:
+    """What a reader sees of the prompt ids `head` and the `new` ids: both, or in a chat the answer alone."""
+    return model.tokenizer.decode(new if chat else head + new, skip_special_tokens=True)
+
+
+def _generate(model, prompt: str, cfg: SamplingConfig, seed: int | None, chat: bool):
+    """(prompt ids, prompt and new ids): generation stops at the tokenizer's EOS (SmolLM2's is <|im_end|>)."""
+    ids = encode_prompt(model, prompt, cfg.max_new_tokens, chat)
+    gen = torch.Generator(device=ids.device).manual_seed(seed) if seed is not None else None
+    return ids, generate(model, ids, cfg, eos_id=model.tokenizer.eos_token_id, generator=gen)
+
+
 def generate_text(model, prompt, max_length: int = 100, temperature: float = 0.7, top_k: int | None = None,
-                  top_p: float | None = None, greedy: bool = False, seed: int | None = None):
-    """Continue `prompt` (a string, or a list of strings) by up to `max_length` new tokens."""
+                  top_p: float | None = None, greedy: bool = False, seed: int | None = None, chat: bool | None = None):
+    """Continue `prompt` (a string, or a list of strings) by up to `max_length` new tokens: returns the prompt and
+    its continuation, or, through the tokenizer's chat template (`chat=None`: when it has one), the answer alone."""
     cfg = SamplingConfig(max_length, temperature, top_k, top_p, greedy).validate()
     if isinstance(prompt, (list, tuple)):
-        return [generate_text(model, p, max_length, temperature, top_k, top_p, greedy, seed) for p in prompt]
-    ids = encode_prompt(model, prompt, max_length)
-    gen = None
-    if seed is not None:
-        gen = torch.Generator(device=ids.device).manual_seed(seed)
-    out = generate(model, ids, cfg, eos_id=model.tokenizer.eos_token_id, generator=gen)
-    return model.tokenizer.decode(out[0], skip_special_tokens=True)
+        return [generate_text(model, p, max_length, temperature, top_k, top_p, greedy, seed, chat) for p in prompt]
+    chat = uses_chat(model, chat)
+    ids, out = _generate(model, prompt, cfg, seed, chat)
+    return shown_text(model, ids[0].tolist(), out[0, ids.shape[1]:].tolist(), chat)
 
 
 def stream_text(model, prompt: str, max_length: int = 100, temperature: float = 0.7, top_k=None, top_p=None,
-                greedy: bool = False, seed: int | None = None):
-    """Yield the growing completion (prompt included) after every new token: for streaming UIs."""
+                greedy: bool = False, seed: int | None = None, chat: bool | None = None):
+    """Yield the growing text (as `generate_text` returns it) after every new token: for streaming UIs."""
     cfg = SamplingConfig(max_length, temperature, top_k, top_p, greedy).validate()
-    ids = encode_prompt(model, prompt, max_length)
+    chat = uses_chat(model, chat)
+    ids = encode_prompt(model, prompt, max_length, chat)
     gen = torch.Generator(device=ids.device).manual_seed(seed) if seed is not None else None
     eos = model.tokenizer.eos_token_id
-    new: list[int] = []
+    head, new = ids[0].tolist(), []
     for tok in generate_tokens(model, ids, cfg, eos_id=eos, generator=gen):
         t = int(tok[0])
         if t == eos:
             break
         new.append(t)
-        yield model.tokenizer.decode(ids[0].tolist() + new, skip_special_tokens=True)
+        yield shown_text(model, head, new, chat)
     if not new:  # the story ended at once (EOS first): still show the prompt
-        yield model.tokenizer.decode(ids[0].tolist(), skip_special_tokens=True)
+        yield shown_text(model, head, new, chat)
 
 
 # --- CLI -------------------------------------------------------------------------------------------
@@ -144,12 +125,16 @@ def add_sampling_flags(p: argparse.ArgumentParser):
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
     p.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same text")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (quantized folders run on CPU)")
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="wrap the prompt in the tokenizer's chat template and print the answer (default: when the "
+                        "tokenizer has one); --no-chat continues the prompt as plain text")
 
 
 def build_parser(family: ModelFamily, show_routing: bool = False) -> argparse.ArgumentParser:
     p = ArgumentParser(prog=f"{family.name}/inference.py",
                        description=f"Generate text with a {family.name} checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder, run folder, or Hub repo id")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder, run folder, Hub repo id, or any `smolhub "
+                                                       "import` source (.gguf file, transformers folder, smollm2)")
     add_sampling_flags(p)
     if show_routing:
         p.add_argument("--show-routing", action="store_true",
@@ -163,11 +148,10 @@ def main(family: ModelFamily, argv=None, show_routing: bool = False):
     args = build_parser(family, show_routing).parse_args(argv)
     model = load_model(args.checkpoint, family=family, device=args.device)
     cfg = SamplingConfig(args.max_length, args.temperature, args.top_k, args.top_p, args.greedy).validate()
+    chat = uses_chat(model, args.chat)
     for prompt in args.prompt:
-        ids = encode_prompt(model, prompt, args.max_length)
-        gen = torch.Generator(device=ids.device).manual_seed(args.seed) if args.seed is not None else None
-        out = generate(model, ids, cfg, eos_id=model.tokenizer.eos_token_id, generator=gen)
-        print(model.tokenizer.decode(out[0], skip_special_tokens=True))
+        ids, out = _generate(model, prompt, cfg, args.seed, chat)
+        print(shown_text(model, ids[0].tolist(), out[0, ids.shape[1]:].tolist(), chat))
         if show_routing and args.show_routing:
             print(format_routing(model.tokenizer, out[:1], routing_of(model, out[:1]), start=ids.shape[1]))
         sys.stdout.flush()

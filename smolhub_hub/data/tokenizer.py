@@ -41,14 +41,17 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int =
 
 
 def load_tokenizer(name_or_path: str, fix: str = "check its files, or pass another tokenizer"):
-    """Load a tokenizer by Hub id or local folder; a clear message when it cannot be found or read.
+    """Load a tokenizer by Hub id, local folder or .gguf file; a clear message when it cannot be found or read.
 
     `fix` ends the message when a local folder holds files that cannot be read (damaged or foreign)."""
     from transformers import AutoTokenizer
 
-    local = Path(name_or_path).exists()
+    location, kwargs = name_or_path, {}
+    if Path(name_or_path).suffix == ".gguf" and Path(name_or_path).is_file():  # transformers reads it from a folder
+        location, kwargs = str(Path(name_or_path).parent), {"gguf_file": Path(name_or_path).name}
+    local = Path(location).exists()
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=not local and not _hub_ok())
+        tok = AutoTokenizer.from_pretrained(location, local_files_only=not local and not _hub_ok(), **kwargs)
     except Exception as e:  # a tokenizer.json of the wrong structure raises the tokenizers library's bare Exception
         if local:
             reason = " ".join(str(e).split())[:160]
@@ -84,14 +87,6 @@ def check_fingerprint(tok, expected: str | None, where: str, fix: str):
     if expected is not None and got != expected:
         raise UserError(f"{where}: the tokenizer is not the one the weights were trained with (fingerprint "
                         f"{got[:12]}, the weights record {str(expected)[:12]}); {fix}")
-
-
-def folder_fingerprint(source: str) -> str | None:
-    """The fingerprint of the tokenizer saved in a local model folder, or None when it holds none."""
-    folder = Path(source).expanduser()
-    if not (folder / "tokenizer.json").is_file():
-        return None
-    return tokenizer_fingerprint(load_tokenizer(str(folder), fix=f"fix or remove the tokenizer files in {folder}"))
 
 
 def _hub_ok() -> bool:

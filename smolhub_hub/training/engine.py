@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 
 from smolhub_hub import checkpoint as ckpt_io
 from smolhub_hub.config import (
@@ -39,7 +38,7 @@ from smolhub_hub.config import (
     training_settings,
 )
 from smolhub_hub.data.packed import PackedData, cached_data, prepare_data, window_starts, windows_to_batch
-from smolhub_hub.data.tokenizer import check_fingerprint, folder_fingerprint, load_tokenizer
+from smolhub_hub.data.tokenizer import check_fingerprint, load_tokenizer, tokenizer_fingerprint
 from smolhub_hub.errors import UserError
 from smolhub_hub.training import distributed
 from smolhub_hub.training.cpu_bf16 import native_bf16_features
@@ -75,8 +74,12 @@ class Trainer:
 
     def __init__(self, family: ModelFamily, mcfg, tcfg: TrainConfig, dcfg: DataConfig, preset: str = "default",
                  explicit: dict | None = None):
-        self.family, self.tcfg, self.dcfg = family, tcfg, dcfg
         self.explicit = {"model": {}, "train": {}, "data": {}, **(explicit or {})}
+        self.init_source = _locate_init_source(tcfg.init_from) if tcfg.init_from and not tcfg.resume else None
+        if self.init_source and self.init_source.has_tokenizer() and "tokenizer" not in self.explicit["data"]:
+            # the source's own tokenizer: no BPE is trained
+            dcfg = dcfg.replace(tokenizer=str(self.init_source.path))
+        self.family, self.tcfg, self.dcfg = family, tcfg, dcfg
         _check_flag_values(mcfg, tcfg, dcfg)
         check_flags_act(tcfg, dcfg, self.explicit)
         self.dist = distributed.setup(tcfg.device)
@@ -235,22 +238,19 @@ class Trainer:
         return model
 
     def _init_from_hf(self):
-        from transformers import AutoModelForCausalLM
+        from smolhub_hub.importer import import_model
 
-        try:
-            hf = AutoModelForCausalLM.from_pretrained(self.tcfg.init_from, dtype=torch.float32)
-        except (OSError, ValueError, SafetensorError) as e:  # missing, not a transformers folder, damaged weights
-            reason = " ".join(str(e).split())[:160]
-            raise UserError(f"--init-from {self.tcfg.init_from}: cannot load it ({reason}); pass a Hugging Face model "
-                            "folder (`smolhub export` makes one of a SmolHub run) or check the network") from None
-        check_fingerprint(self.tokenizer, folder_fingerprint(self.tcfg.init_from), f"--init-from {self.tcfg.init_from}",
-                          f"train with its tokenizer: --tokenizer {self.tcfg.init_from}")
-        model = self.family.converter_module().from_hf(hf)
+        where = f"--init-from {self.tcfg.init_from}"
+        given_tokenizer = "tokenizer" in self.explicit["data"]  # else the data was tokenized with the source's own
+        model = import_model(self.init_source, self.family.name, tokenizer=given_tokenizer)
+        if model.tokenizer is not None:
+            check_fingerprint(self.tokenizer, tokenizer_fingerprint(model.tokenizer), where,
+                              f"drop --tokenizer to train with its own (or pass --tokenizer {self.tcfg.init_from})")
         cls, source = self.family.model_config, model.config
         given = {n: v for n, v in self.explicit["model"].items() if n in architecture_fields(cls)}
         clash = {n: (getattr(source, n), v) for n, v in given.items() if getattr(source, n) != v}
         if clash:
-            raise UserError(f"--init-from {self.tcfg.init_from}: {describe(clash, 'source', 'given')}. The "
+            raise UserError(f"{where}: {describe(clash, 'source', 'given')}. The "
                             "architecture comes from the source: drop these flags")
         # Training settings (dropout, kernels, loss coefficients, ...) come from this run's flags and defaults.
         wanted = source.replace(**{n: getattr(self.requested_mcfg, n) for n in training_settings(cls)})
@@ -557,6 +557,8 @@ class Trainer:
                   f"{t.batch_size} x {self.seq_len} tokens x {self.dist.world_size} process(es), device {self.device}, "
                   f"{self._precision_name()}")
         bar = _progress(t.max_steps, self.state.step, disable=not is_main)
+        if t.init_from and self.state.step == 0:  # the source's own held-out loss: what fine-tuning starts from
+            self._evaluate_and_log(bar)
         tokens_at_log, time_at_log = self.state.tokens, time.perf_counter()
         try:
             while self.state.step < t.max_steps:
@@ -591,11 +593,7 @@ class Trainer:
                         self.metrics.log(self.state.step, self.state.tokens, row)
                         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
                 if self.state.step % t.eval_interval == 0 or done:
-                    ev = self.evaluate()
-                    self.state.last_val_loss = ev["val/loss"]
-                    if is_main:
-                        self.metrics.log(self.state.step, self.state.tokens, ev)
-                        bar.write(f"step {self.state.step}: held-out loss {ev['val/loss']:.4f}")
+                    self._evaluate_and_log(bar)
                 if t.sample_interval and self.state.step % t.sample_interval == 0 and not done and is_main:
                     bar.write(f"sample: {self.sample()}")
                 if self.state.step % t.save_interval == 0 or done:
@@ -605,6 +603,13 @@ class Trainer:
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
         return self._summary(stopped=False)
+
+    def _evaluate_and_log(self, bar):
+        ev = self.evaluate()
+        self.state.last_val_loss = ev["val/loss"]
+        if self.dist.is_main:
+            self.metrics.log(self.state.step, self.state.tokens, ev)
+            bar.write(f"step {self.state.step}: held-out loss {ev['val/loss']:.4f}")
 
     def _on_bad_step(self, step: int):
         self.state.bad_steps += 1
@@ -637,6 +642,15 @@ class Trainer:
             plot_run(self.run_dir)
             summary["sample"] = self.sample(120)
         return summary
+
+
+def _locate_init_source(init_from: str):
+    from smolhub_hub.importer import locate
+
+    try:
+        return locate(init_from)
+    except UserError as e:
+        raise UserError(f"--init-from: {e}") from None
 
 
 def _check_flag_values(mcfg, tcfg: TrainConfig, dcfg: DataConfig):
