@@ -21,6 +21,8 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
 FINISHED = r"^(Generated|⚠|Stopped)"  # what the status line says once a request is over
+# The status line's own text: Gradio may draw a progress timer ("0.0s") inside the #status block, beside it.
+STATUS = "#status [data-testid='markdown']"
 
 
 def free_port() -> int:
@@ -89,19 +91,20 @@ def click_generate(page):
     The status line changes for other reasons too (Gradio's own timer, a re-render), and may still show the
     previous request's "Generated ..." for a moment: this request is over only once the status has said
     "Generating" (or shows something else than before the click) and then a final status."""
-    page.evaluate("""() => { const status = document.querySelector('#status');
-        window.statusBefore = status.innerText.trim(); window.statusRan = false;
-        new MutationObserver(() => { if (/^Generating/.test(status.innerText.trim())) window.statusRan = true; })
-            .observe(status, {subtree: true, childList: true, characterData: true}); }""")
+    page.evaluate("""(sel) => { window.statusText = () => (document.querySelector(sel)?.innerText ?? '').trim();
+        window.statusBefore = window.statusText(); window.statusRan = false;
+        new MutationObserver(() => { if (/^Generating/.test(window.statusText())) window.statusRan = true; })
+            .observe(document.querySelector('#status'), {subtree: true, childList: true, characterData: true}); }""",
+                  STATUS)
     page.locator("#generate").click()
 
 
 def wait_until_finished(page, timeout_ms: int = 120_000) -> tuple[str, str]:
     """(story, status) once the status line says this request is over."""
-    page.wait_for_function("(done) => { const now = document.querySelector('#status').innerText.trim(); "
+    page.wait_for_function("(done) => { const now = window.statusText(); "
                            "return new RegExp(done).test(now) && (window.statusRan || now !== window.statusBefore); }",
                            arg=FINISHED, timeout=timeout_ms)
-    return page.locator("#output textarea").input_value(), page.locator("#status").inner_text().strip()
+    return page.locator("#output textarea").input_value(), page.locator(STATUS).inner_text().strip()
 
 
 def generate(page, prompt: str, timeout_ms: int = 120_000) -> str:

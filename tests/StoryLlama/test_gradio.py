@@ -13,7 +13,7 @@ from smolhub_hub.data.tokenizer import train_bpe
 from smolhub_hub.demo import MAX_PROMPT_CHARS, story_events
 from smolhub_hub.inference import generate_text, load_model
 from StoryLlama.config import FAMILY
-from tests.browser import click_generate, demo_page, wait_until_finished
+from tests.browser import STATUS, click_generate, demo_page, wait_until_finished
 from tests.helpers import run_cli
 
 # A model slow enough (~10 ms a token) and a context long enough that a story can be stopped half-way.
@@ -137,7 +137,7 @@ def test_browser_stop_button_stops_the_story(browser_page):
     page.wait_for_function("(p) => { const v = document.querySelector('#output textarea').value; "
                            "return v.startsWith(p) && v.length > p.length; }", arg="Once upon a time")
     page.locator("#stop").click()
-    page.wait_for_function("() => /^Stopped after/.test(document.querySelector('#status').innerText.trim())")
+    page.wait_for_function("(sel) => /^Stopped after/.test(document.querySelector(sel).innerText.trim())", arg=STATUS)
     stopped = page.locator("#output textarea").input_value()
     page.wait_for_timeout(1000)
     assert page.locator("#output textarea").input_value() == stopped
