@@ -15,6 +15,9 @@ from smolhub_hub.modeling import ConfigMixin
 
 @dataclass
 class StoryKimiConfig(ConfigMixin):
+    # One name per width across the families (until the issue-15 redesign these were moe_hidden / dense_hidden)
+    RENAMED = {"moe_hidden": "expert_hidden", "dense_hidden": "ffn_hidden"}
+
     vocab_size: int = opt(32000, "vocabulary size (set from the tokenizer when training)", min=1)
     dim: int = opt(512, "model width", min=1)
     n_layers: int = opt(10, "transformer blocks", min=1)
@@ -29,10 +32,10 @@ class StoryKimiConfig(ConfigMixin):
     n_experts: int = opt(8, "routed experts per MoE layer", min=1)
     top_k: int = opt(2, "routed experts per token", min=1)
     n_shared_experts: int = opt(1, "shared experts every token goes through (0 = none)", min=0)
-    moe_hidden: int = opt(1088, "SwiGLU width of each routed (and each shared) expert", min=1)
+    expert_hidden: int = opt(1088, "SwiGLU width of each routed (and each shared) expert", min=1)
     first_k_dense: int = opt(1, "the first K blocks use a dense SwiGLU instead of MoE (DeepSeek's "
                                 "first_k_dense_replace; 0 = every block is MoE)", min=0)
-    dense_hidden: int = opt(2816, "SwiGLU width of the dense blocks", min=1)
+    ffn_hidden: int = opt(2816, "SwiGLU width of the dense blocks", min=1)
     n_group: int = opt(1, "expert groups for group-limited routing (1 = off)", min=1)
     topk_group: int = opt(1, "groups a token may route into", min=1)
     routed_scaling_factor: float = opt(1.0, "scale on the routed experts' mixing weights (DeepSeek-V3: 2.5)", above=0)
@@ -83,8 +86,8 @@ PRESETS = {
     # Trains on the built-in corpus on a 2-core CPU in a few minutes and visibly learns.
     "quick": {
         "model": {"dim": 128, "n_layers": 4, "n_heads": 4, "kv_lora_rank": 32, "qk_nope_head_dim": 32,
-                  "qk_rope_head_dim": 16, "v_head_dim": 32, "n_experts": 8, "top_k": 2, "moe_hidden": 128,
-                  "dense_hidden": 384, "max_seq_len": 128, "tie_embeddings": True},
+                  "qk_rope_head_dim": 16, "v_head_dim": 32, "n_experts": 8, "top_k": 2, "expert_hidden": 128,
+                  "ffn_hidden": 384, "max_seq_len": 128, "tie_embeddings": True},
         "train": {"max_steps": 300, "batch_size": 16, "total_batch_tokens": 0, "lr": 6e-3, "min_lr": 6e-4,
                   "warmup_steps": 30, "weight_decay": 0.01, "optimizer": "muon", "muon_lr": 0.05,
                   "eval_interval": 100, "eval_batches": 10,

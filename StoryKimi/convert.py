@@ -47,8 +47,8 @@ def hf_config(c, rope_interleave: bool = True, **tokens):
     from transformers import DeepseekV3Config
 
     return DeepseekV3Config(
-        vocab_size=c.vocab_size, hidden_size=c.dim, intermediate_size=c.dense_hidden,
-        moe_intermediate_size=c.moe_hidden, num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads,
+        vocab_size=c.vocab_size, hidden_size=c.dim, intermediate_size=c.ffn_hidden,
+        moe_intermediate_size=c.expert_hidden, num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads,
         num_key_value_heads=c.n_heads, n_shared_experts=c.n_shared_experts, n_routed_experts=c.n_experts,
         num_experts_per_tok=c.top_k, routed_scaling_factor=c.routed_scaling_factor,
         kv_lora_rank=c.kv_lora_rank, q_lora_rank=c.q_lora_rank or None, qk_rope_head_dim=c.qk_rope_head_dim,
@@ -118,8 +118,8 @@ def config_from_hf(h):
         vocab_size=h.vocab_size, dim=h.hidden_size, n_layers=h.num_hidden_layers, n_heads=h.num_attention_heads,
         q_lora_rank=h.q_lora_rank or 0, kv_lora_rank=h.kv_lora_rank, qk_nope_head_dim=h.qk_nope_head_dim,
         qk_rope_head_dim=h.qk_rope_head_dim, v_head_dim=h.v_head_dim, n_experts=h.n_routed_experts,
-        top_k=h.num_experts_per_tok, n_shared_experts=h.n_shared_experts, moe_hidden=h.moe_intermediate_size,
-        first_k_dense=h.first_k_dense_replace, dense_hidden=h.intermediate_size, n_group=h.n_group or 1,
+        top_k=h.num_experts_per_tok, n_shared_experts=h.n_shared_experts, expert_hidden=h.moe_intermediate_size,
+        first_k_dense=h.first_k_dense_replace, ffn_hidden=h.intermediate_size, n_group=h.n_group or 1,
         topk_group=h.topk_group or 1, routed_scaling_factor=float(h.routed_scaling_factor),
         norm_topk_prob=bool(h.norm_topk_prob), max_seq_len=h.max_position_embeddings,
         rope_base=float(rope["rope_theta"]), norm_eps=h.rms_norm_eps, tie_embeddings=bool(h.tie_word_embeddings))

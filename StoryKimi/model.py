@@ -234,8 +234,8 @@ class DeepSeekMoE(MoELayer):
     def __init__(self, c: StoryKimiConfig, down_init_std: float):
         super().__init__(c.n_experts)
         self.router = DeepSeekRouter(c)
-        self.experts = GroupedExperts(c.n_experts, c.dim, c.moe_hidden, INIT_STD, down_init_std, c.moe_impl)
-        self.shared = SwiGLU(c.dim, c.moe_hidden * c.n_shared_experts) if c.n_shared_experts else None
+        self.experts = GroupedExperts(c.n_experts, c.dim, c.expert_hidden, INIT_STD, down_init_std, c.moe_impl)
+        self.shared = SwiGLU(c.dim, c.expert_hidden * c.n_shared_experts) if c.n_shared_experts else None
         self.seq_aux_loss_coef = c.seq_aux_loss_coef
         # Token copies per expert over the current optimizer step (training forwards only). A plain
         # tensor, not a buffer: DDP re-broadcasts rank 0's buffers every forward and would erase ours.
@@ -278,7 +278,7 @@ class KimiBlock(nn.Module):
         self.ffn_norm = RMSNorm(c.dim, c.norm_eps)
         self.is_moe = c.is_moe_layer(layer_idx)
         # The routed experts' down projections write into the residual stream: GPT-2's scaled std, set as built.
-        self.ffn = DeepSeekMoE(c, residual_std(c.n_layers)) if self.is_moe else SwiGLU(c.dim, c.dense_hidden)
+        self.ffn = DeepSeekMoE(c, residual_std(c.n_layers)) if self.is_moe else SwiGLU(c.dim, c.ffn_hidden)
         self.ffn_dropout = nn.Dropout(c.dropout)
 
     def forward(self, x, rope, cache=None):

@@ -43,7 +43,7 @@ def parse_args(argv=None):
     p.add_argument("--kv-lora-rank", type=int, default=64)
     p.add_argument("--n-experts", type=int, default=8)
     p.add_argument("--top-k", type=int, default=2)
-    p.add_argument("--moe-hidden", type=int, default=512)
+    p.add_argument("--expert-hidden", type=int, default=512)
     add_run_args(p, vocab_size=8192, seq_len=256, batch_size=4, prompt_len=32, new_tokens=224, repeats=5)
     return p.parse_args(argv)
 
@@ -52,8 +52,8 @@ def build_models(args):
     head = args.dim // args.n_heads
     cfg = FAMILY.build("default", dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads,
                        kv_lora_rank=args.kv_lora_rank, qk_nope_head_dim=head, qk_rope_head_dim=head // 2,
-                       v_head_dim=head, n_experts=args.n_experts, top_k=args.top_k, moe_hidden=args.moe_hidden,
-                       dense_hidden=2 * args.moe_hidden, vocab_size=args.vocab_size, seq_aux_loss_coef=0.0,
+                       v_head_dim=head, n_experts=args.n_experts, top_k=args.top_k, expert_hidden=args.expert_hidden,
+                       ffn_hidden=2 * args.expert_hidden, vocab_size=args.vocab_size, seq_aux_loss_coef=0.0,
                        max_seq_len=max(args.seq_len, args.prompt_len + args.new_tokens))
     torch.manual_seed(0)
     ours = StoryKimi(cfg).to(args.device)
@@ -112,7 +112,7 @@ def main(argv=None):
     counts = ours.param_counts()
     print(f"StoryKimi {counts['total'] / 1e6:.1f}M total / {counts['active'] / 1e6:.1f}M active "
           f"({args.n_layers}x{args.dim}, latent {args.kv_lora_rank}, {args.n_experts} experts top-{args.top_k} + 1 "
-          f"shared, hidden {args.moe_hidden}, vocab {args.vocab_size}) vs DeepseekV3ForCausalLM, device "
+          f"shared, hidden {args.expert_hidden}, vocab {args.vocab_size}) vs DeepseekV3ForCausalLM, device "
           f"{args.device}, {args.dtype}, {torch.get_num_threads()} threads")
     g = torch.Generator().manual_seed(0)
     batch = torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len + 1), generator=g).to(args.device)

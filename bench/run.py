@@ -86,9 +86,9 @@ FAMILIES = {
              "--repeats", "5"]),
     "kimi": Family(
         "StoryKimi", "bench_kimi", lambda m, a: _first_hf(m.build_models(a)),
-        cpu=["--dim", "128", "--n-layers", "4", "--n-heads", "4", "--kv-lora-rank", "32", "--moe-hidden", "256",
+        cpu=["--dim", "128", "--n-layers", "4", "--n-heads", "4", "--kv-lora-rank", "32", "--expert-hidden", "256",
              "--vocab-size", "2048", "--seq-len", "128", "--batch-size", "8", "--repeats", "3"],
-        gpu=["--dim", "512", "--n-layers", "10", "--n-heads", "8", "--kv-lora-rank", "128", "--moe-hidden", "1088",
+        gpu=["--dim", "512", "--n-layers", "10", "--n-heads", "8", "--kv-lora-rank", "128", "--expert-hidden", "1088",
              "--vocab-size", "32000", "--seq-len", "512", "--batch-size", "8", "--dtype", "bfloat16",
              "--repeats", "5"]),
 }

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -33,11 +33,14 @@ INIT_STD = 0.02  # GPT-2's weight init
 class ConfigMixin:
     """Dataclass configs that round-trip through JSON and reject unknown keys with a clear message."""
 
+    RENAMED: ClassVar[dict[str, str]] = {}  # a key older config.json files saved -> the field's name now
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
+        d = {cls.RENAMED.get(k, k): v for k, v in d.items()}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:

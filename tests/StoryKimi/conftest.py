@@ -8,7 +8,7 @@ from tests.helpers import randomise_norms_and_biases
 
 def tiny_config(**kw) -> StoryKimiConfig:
     base = dict(vocab_size=97, dim=64, n_layers=3, n_heads=4, kv_lora_rank=32, qk_nope_head_dim=16,
-                qk_rope_head_dim=8, v_head_dim=12, n_experts=8, top_k=2, moe_hidden=32, dense_hidden=96,
+                qk_rope_head_dim=8, v_head_dim=12, n_experts=8, top_k=2, expert_hidden=32, ffn_hidden=96,
                 first_k_dense=1, max_seq_len=64)
     return StoryKimiConfig(**{**base, **kw})
 
@@ -35,5 +35,5 @@ def kimi_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("kimi") / "run"
     run_cli("StoryKimi/trainer.py", *tiny_run_args(out, steps=6, extra=["--dim", "64", "--n-layers", "2",
-                                                                         "--moe-hidden", "64"]), check=True)
+                                                                         "--expert-hidden", "64"]), check=True)
     return out

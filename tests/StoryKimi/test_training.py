@@ -16,7 +16,7 @@ from smolhub_hub.checkpoint import LATEST, load_training_state
 from smolhub_hub.training.metrics import series
 from tests.helpers import REPO, run_cli, tiny_run_args
 
-SMALL = ["--dim", "64", "--n-layers", "3", "--n-heads", "4", "--kv-lora-rank", "32", "--moe-hidden", "64",
+SMALL = ["--dim", "64", "--n-layers", "3", "--n-heads", "4", "--kv-lora-rank", "32", "--expert-hidden", "64",
          "--seq-len", "64"]
 
 

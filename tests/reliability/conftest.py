@@ -23,7 +23,7 @@ SMALL_MODEL = {"StoryLlama": ["--dim", "64", "--n-layers", "2"],
                "SmolMixtral": ["--dim", "64", "--n-layers", "2", "--n-heads", "4", "--n-kv-heads", "2",
                                "--n-experts", "4", "--expert-hidden", "64"],
               "StoryKimi": ["--dim", "64", "--n-layers", "2", "--n-heads", "4", "--kv-lora-rank", "32",
-                            "--moe-hidden", "64"]}
+                            "--expert-hidden", "64"]}
 
 # Runs a family's trainer with test-only faults from the environment, so production code carries no
 # injection hooks: SMOLHUB_TEST_KILL_IN_SAVE=step_0000012 SIGKILLs the process right after that

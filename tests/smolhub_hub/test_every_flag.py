@@ -42,7 +42,7 @@ ARCH = {
     "SmolMixtral": ["--n-kv-heads", "1", "--n-experts", "4", "--expert-hidden", "16"],
     "StoryMixtral": ["--n-kv-heads", "1", "--n-experts", "4", "--expert-hidden", "16"],
     "StoryKimi": ["--n-layers", "2", "--kv-lora-rank", "8", "--qk-nope-head-dim", "8", "--qk-rope-head-dim", "4",
-                  "--v-head-dim", "8", "--n-experts", "4", "--moe-hidden", "16", "--dense-hidden", "32"],
+                  "--v-head-dim", "8", "--n-experts", "4", "--expert-hidden", "16", "--ffn-hidden", "32"],
 }
 COMMON = ["--preset", "quick", "--dim", "32", "--n-heads", "2", "--max-seq-len", "32"]
 TRAIN = ["--batch-size", "2", "--max-steps", "4", "--warmup-steps", "2", "--eval-interval", "2", "--eval-batches", "2",

@@ -27,7 +27,7 @@ CASES = {
         "tok_emb.weight": 0.02, "blocks.0.attn.wqkv.weight": 0.02, "blocks.0.moe.router.weight": 0.02,
         "blocks.2.moe.experts.w_gate_up": 0.02, "blocks.0.attn.wo.weight": RESIDUAL,
         "blocks.2.moe.experts.w_down": RESIDUAL}),
-    "StoryKimi": ({"kv_lora_rank": 64, "moe_hidden": 128, "dense_hidden": 512, "first_k_dense": 1}, {
+    "StoryKimi": ({"kv_lora_rank": 64, "expert_hidden": 128, "ffn_hidden": 512, "first_k_dense": 1}, {
         "tok_emb.weight": 0.02, "lm_head.weight": 0.02, "blocks.0.attn.wq.weight": 0.02,
         "blocks.1.attn.wkv_b.weight": 0.02, "blocks.1.ffn.router.weight": 0.02, "blocks.1.ffn.experts.w_gate_up": 0.02,
         "blocks.0.attn.wo.weight": RESIDUAL, "blocks.0.ffn.w_down.weight": RESIDUAL,
