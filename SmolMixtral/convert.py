@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from smolhub_hub.config import ModelFamily
+from smolhub_hub.export import layer_name_pairs
 from SmolMixtral.config import FAMILY
 from StoryLlama.model import unfused_state_dict
 
@@ -58,10 +59,7 @@ def hf_config(c, **tokens):
 
 
 def name_pairs(n_layers: int):
-    pairs = list(TOP_MAP)
-    for i in range(n_layers):
-        pairs += [(f"blocks.{i}.{a}", f"model.layers.{i}.{b}", t) for a, b, t in BLOCK_MAP]
-    return pairs
+    return layer_name_pairs(TOP_MAP, BLOCK_MAP, n_layers, "model.layers")
 
 
 @torch.no_grad()

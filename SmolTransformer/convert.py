@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from smolhub_hub.errors import UserError
+from smolhub_hub.export import layer_name_pairs
 from SmolTransformer.config import SmolTransformerConfig
 from SmolTransformer.model import SmolTransformer
 
@@ -47,10 +48,7 @@ def hf_config(c, **tokens):
 
 
 def name_pairs(n_layers: int):
-    pairs = list(TOP_MAP)
-    for i in range(n_layers):
-        pairs += [(f"blocks.{i}.{a}", f"transformer.h.{i}.{b}", t) for a, b, t in BLOCK_MAP]
-    return pairs
+    return layer_name_pairs(TOP_MAP, BLOCK_MAP, n_layers, "transformer.h")
 
 
 @torch.no_grad()

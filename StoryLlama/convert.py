@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from smolhub_hub.export import layer_name_pairs
 from StoryLlama.config import StoryLlamaConfig
 from StoryLlama.model import StoryLlama, unfused_state_dict
 
@@ -36,10 +37,7 @@ def hf_config(c, **tokens):
 
 
 def name_pairs(n_layers: int):
-    pairs = list(TOP_MAP)
-    for i in range(n_layers):
-        pairs += [(f"blocks.{i}.{a}", f"model.layers.{i}.{b}") for a, b in BLOCK_MAP]
-    return pairs
+    return layer_name_pairs(TOP_MAP, BLOCK_MAP, n_layers, "model.layers")
 
 
 @torch.no_grad()
