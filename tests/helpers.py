@@ -114,3 +114,29 @@ def run_cli(script: str, *args, timeout=600, env=None, check=False, cwd=None):
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def latest_checkpoint(run: Path) -> Path:
+    """The checkpoint folder a run's LATEST names."""
+    from smolhub_hub.checkpoint import LATEST
+
+    return run / (run / LATEST).read_text().strip()
+
+
+def latest_weights(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(latest_checkpoint(run) / "model.safetensors")
+
+
+def interrupted_copy(full: Path, part: Path, at_step: int, drop_step: int) -> Path:
+    """`part`: a copy of the finished run `full` as it was when stopped after step `at_step` (the later checkpoint
+    `drop_step` removed, LATEST pointing back)."""
+    import shutil
+
+    from smolhub_hub.checkpoint import LATEST
+
+    shutil.copytree(full, part)
+    shutil.rmtree(part / f"step_{drop_step:07d}")
+    (part / LATEST).write_text(f"step_{at_step:07d}\n")
+    return part

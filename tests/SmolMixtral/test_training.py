@@ -7,16 +7,11 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from smolhub_hub.checkpoint import LATEST
 from smolhub_hub.training.metrics import series
-from tests.helpers import REPO, run_cli, tiny_run_args
+from tests.helpers import REPO, latest_weights, run_cli, tiny_run_args
 from tests.SmolMixtral.conftest import SMALL
-
-
-def _weights(run):
-    return load_file(run / (run / LATEST).read_text().strip() / "model.safetensors")
 
 
 def test_quick_preset_learns_and_logs_routing(tmp_path):
@@ -47,7 +42,7 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout
-    a, b = _weights(one), _weights(two)
+    a, b = latest_weights(one), latest_weights(two)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=2e-5), k
     for name in ("train/loss", "train/aux_loss"):
@@ -75,7 +70,7 @@ def test_init_from_keeps_this_runs_training_settings_and_refuses_another_archite
     assert (saved["dim"], saved["n_experts"], saved["vocab_size"]) == (64, 4, 512)  # the source's architecture
     assert (saved["balance_coef"], saved["z_loss_coef"], saved["noisy_topk"], saved["moe_impl"]) == (0.05, 0.001,
                                                                                                     True, "loop")
-    assert "blocks.0.moe.router.w_noise" in _weights(out)  # the noise this run asked for, learned from zero
+    assert "blocks.0.moe.router.w_noise" in latest_weights(out)  # the noise this run asked for, learned from zero
     proc = run_cli("SmolMixtral/trainer.py", *tiny_run_args(tmp_path / "other", steps=2, extra=[
         "--init-from", hf, "--n-experts", "8", "--dim", "64"]))
     assert proc.returncode == 2 and "--n-experts 4 (source) vs 8 (given)" in proc.stderr

@@ -10,11 +10,10 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from smolhub_hub.checkpoint import LATEST, load_training_state
+from smolhub_hub.checkpoint import load_training_state
 from smolhub_hub.training.metrics import series
-from tests.helpers import REPO, run_cli, tiny_run_args
+from tests.helpers import REPO, interrupted_copy, latest_checkpoint, latest_weights, run_cli, tiny_run_args
 
 SMALL = ["--dim", "64", "--n-layers", "3", "--n-heads", "4", "--kv-lora-rank", "32", "--expert-hidden", "64",
          "--seq-len", "64"]
@@ -24,14 +23,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _latest(run):
-    return run / (run / LATEST).read_text().strip()
-
-
-def _weights(run):
-    return load_file(_latest(run) / "model.safetensors")
 
 
 def test_quick_preset_learns(tmp_path):
@@ -51,14 +42,12 @@ def test_resume_restores_both_optimizers_and_routing_biases(tmp_path):
     state = load_training_state(full / "step_0000006")
     assert len(state["optimizers"]) == 3  # Muon, ExpertMuon, AdamW: each with its own state
     assert all(sd["state"] for sd in state["optimizers"])
-    assert _weights(full)["blocks.1.ffn.router.expert_bias"].abs().sum() > 0  # the biases moved and were saved
+    assert latest_weights(full)["blocks.1.ffn.router.expert_bias"].abs().sum() > 0  # the biases moved and were saved
     part = tmp_path / "part"
-    shutil.copytree(full, part)
-    shutil.rmtree(part / "step_0000012")
-    (part / LATEST).write_text("step_0000006\n")
+    interrupted_copy(full, part, at_step=6, drop_step=12)
     proc = run_cli("StoryKimi/trainer.py", "--resume", "--out-dir", part, "--max-steps", "12", check=True)
     assert "resumed" in proc.stdout
-    a, b = _weights(full), _weights(part)
+    a, b = latest_weights(full), latest_weights(part)
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert series(full / "metrics.csv")["train/loss"] == series(part / "metrics.csv")["train/loss"]
@@ -77,7 +66,7 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout
-    a, b = _weights(one), _weights(two)
+    a, b = latest_weights(one), latest_weights(two)
     for k in a:
         if k.endswith("expert_bias"):
             assert torch.equal(a[k], b[k]), k  # loads summed across ranks: the same integer counts
@@ -97,7 +86,7 @@ def test_a_checkpoint_written_before_muon_moved_to_train_resumes_and_loads(kimi_
 
     run = tmp_path / "run"
     shutil.copytree(kimi_run, run)
-    ckpt = _latest(run)
+    ckpt = latest_checkpoint(run)
     cfg = json.loads((ckpt / "config.json").read_text())
     cfg["model"].update({k: cfg["train"].pop(k) for k in MUON_FIELDS})
     for key in ("data_fingerprint", "wandb_run_id"):

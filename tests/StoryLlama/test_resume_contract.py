@@ -9,16 +9,11 @@ import subprocess
 import sys
 
 import torch
-from safetensors.torch import load_file
 
 from smolhub_hub.checkpoint import LATEST, load_training_state
 from smolhub_hub.data.builtin import generate_stories
 from smolhub_hub.training.metrics import series
-from tests.helpers import REPO, run_cli, tiny_run_args
-
-
-def _latest(run):
-    return run / (run / LATEST).read_text().strip()
+from tests.helpers import REPO, interrupted_copy, latest_checkpoint, latest_weights, run_cli, tiny_run_args
 
 
 def _copy(run, tmp_path):
@@ -30,10 +25,10 @@ def test_new_training_settings_reach_the_optimizer_and_are_reported(llama_run, t
     run = _copy(llama_run, tmp_path)
     proc = run_cli("StoryLlama/trainer.py", "--resume", "--out-dir", run, "--max-steps", "12", "--lr", "1e-3",
                    "--weight-decay", "0.2", "--beta2", "0.9", "--dropout", "0.1", check=True)
-    groups = load_training_state(_latest(run))["optimizers"][0]["param_groups"]
+    groups = load_training_state(latest_checkpoint(run))["optimizers"][0]["param_groups"]
     assert [g["initial_lr"] for g in groups] == [1e-3, 1e-3]  # what the schedule scales
     assert [g["weight_decay"] for g in groups] == [0.2, 0.0] and all(tuple(g["betas"]) == (0.9, 0.9) for g in groups)
-    assert json.loads((_latest(run) / "config.json").read_text())["model"]["dropout"] == 0.1
+    assert json.loads((latest_checkpoint(run) / "config.json").read_text())["model"]["dropout"] == 0.1
     for line in ("resume: --lr 0.003 -> 0.001", "resume: --weight-decay 0.01 -> 0.2", "resume: --beta2 0.95 -> 0.9",
                  "resume: --dropout 0.0 -> 0.1", "resume: --max-steps 10 -> 12"):
         assert line in proc.stdout
@@ -66,14 +61,14 @@ def test_a_grown_dataset_is_refused_unless_accepted_and_the_tokenizer_stays(tmp_
     _write_stories(data, 0, 600)
     args = tiny_run_args(run, steps=8, extra=["--dataset", data, "--vocab-size", "400"])
     run_cli("StoryLlama/trainer.py", *args, check=True)
-    tokenizer = (_latest(run) / "tokenizer.json").read_text()
+    tokenizer = (latest_checkpoint(run) / "tokenizer.json").read_text()
     _write_stories(data, 600, 300)
     refused = run_cli("StoryLlama/trainer.py", "--resume", "--out-dir", run, "--max-steps", "12")
     assert refused.returncode == 2
     assert "the dataset changed" in refused.stderr and "--allow-data-change" in refused.stderr
     run_cli("StoryLlama/trainer.py", "--resume", "--out-dir", run, "--max-steps", "12", "--allow-data-change",
             check=True)
-    assert (_latest(run) / "tokenizer.json").read_text() == tokenizer
+    assert (latest_checkpoint(run) / "tokenizer.json").read_text() == tokenizer
     losses = series(run / "metrics.csv")["train/loss"][1]
     assert losses[-1] < losses[1] + 0.5, losses  # the weights still read the tokens they were trained on
 
@@ -96,10 +91,8 @@ def test_torchrun_resume_restores_every_ranks_random_state(tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     _torchrun(*tiny_run_args(full, steps=4, extra=["--dropout", "0.2", "--batch-size", "2", "--keep-last", "3",
                                                     "--dim", "32", "--n-layers", "1", "--seq-len", "32"]))
-    shutil.copytree(full, part)
-    shutil.rmtree(part / "step_0000004")
-    (part / LATEST).write_text("step_0000002\n")
+    interrupted_copy(full, part, at_step=2, drop_step=4)
     _torchrun("--resume", "--out-dir", part)
-    a, b = load_file(_latest(full) / "model.safetensors"), load_file(_latest(part) / "model.safetensors")
+    a, b = latest_weights(full), latest_weights(part)
     for k in a:
         assert torch.equal(a[k], b[k]), k

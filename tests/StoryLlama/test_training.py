@@ -1,16 +1,14 @@
 """Training through the real CLI: it learns, resumes exactly, runs under torchrun, and fails clearly."""
 
-import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from smolhub_hub.checkpoint import LATEST
 from smolhub_hub.training.metrics import series
-from tests.helpers import REPO, run_cli, tiny_run_args
+from tests.helpers import REPO, interrupted_copy, latest_weights, run_cli, tiny_run_args
 
 
 def test_quick_preset_learns(tmp_path):
@@ -25,21 +23,15 @@ def test_quick_preset_learns(tmp_path):
     assert (out / "loss_curve.png").exists() and (out / LATEST).exists()
 
 
-def _weights(run):
-    return load_file(run / (run / LATEST).read_text().strip() / "model.safetensors")
-
-
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     full = tmp_path / "full"
     run_cli("StoryLlama/trainer.py", *tiny_run_args(full, steps=16, extra=["--keep-last", "3"]), check=True)
     # "Interrupt" after step 8: keep only the step-8 checkpoint, then --resume.
     part = tmp_path / "part"
-    shutil.copytree(full, part)
-    shutil.rmtree(part / "step_0000016")
-    (part / LATEST).write_text("step_0000008\n")
+    interrupted_copy(full, part, at_step=8, drop_step=16)
     proc = run_cli("StoryLlama/trainer.py", "--resume", "--out-dir", part, "--max-steps", "16", check=True)
     assert "resumed" in proc.stdout
-    a, b = _weights(full), _weights(part)
+    a, b = latest_weights(full), latest_weights(part)
     for k in a:
         assert torch.equal(a[k], b[k]), k
     la, lb = series(full / "metrics.csv")["train/loss"], series(part / "metrics.csv")["train/loss"]
@@ -57,7 +49,7 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
                           env={**__import__("os").environ, **env})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout and "2 micro-step" not in proc.stdout
-    a, b = _weights(one), _weights(two)
+    a, b = latest_weights(one), latest_weights(two)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=2e-5), k
     la, lb = series(one / "metrics.csv")["train/loss"][1], series(two / "metrics.csv")["train/loss"][1]
