@@ -28,9 +28,16 @@ def load_object(path: str):
 
 
 def declared_families() -> dict[str, str]:
-    """{family name: "Folder.config:FAMILY"} in the order pyproject.toml declares them."""
+    """{family name: "Folder.config:FAMILY"} in the order pyproject.toml declares them.
+
+    The installed entry points say which families exist; pip writes them sorted by name, so their order comes
+    from pyproject.toml where it is present (families it does not list follow, in installed order)."""
     installed = {ep.name: ep.value for ep in entry_points(group=GROUP)}
-    return installed or _from_pyproject()
+    written = _from_pyproject()
+    if not installed:
+        return written
+    order = [name for name in written if name in installed] + [name for name in installed if name not in written]
+    return {name: installed[name] for name in order}
 
 
 def _from_pyproject() -> dict[str, str]:

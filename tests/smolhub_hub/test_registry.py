@@ -30,6 +30,10 @@ def test_installed_entry_points_are_used_and_pyproject_is_the_fallback(monkeypat
     """An editable install made before the entry points existed has none: pyproject.toml is read instead."""
     monkeypatch.setattr(registry, "entry_points", lambda group: [])
     assert registry.family_names() == list(DECLARED)
+    # pip writes entry_points.txt sorted by name; the families still come in the order pyproject.toml gives
+    alphabetical = [EntryPoint(name=name, value=path, group=registry.GROUP) for name, path in sorted(DECLARED.items())]
+    monkeypatch.setattr(registry, "entry_points", lambda group: alphabetical)
+    assert registry.family_names() == list(DECLARED)
     installed = [EntryPoint(name="StoryLlama", value="StoryLlama.config:FAMILY", group=registry.GROUP)]
     monkeypatch.setattr(registry, "entry_points", lambda group: installed)
     assert registry.family_names() == ["StoryLlama"]
