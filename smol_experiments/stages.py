@@ -147,7 +147,8 @@ def begin(out: Path, stage: str, settings: dict) -> None:
     """Start a FRESH run in `out`: an older run of this stage there (see `claim`) is cleared first."""
     marker = read_marker(out)
     if marker is not None:
-        print(f"clearing {out} ({describe_changes(marker.get('settings') or {}, settings)})", flush=True)
+        changes = describe_changes(marker.get("settings") or {}, settings) or "an unfinished run with nothing to resume"
+        print(f"clearing {out} ({changes})", flush=True)
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     write_marker(out, {"stage": stage, "done": False, "settings": settings})

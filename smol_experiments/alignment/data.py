@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from smol_experiments.alignment.prompt_format import make_completion, make_prompt
+from smol_experiments.pretrained import load_model_and_tokenizer  # noqa: F401  (the stages load models from here)
 from smolhub_hub.errors import UserError
-from smolhub_hub.extras import require
 
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 REQUIRED_FIELDS = ("src", "tgt")
@@ -79,47 +79,6 @@ def to_prompt_completion(ds):
         lambda row: {"prompt": make_prompt(row["src"]), "completion": make_completion(row["tgt"])},
         remove_columns=ds.column_names,
     )
-
-
-def loader_args(name_or_path: str) -> tuple[str, dict]:
-    """(what to pass to from_pretrained, its keyword arguments): a `.gguf` file is read by transformers' GGUF
-    loader from its folder (dequantized to float32); a folder or Hub id is passed as it is."""
-    gguf = Path(name_or_path)
-    if gguf.suffix != ".gguf":
-        return name_or_path, {}
-    if not gguf.is_file():
-        raise UserError(f"--model {name_or_path}: no such .gguf file; give an existing file, a folder or a Hub id.")
-    require("gguf", "loading a .gguf model")
-    return str(gguf.parent), {"gguf_file": gguf.name}
-
-
-def dequantized(kwargs: dict) -> dict:
-    """For a GGUF file: unpack every weight into a plain float model. Left packed (transformers' default for
-    quantized files) the model can be neither trained nor saved."""
-    if "gguf_file" not in kwargs:
-        return {}
-    from transformers import GgufConfig
-
-    return {"quantization_config": GgufConfig(dequantize=True)}
-
-
-def load_model_and_tokenizer(name_or_path: str):
-    """A causal LM and its tokenizer (PAD falls back to EOS), with a clear message when they can't be loaded.
-
-    `name_or_path` is a Hub id, a transformers folder or a `.gguf` file."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    source, kwargs = loader_args(name_or_path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **dequantized(kwargs))
-    except (OSError, ValueError) as e:
-        where = "file" if Path(name_or_path).is_file() else "folder" if Path(name_or_path).exists() \
-            else "Hub id (no network, or no such model?)"
-        raise UserError(f"Could not load model '{name_or_path}' from this {where}: {e}") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
 
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")

@@ -46,8 +46,9 @@ def build_parser():
     p = Parser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--output-dir", default="runs/coedit", type=path, help="one subfolder per stage is made here")
     p.add_argument("--model", "--base", default=None, type=path, dest="model",
-                   help=f"base model: a Hub id, a transformers folder or a .gguf file (converted once to a folder "
-                        f"under --output-dir) (default {BASE_MODEL}; --quick: a tiny Llama)")
+                   help=f"base model: a Hub id, a transformers folder, a .gguf file or smollm2 (the packaged "
+                        f"SmolLM2-135M-Instruct GGUF; a GGUF is converted once to a folder under --output-dir) "
+                        f"(default {BASE_MODEL}; --quick: a tiny Llama)")
     p.add_argument("--dataset", default=None, type=path, help=f"GEC data (default {DATASET}; --quick: synthetic)")
     p.add_argument("--packaged-gec", nargs="?", const=real_gec.DEFAULT_SOURCE, default=None, type=path,
                    metavar="SOURCE", help=f"instead of --dataset, GEC rows made from the real English of a packaged "
@@ -81,6 +82,9 @@ def quick_inputs(root: Path, model: str | None, dataset: str | None) -> tuple[st
 def base_folder(model: str, root: Path) -> str:
     """A `.gguf` base as a transformers folder, converted once (its GGUF tokenizer takes minutes to convert, and
     SFT and evaluation both load the base); any other source is used as it is."""
+    from smol_experiments.pretrained import resolve
+
+    model = resolve(model)  # smollm2: the packaged .gguf
     if Path(model).suffix != ".gguf":
         return model
     from smol_experiments.alignment.data import load_model_and_tokenizer

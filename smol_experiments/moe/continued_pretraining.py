@@ -36,6 +36,7 @@ from smol_experiments.stages import (
     model_fingerprint,
     reused,
     stage_main,
+    write_atomic,
 )
 from smolhub_hub.config import opt
 from smolhub_hub.errors import UserError
@@ -67,10 +68,15 @@ class PretrainConfig(StageConfig):
 
 
 STAGE = "continued_pretraining"
+VAL_DOCUMENTS = "val_documents.jsonl"
 PRESETS = {
     "quick": dict(model="runs/moe/quick/upcycled", output="runs/moe/quick/cpt", data="synthetic",
                   max_documents=900, val_fraction=0.1, seq_len=128, batch_size=8, grad_accum=1, steps=120,
                   lr=2e-3, warmup_steps=10, log_every=10, eval_every=40, eval_batches=8),
+    # the upcycled SmolLM2-135M on the Python docs (Debian python3.11-doc, PSF-2.0), sized for a 2-core CPU
+    "real": dict(model="runs/moe/real/upcycled", output="runs/moe/real/cpt", data="data/python-docs/python-docs.jsonl",
+                 max_documents=100_000, val_fraction=0.02, seq_len=256, batch_size=4, grad_accum=1, steps=60,
+                 lr=5e-5, warmup_steps=5, weight_decay=0.0, log_every=5, eval_every=30, eval_batches=8),
 }
 
 
@@ -103,14 +109,15 @@ def _log_eval(step: int, result: dict, log: MetricsLog, cfg: PretrainConfig):
           f"active {result['active_share']:.2f} | entropy {result['router_entropy']:.3f}", flush=True)
 
 
-def _windows(cfg: PretrainConfig, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+def _windows(cfg: PretrainConfig, tokenizer) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Packed training and validation windows, and the validation documents themselves."""
     train_docs, val_docs = data.split_by_document(
         data.load_texts(cfg.data, cfg.text_column, cfg.max_documents, cfg.seed), cfg.val_fraction, cfg.seed)
     train_windows = data.pack(train_docs, tokenizer, cfg.seq_len)
     val_windows = data.pack(val_docs, tokenizer, cfg.seq_len)
     print(f"{len(train_docs)} train / {len(val_docs)} val documents -> {len(train_windows)} / "
           f"{len(val_windows)} windows of {cfg.seq_len} tokens", flush=True)
-    return train_windows, val_windows
+    return train_windows, val_windows, val_docs
 
 
 def _val_set_id(windows: torch.Tensor) -> str:
@@ -129,9 +136,11 @@ def train(cfg: PretrainConfig) -> dict:
     resume = status == RESUME and outputs.has_checkpoint(out)
     torch.manual_seed(cfg.seed)
     model, tokenizer = engine.load_moe(str(out / outputs.CHECKPOINT) if resume else cfg.model, device)
-    train_windows, val_windows = _windows(cfg, tokenizer)
+    train_windows, val_windows, val_docs = _windows(cfg, tokenizer)
     if status == FRESH:
         begin(out, STAGE, settings)
+    # never trained on: specialization measures its general-text loss on them (--general-data)
+    write_atomic(out / VAL_DOCUMENTS, "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in val_docs))
     val_set = _val_set_id(val_windows[: cfg.eval_batches * cfg.batch_size])
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     params = list(model.parameters())

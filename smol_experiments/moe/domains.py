@@ -1,13 +1,19 @@
-"""Domain-labelled documents for expert specialization: Nemotron (Hub) or three synthetic domains (offline).
+"""Domain-labelled documents for expert specialization: Nemotron (Hub), three real domains from packages, or
+three synthetic domains (offline).
 
 Each domain is assigned one expert: the i-th domain of the tuple routes to expert i. Documents are split
 into train / held-out *by document* before anything is tokenized, so held-out routing accuracy and loss
-are measured on text the model never trained on.
+are measured on text the model never trained on. The packaged domains are split by source file (the
+definitions of one module, the sections of one page stay together), and a held-out document that repeats
+training text (a share of its word n-grams seen in training) is dropped, with the overlap printed.
 """
 
 from __future__ import annotations
 
+import json
 import random
+import re
+from pathlib import Path
 
 from smolhub_hub.data.builtin import generate_stories
 from smolhub_hub.errors import UserError
@@ -15,6 +21,10 @@ from smolhub_hub.errors import UserError
 NEMOTRON_ID = "nvidia/Llama-Nemotron-Post-Training-Dataset"
 NEMOTRON_DOMAINS = ("code", "math", "chat")
 SYNTHETIC_DOMAINS = ("code", "math", "stories")
+# domain -> the packaged corpus it reads (smolhub_hub.data.packaged: name, package and license in its SOURCE.md)
+PACKAGED_DOMAINS = {"code": "python-stdlib", "math": "sympy-docs", "prose": "jargon"}
+NGRAM = 8              # word n-grams compared between held-out and training text
+MAX_OVERLAP = 0.2      # a held-out document with a larger share of its n-grams in training text is dropped
 
 # --- synthetic domains: small grammars, deterministic given the seed -----------------------------------
 
@@ -95,16 +105,88 @@ def nemotron_documents(domain: str, num_documents: int, seed: int, shuffle_buffe
     return docs
 
 
+# --- real text shipped in packages (offline) ---------------------------------------------------------------
+
+def packaged_records(corpus: str, data_dir: Path) -> list[dict]:
+    """The {"text", "source"} records of a packaged corpus: data_dir/NAME/NAME.jsonl, made first if missing
+    (`python -m smolhub_hub.data.packaged NAME data_dir/NAME`, which fetches the Debian package if needed)."""
+    from smolhub_hub.data import packaged
+
+    with open(packaged.ensure(corpus, data_dir), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def source_file(record: dict) -> str:
+    """The file a packaged document was cut from: 'library/json.rst.txt § Basic usage' -> 'library/json.rst.txt',
+    'json/decoder.py:JSONDecoder' -> 'json/decoder.py'."""
+    return re.split(r" § |:(?=[^/]*$)", record["source"], maxsplit=1)[0]
+
+
+def ngrams(text: str, n: int = NGRAM) -> set[tuple[str, ...]]:
+    words = text.split()
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def overlap(text: str, seen: set) -> float:
+    """Share of the document's word n-grams that occur in `seen` (0 for a document shorter than n words)."""
+    grams = ngrams(text)
+    return sum(g in seen for g in grams) / len(grams) if grams else 0.0
+
+
+def split_by_file(records: list[dict], train_docs: int, heldout_docs: int, seed: int, name: str
+                  ) -> tuple[list[str], list[str]]:
+    """Training and held-out documents from different source files (from different documents when the corpus
+    is one file); held-out ones that repeat training text (more than MAX_OVERLAP of their word n-grams) are
+    dropped, and the overlap is printed."""
+    files: dict[str, list[str]] = {}
+    whole_files = len({source_file(r) for r in records}) > 1  # a corpus cut from one file is split by document
+    for r in records:
+        files.setdefault(source_file(r) if whole_files else r["source"], []).append(r["text"])
+    order = sorted(files)
+    rng = random.Random(f"{name}-{seed}")
+    rng.shuffle(order)
+    heldout, train = [], []
+    for f in order:  # held-out candidates (twice enough: some may be dropped), at most two per file, then train
+        if len(heldout) < 2 * heldout_docs:
+            heldout.extend(rng.sample(files[f], min(2, len(files[f]))))  # the file's other documents go unused
+        else:
+            train.extend(files[f])
+    rng.shuffle(train)
+    train = train[:train_docs]
+    seen = set().union(*map(ngrams, train)) if train else set()
+    scored = [(overlap(doc, seen), doc) for doc in heldout]
+    kept = [(o, doc) for o, doc in scored if o <= MAX_OVERLAP][:heldout_docs]
+    dropped = sum(o > MAX_OVERLAP for o, _ in scored)
+    if len(train) < train_docs or len(kept) < heldout_docs:
+        raise UserError(f"{name}: {len(records)} documents give {len(train)} training and {len(kept)} held-out ones "
+                        f"(after dropping near-duplicates); lower --train-docs / --heldout-docs.")
+    share = [o for o, _ in kept]
+    print(f"{name}: {len(train)} training / {len(kept)} held-out documents from different "
+          f"{'files' if whole_files else 'entries'}; held-out "
+          f"{NGRAM}-gram overlap with training text: mean {sum(share) / len(share):.1%}, max {max(share):.1%} "
+          f"({dropped} candidates above {MAX_OVERLAP:.0%} dropped)", flush=True)
+    return train, [doc for _, doc in kept]
+
+
+def packaged_splits(train_docs: int, heldout_docs: int, seed: int, data_dir: Path) -> dict[str, tuple[list, list]]:
+    return {domain: split_by_file(packaged_records(corpus, data_dir), train_docs, heldout_docs, seed,
+                                  f"{domain} ({corpus})")
+            for domain, corpus in PACKAGED_DOMAINS.items()}
+
+
 # --- the split used by specialization ---------------------------------------------------------------------
 
-def domain_splits(source: str, train_docs: int, heldout_docs: int, seed: int) -> dict[str, tuple[list, list]]:
-    """{domain: (train documents, held-out documents)} for `source` 'synthetic' or 'nemotron'."""
+def domain_splits(source: str, train_docs: int, heldout_docs: int, seed: int,
+                  data_dir: str | Path = "data") -> dict[str, tuple[list, list]]:
+    """{domain: (train documents, held-out documents)} for `source` 'synthetic', 'packaged' or 'nemotron'."""
+    if source == "packaged":
+        return packaged_splits(train_docs, heldout_docs, seed, Path(data_dir).expanduser())
     if source == "synthetic":
         domains, fetch = SYNTHETIC_DOMAINS, synthetic_documents
     elif source == "nemotron":
         domains, fetch = NEMOTRON_DOMAINS, nemotron_documents
     else:
-        raise UserError(f"--data must be 'synthetic' or 'nemotron', not '{source}'.")
+        raise UserError(f"--data must be 'synthetic', 'packaged' or 'nemotron', not '{source}'.")
     splits = {}
     for domain in domains:
         docs = fetch(domain, train_docs + heldout_docs, seed)

@@ -6,11 +6,12 @@ pipeline runs offline on a CPU in seconds. Same architecture family (tied embedd
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
-from smol_experiments.moe.domains import SYNTHETIC_DOMAINS, synthetic_documents
+from smol_experiments.moe.domains import PACKAGED_DOMAINS, SYNTHETIC_DOMAINS, synthetic_documents
 from smolhub_hub.data.tokenizer import train_bpe
 
 TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
@@ -52,3 +53,35 @@ def save_tiny_moe(path: str | Path, num_experts: int = 3, top_k: int = 2, seed: 
     upcycle(tiny_llama(tokenizer, seed=seed), num_experts, top_k, seed=seed).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def _entries(n: int, seed: int) -> list[str]:
+    """Glossary-like prose: sentences of words drawn from the built-in stories (the stories themselves repeat
+    their phrases, and held-out text that repeats training text is dropped)."""
+    import random
+
+    from smolhub_hub.data.builtin import generate_stories
+
+    words = sorted({w.strip(".,!?\"'") for story in generate_stories(50, seed=seed) for w in story.split()} - {""})
+    rng = random.Random(seed)
+    return [". ".join(" ".join(rng.choices(words, k=rng.randint(6, 12))).capitalize() for _ in range(4)) + "."
+            for _ in range(n)]
+
+
+def save_packaged_stand_in(data_dir: str | Path, files: int = 30, per_file: int = 6, seed: int = 0) -> Path:
+    """A data folder laid out as `--data packaged` reads it (data_dir/NAME/NAME.jsonl for each corpus), with
+    synthetic text in place of the packages: code and math cut into `files` files of `per_file` documents, the
+    prose corpus one file of entries, as the Jargon File is. Returns data_dir."""
+    data_dir = Path(data_dir)
+    for domain, corpus in PACKAGED_DOMAINS.items():
+        docs = _entries(files * per_file, seed) if domain == "prose" else \
+            synthetic_documents(domain, files * per_file, seed)
+        if domain == "prose":
+            sources = [f"jargon.txt.gz § entry {i}" for i in range(len(docs))]
+        else:
+            sources = [f"file{i // per_file}.{'py' if domain == 'code' else 'rst.txt'}"
+                       f"{':f' if domain == 'code' else ' § section '}{i % per_file}" for i in range(len(docs))]
+        (data_dir / corpus).mkdir(parents=True, exist_ok=True)
+        (data_dir / corpus / f"{corpus}.jsonl").write_text(
+            "".join(json.dumps({"text": t, "source": src}) + "\n" for t, src in zip(docs, sources, strict=True)))
+    return data_dir

@@ -60,8 +60,15 @@ class SpecializeConfig(StageConfig):
     model: str = opt("runs/moe/cpt/model", "MoE folder (upcycled or continued-pretrained)", path=True)
     output: str = opt("runs/moe/specialize", "folder for the model, metrics.csv and routing_*.json", path=True,
                       recorded=False)
-    data: str = opt("nemotron", "'nemotron' (Hub: code/math/chat) or 'synthetic' (offline: code/math/stories)",
-                    choices=("nemotron", "synthetic"))
+    data: str = opt("nemotron", "'nemotron' (Hub: code/math/chat), 'packaged' (offline, real text: code from the "
+                    "Python standard library, math from the SymPy docs, prose from the Jargon File) or 'synthetic' "
+                    "(offline: code/math/stories)", choices=("nemotron", "packaged", "synthetic"))
+    data_dir: str = opt("data", "folder of the packaged corpora for --data packaged (made there when missing)",
+                        path=True)
+    general_data: str = opt("", "held-out general text (a .jsonl/.txt file, e.g. continued pretraining's "
+                            "val_documents.jsonl): its loss is measured before and after, never trained on", path=True)
+    baseline_model: str = opt("", "also measure this model (e.g. the upcycled one) on the same held-out text, "
+                              "before anything is trained", path=True)
     train_docs: int = opt(2000, "training documents per domain", min=1)
     heldout_docs: int = opt(200, "held-out documents per domain (never trained on)", min=1)
     max_len: int = opt(512, "tokens per document (longer ones are truncated)", min=1)
@@ -85,6 +92,12 @@ PRESETS = {
                   train_docs=300, heldout_docs=40, max_len=96, docs_per_domain=4, eval_batch_size=40,
                   stage_a_steps=60, stage_b_steps=60, stage_a_lr=1e-2, stage_b_lr=5e-4, warmup_steps=5,
                   log_every=10, eval_every=30),
+    # three real domains from packages on the continued-pretrained SmolLM2 MoE, sized for a 2-core CPU
+    "real": dict(model="runs/moe/real/cpt/model", output="runs/moe/real/specialize", data="packaged",
+                 train_docs=400, heldout_docs=40, max_len=256, docs_per_domain=2, eval_batch_size=8,
+                 stage_a_steps=200, stage_b_steps=40, stage_a_lr=1e-2, stage_b_lr=2e-5, warmup_steps=5,
+                 log_every=5, eval_every=1000,
+                 general_data="runs/moe/real/cpt/val_documents.jsonl", baseline_model="runs/moe/real/upcycled"),
 }
 
 
@@ -137,7 +150,7 @@ class Specializer:
         self.device, self.ctx = engine.device_and_autocast(cfg.precision)
         checkpoint = str(self.out / outputs.CHECKPOINT)
         self.model, self.tokenizer = engine.load_moe(checkpoint if state else cfg.model, self.device)
-        splits = domain_splits(cfg.data, cfg.train_docs, cfg.heldout_docs, cfg.seed)
+        splits = domain_splits(cfg.data, cfg.train_docs, cfg.heldout_docs, cfg.seed, cfg.data_dir)
         self.domains = list(splits)
         if self.model.config.num_local_experts < len(self.domains):
             raise UserError(f"{len(self.domains)} domains need at least {len(self.domains)} experts; the model "
@@ -149,6 +162,9 @@ class Specializer:
 
         self.train_docs = [tokenize(splits[d][0]) for d in self.domains]
         self.heldout = [tokenize(splits[d][1]) for d in self.domains]
+        # general text: loss only, never trained on (every domain above is a target of the guidance)
+        self.general = tokenize(data.load_texts(cfg.general_data, max_documents=cfg.heldout_docs)) \
+            if cfg.general_data else None
         self.samples = {d: splits[d][1][0] for d in self.domains}  # for the token-level routing picture
         self.pad_id = self.tokenizer.pad_token_id
         self.step, self.tokens = (state["step"], state.get("tokens", 0)) if state else (0, 0)
@@ -163,17 +179,45 @@ class Specializer:
         with engine.metrics_log(self.out, self.step if self.state else None, self.cfg) as self.log:
             yield
 
+    def measure(self, model) -> dict:
+        """Held-out routing and loss of every domain, and the general text's loss (under "general")."""
+        r = evaluate_domains(model, self.heldout, self.cfg, self.pad_id, self.device, self.ctx)
+        if self.general is not None:
+            g = evaluate_domains(model, [self.general], self.cfg, self.pad_id, self.device, self.ctx)
+            r["general"] = {"heldout_loss": g["heldout_loss"][0], "documents": g["documents"]}
+        return r
+
     def evaluate(self, stage: str) -> dict:
-        r = evaluate_domains(self.model, self.heldout, self.cfg, self.pad_id, self.device, self.ctx)
+        r = self.measure(self.model)
         row = engine.routing_metrics(r)
         for d, name in enumerate(self.domains):
             row[f"val/routing_accuracy/{name}"] = r["routing_accuracy_mean"][d]
             row[f"val/loss/{name}"] = r["heldout_loss"][d]
+        general = ""
+        if "general" in r:
+            row["val/loss/general"] = r["general"]["heldout_loss"]
+            general = f" general {r['general']['heldout_loss']:.3f}"
         self.log.log(self.step, self.tokens, row)
         accs = " ".join(f"{n} {a:.1%}" for n, a in zip(self.domains, r["routing_accuracy_mean"], strict=True))
         losses = " ".join(f"{n} {loss:.3f}" for n, loss in zip(self.domains, r["heldout_loss"], strict=True))
-        print(f"step {self.step:>5} [{stage}] held-out routing accuracy: {accs} | loss: {losses}", flush=True)
+        print(f"step {self.step:>5} [{stage}] held-out routing accuracy: {accs} | loss: {losses}{general}", flush=True)
         return r
+
+    def baseline(self) -> dict | None:
+        """--baseline-model on the same held-out text, measured once (routing_baseline.json)."""
+        if not self.cfg.baseline_model:
+            return None
+        path = self.out / "routing_baseline.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        model, _ = engine.load_moe(self.cfg.baseline_model, self.device)
+        result = {"domains": self.domains, "model": self.cfg.baseline_model, **self.measure(model)}
+        del model
+        losses = " ".join(f"{n} {loss:.3f}" for n, loss in zip(self.domains, result["heldout_loss"], strict=True))
+        general = f" general {result['general']['heldout_loss']:.3f}" if "general" in result else ""
+        print(f"baseline {self.cfg.baseline_model}: held-out loss {losses}{general}", flush=True)
+        write_atomic(path, json.dumps(result))
+        return result
 
     def routing(self, name: str, stage: str, at_step: int) -> dict:
         """The held-out routing at a stage boundary, measured once: a run resumed after it reads routing_NAME.json."""
@@ -251,37 +295,63 @@ def _document_bootstrap(results: dict[str, dict], domain: int, hits: str, count:
     return paired_bootstrap(stats, ratio, compare_to="before")
 
 
-def summarize(domains: list[str], before: dict, after: dict) -> dict:
-    """Accuracy and loss before / after per domain, each with its interval and that of the change."""
+def _compare(key: str, reference: str, before: dict, after: dict, i: int, hits: str, count: str) -> dict:
+    """`key`_<reference>, `key`_after, each with its interval, and the paired change from the reference."""
+    boot = _document_bootstrap({"before": before, "after": after}, i, hits, count)
+    change = boot["vs"]["after"]
+    return {f"{key}_{reference}": boot["systems"]["before"]["score"],
+            f"{key}_{reference}_ci": boot["systems"]["before"]["ci"],
+            f"{key}_after": boot["systems"]["after"]["score"], f"{key}_after_ci": boot["systems"]["after"]["ci"],
+            f"{key}_change{'' if reference == 'before' else '_from_' + reference}": change["diff"],
+            f"{key}_change{'' if reference == 'before' else '_from_' + reference}_ci": change["ci"],
+            f"{key}_change{'' if reference == 'before' else '_from_' + reference}_significant": change["significant"]}
+
+
+def summarize(domains: list[str], before: dict, after: dict, baseline: dict | None = None) -> dict:
+    """Accuracy and loss before / after per domain, each with its interval and that of the change; the general
+    text's loss the same way; with a baseline, every loss after compared with the baseline's too."""
+    loss = ("heldout_loss", "loss_sum", "loss_tokens")
     rows = {}
     for i, d in enumerate(domains):
-        row = {}
-        for key, hits, count in (("routing_accuracy", "routing_hits", "routing_tokens"),
-                                 ("heldout_loss", "loss_sum", "loss_tokens")):
-            boot = _document_bootstrap({"before": before, "after": after}, i, hits, count)
-            change = boot["vs"]["after"]
-            row.update({f"{key}_before": boot["systems"]["before"]["score"],
-                        f"{key}_before_ci": boot["systems"]["before"]["ci"],
-                        f"{key}_after": boot["systems"]["after"]["score"],
-                        f"{key}_after_ci": boot["systems"]["after"]["ci"],
-                        f"{key}_change": change["diff"], f"{key}_change_ci": change["ci"],
-                        f"{key}_change_significant": change["significant"]})
-        rows[d] = row
-    return {"domains": rows,
-            "intervals": f"{LEVEL:.0%} paired bootstrap over held-out documents, {RESAMPLES} resamples",
-            "all_domains_at_least_90pct": all(r["routing_accuracy_after"] >= 0.9 for r in rows.values()),
-            "no_domain_loss_worse": all(r["heldout_loss_after"] <= r["heldout_loss_before"] for r in rows.values())}
+        rows[d] = {**_compare("routing_accuracy", "before", before, after, i, "routing_hits", "routing_tokens"),
+                   **_compare(*loss[:1], "before", before, after, i, *loss[1:])}
+        if baseline is not None:
+            rows[d].update(_compare(*loss[:1], "baseline", baseline, after, i, *loss[1:]))
+    summary = {"domains": rows,
+               "intervals": f"{LEVEL:.0%} paired bootstrap over held-out documents, {RESAMPLES} resamples",
+               "all_domains_at_least_90pct": all(r["routing_accuracy_after"] >= 0.9 for r in rows.values()),
+               "no_domain_loss_worse": all(r["heldout_loss_after"] <= r["heldout_loss_before"] for r in rows.values())}
+    if "general" in after:
+        summary["general"] = _compare(*loss[:1], "before", before["general"], after["general"], 0, *loss[1:])
+        if baseline is not None:
+            summary["general"].update(_compare(*loss[:1], "baseline", baseline["general"], after["general"], 0,
+                                               *loss[1:]))
+    if baseline is not None:
+        summary["baseline_model"] = baseline["model"]
+        summary["no_domain_loss_worse_than_baseline"] = all(r["heldout_loss_after"] <= r["heldout_loss_baseline"]
+                                                            for r in rows.values())
+    return summary
+
+
+def _loss_line(r: dict) -> str:
+    c_lo, c_hi = r["heldout_loss_change_ci"]
+    reading = "" if r["heldout_loss_change_significant"] else ", no significant change"
+    line = (f"held-out loss {r['heldout_loss_before']:.3f} -> {r['heldout_loss_after']:.3f} (change "
+            f"{r['heldout_loss_change']:+.3f} [{c_lo:+.3f}, {c_hi:+.3f}]{reading})")
+    if "heldout_loss_baseline" in r:
+        b_lo, b_hi = r["heldout_loss_change_from_baseline_ci"]
+        line += (f"; baseline {r['heldout_loss_baseline']:.3f}, change from it "
+                 f"{r['heldout_loss_change_from_baseline']:+.3f} [{b_lo:+.3f}, {b_hi:+.3f}]")
+    return line
 
 
 def _print_summary(summary: dict):
     for d, r in summary["domains"].items():
         lo, hi = r["routing_accuracy_after_ci"]
-        change = r["heldout_loss_change"]
-        c_lo, c_hi = r["heldout_loss_change_ci"]
-        reading = "" if r["heldout_loss_change_significant"] else ", no significant change"
         print(f"{d:>8}: routing accuracy {r['routing_accuracy_before']:.1%} -> {r['routing_accuracy_after']:.1%} "
-              f"[{lo:.1%}, {hi:.1%}] | held-out loss {r['heldout_loss_before']:.3f} -> {r['heldout_loss_after']:.3f} "
-              f"(change {change:+.3f} [{c_lo:+.3f}, {c_hi:+.3f}]{reading})")
+              f"[{lo:.1%}, {hi:.1%}] | {_loss_line(r)}")
+    if "general" in summary:
+        print(f"{'general':>8}: {_loss_line(summary['general'])}")
 
 
 def specialize(cfg: SpecializeConfig) -> dict:
@@ -297,13 +367,14 @@ def specialize(cfg: SpecializeConfig) -> dict:
     print(f"domains → experts: {', '.join(f'{d}→{i}' for i, d in enumerate(s.domains))}; "
           f"{sum(map(len, s.heldout))} held-out documents", flush=True)
     with s.open_logs(), StopRequests() as stop:
+        baseline = s.baseline()
         before = s.routing("before", "before", 0)
         s.run_stage("A", 0, cfg.stage_a_steps, cfg.stage_a_lr, stop)
         s.routing("after_stage_a", "A", cfg.stage_a_steps)
         s.run_stage("B", cfg.stage_a_steps, cfg.stage_b_steps, cfg.stage_b_lr, stop)
         after = s.evaluate("B")
     s.save(after)
-    summary = summarize(s.domains, before, after)
+    summary = summarize(s.domains, before, after, baseline)
     (s.out / "summary.json").write_text(json.dumps(summary, indent=2))
     mark_done(s.out, summary)
     shutil.rmtree(s.out / outputs.CHECKPOINT, ignore_errors=True)  # the final model supersedes it

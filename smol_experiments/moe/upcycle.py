@@ -24,7 +24,17 @@ from pathlib import Path
 import torch
 
 from smol_experiments.flags import Parser, non_negative_float, non_negative_int, path, positive_int
-from smol_experiments.stages import REUSE, begin, claim, mark_done, model_fingerprint, reused, stage_main, write_atomic
+from smol_experiments.stages import (
+    REUSE,
+    begin,
+    claim,
+    fingerprint,
+    mark_done,
+    model_fingerprint,
+    reused,
+    stage_main,
+    write_atomic,
+)
 from smolhub_hub.errors import UserError
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM-135M"
@@ -109,23 +119,55 @@ def parity_report(dense, moe, input_ids: torch.Tensor, new_tokens: int = 20) -> 
             "dense_greedy_ids": dense_ids[0].tolist(), "moe_greedy_ids": moe_ids[0].tolist()}
 
 
-def load_dense(name_or_path: str):
-    """The dense model (fp32) and its tokenizer, with a clear message when they cannot be found."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@torch.no_grad()
+def text_parity(dense, moe, tokenizer, texts: list[str], max_tokens: int = 256, prompt_tokens: int = 32,
+                new_tokens: int = 20) -> dict:
+    """Parity on real documents: the mean LM loss of both models over each document's first `max_tokens`
+    tokens, the largest |logit difference|, and whether greedy continuations of each document's first
+    `prompt_tokens` tokens are identical."""
+    loss = {"dense": 0.0, "moe": 0.0}
+    count, max_diff, greedy_equal = 0, 0.0, True
+    kw = dict(max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt").input_ids[:, :max_tokens]
+        if ids.shape[1] < 2:
+            continue
+        outs = {"dense": dense(ids, labels=ids), "moe": moe(ids, labels=ids)}
+        for name, out in outs.items():
+            loss[name] += out.loss.item() * (ids.shape[1] - 1)
+        count += ids.shape[1] - 1
+        max_diff = max(max_diff, (outs["dense"].logits - outs["moe"].logits).abs().max().item())
+        prompt = ids[:, :prompt_tokens]
+        greedy_equal &= bool(torch.equal(dense.generate(prompt, **kw), moe.generate(prompt, **kw)))
+    if not count:
+        raise UserError("--parity-data gave no document of at least two tokens.")
+    return {"documents": len(texts), "tokens": count, "loss_dense": loss["dense"] / count,
+            "loss_moe": loss["moe"] / count, "max_abs_logit_diff": max_diff, "greedy_identical": greedy_equal}
 
-    try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    except OSError as e:
-        raise UserError(f"could not load '{name_or_path}' ({str(e).splitlines()[0]}). Pass a local model "
-                        "folder, or check the network / HF_HUB_OFFLINE.") from None
-    return model.eval(), tokenizer
+
+def parity_texts(source: str, n: int) -> list[str]:
+    """`n` documents spread evenly over a local dataset (every k-th one)."""
+    from smol_experiments.moe.data import load_texts
+
+    if not Path(source).exists():
+        raise UserError(f"--parity-data {source}: no such file or folder.")
+    texts = load_texts(source, max_documents=10 ** 9)
+    return texts[:: max(1, len(texts) // n)][:n]
+
+
+def load_dense(name_or_path: str):
+    """The dense model (fp32, eval mode) and its tokenizer: a Hub id, a folder, a .gguf file or `smollm2`."""
+    from smol_experiments.pretrained import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(name_or_path, dtype=torch.float32)
+    return model.float().eval(), tokenizer
 
 
 def main_args(argv=None) -> argparse.Namespace:
     p = Parser(prog="python -m smol_experiments.moe.upcycle", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=DEFAULT_MODEL, type=path, help="dense Llama model: Hub id or local folder")
+    p.add_argument("--model", default=DEFAULT_MODEL, type=path,
+                   help="dense Llama model: Hub id, local folder, .gguf file, or smollm2 (the packaged SmolLM2-135M)")
     p.add_argument("--output", required=True, type=path, help="folder for the MoE (save_pretrained + tokenizer)")
     p.add_argument("--num-experts", type=positive_int, default=3, help="experts per layer (one per domain)")
     p.add_argument("--top-k", type=positive_int, default=2,
@@ -136,6 +178,10 @@ def main_args(argv=None) -> argparse.Namespace:
                    help="stored as config.router_aux_loss_coef")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the router initialisation")
     p.add_argument("--prompt", default="The capital of France is", help="prompt for the parity check")
+    p.add_argument("--parity-data", default=None, type=path,
+                   help="also check parity on real documents of this local file or folder (loss of both models, "
+                        "max |logit difference|, greedy continuations)")
+    p.add_argument("--parity-docs", type=positive_int, default=8, help="documents of --parity-data to compare")
     p.add_argument("--overwrite", action="store_true",
                    help="redo the upcycle if --output holds one made with other settings (otherwise refused)")
     return p.parse_args(argv)
@@ -146,8 +192,12 @@ def run(argv=None) -> dict:
     if not args.prompt.strip():
         raise UserError("--prompt is empty; the parity check needs some text.")
     out = Path(args.output)
-    settings = {**{k: v for k, v in vars(args).items() if k not in ("output", "overwrite")},
+    # the parity-on-text flags are recorded only when given: an upcycle made before they existed is still reused
+    unrecorded = ("output", "overwrite") + (() if args.parity_data else ("parity_data", "parity_docs"))
+    settings = {**{k: v for k, v in vars(args).items() if k not in unrecorded},
                 "model_sha256": model_fingerprint(args.model)}
+    if args.parity_data:
+        settings["parity_data_sha256"] = fingerprint(args.parity_data, ("**/*",))
     status = claim(out, "upcycle", settings, overwrite=args.overwrite, flag="--output")
     if status == REUSE:
         reused(out, "upcycle")
@@ -159,6 +209,9 @@ def run(argv=None) -> dict:
     report = {"source": args.model, **parity_report(dense, moe, ids), **parameter_counts(moe),
               "dense_parameters": sum(p.numel() for p in dense.parameters()),
               "num_experts": args.num_experts, "top_k": args.top_k}
+    if args.parity_data:
+        report["text_parity"] = {"data": args.parity_data,
+                                 **text_parity(dense, moe, tokenizer, parity_texts(args.parity_data, args.parity_docs))}
     moe.save_pretrained(out)
     tokenizer.save_pretrained(out)
     write_atomic(out / "upcycle_report.json", json.dumps(report, indent=2))
@@ -167,6 +220,11 @@ def run(argv=None) -> dict:
           f"{report['active_per_token']:,} active per token ({args.num_experts} experts, top-{args.top_k})")
     print(f"parity: max |Δlogit| = {report['max_abs_logit_diff']:.2e}, "
           f"greedy identical = {report['greedy_identical']}")
+    if "text_parity" in report:
+        t = report["text_parity"]
+        print(f"parity on {t['documents']} documents of {t['data']} ({t['tokens']} tokens): loss dense "
+              f"{t['loss_dense']:.5f}, MoE {t['loss_moe']:.5f}; max |Δlogit| = {t['max_abs_logit_diff']:.2e}; "
+              f"greedy identical = {t['greedy_identical']}")
     print(f"saved to {out}")
     return report
 

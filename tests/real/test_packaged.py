@@ -96,3 +96,49 @@ def test_a_packaged_corpus_trains_as_a_dataset(tmp_path):
     run_cli("StoryLlama/trainer.py", *tiny_run_args(tmp_path / "run", steps=2, extra=[
         "--dataset", tmp_path / "data/python-docs.jsonl", "--val-fraction", "0.1", "--seq-len", "32"]), check=True)
     assert (tmp_path / "run/LATEST").exists()
+
+
+JARGON = """                              The Jargon File
+
+Table of Contents
+
+   cruft
+
+   kludge
+
+   :cruft: /kruhft/, n.
+
+   [very common] 1. An unpleasant substance.
+   See also {crufty}.
+
+   :crufty: adj.
+
+   Poorly built. {story}
+
+   :kludge: /kluhj/
+
+   {story} Compare {hack}.
+
+                          Part\u00a0III.\u00a0Appendices
+
+Appendix\u00a0A.\u00a0Hacker Folklore
+
+   :not an entry: {story}
+"""
+
+
+def test_jargon_entries_become_documents_and_the_appendices_are_left_out(tmp_path):
+    corpus = CORPORA["jargon"]
+    story = " ".join(generate_stories(3))
+    folder = tmp_path / "root" / corpus.folder
+    folder.mkdir(parents=True)
+    with gzip.open(folder / "jargon.txt.gz", "wt", encoding="utf-8") as f:
+        f.write(JARGON.replace("{story}", story))
+    main(["jargon", str(tmp_path / "out"), "--root", str(tmp_path / "root")])
+    records = [json.loads(line) for line in (tmp_path / "out/jargon.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in records] == ["jargon.txt.gz § cruft: /kruhft/, n.", "jargon.txt.gz § kludge: /kluhj/"]
+    first, second = (r["text"] for r in records)  # the table of contents before the first entry is left out
+    assert first.startswith("cruft: /kruhft/, n.\n\n[very common] 1. An unpleasant")
+    assert "See also crufty.\n\ncrufty: adj.\n\nPoorly built. " in first  # a short entry joined, braces gone
+    assert second.endswith("Compare hack.") and "not an entry" not in second and "Appendix" not in second
+    assert "public domain" in (tmp_path / "out/SOURCE.md").read_text()

@@ -100,3 +100,29 @@ def test_user_errors(dense, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         upcycle_main(["--model", str(tmp_path / "missing"), "--output", str(tmp_path / "out")])
     assert exit_info.value.code == 2
+
+
+def test_parity_on_real_documents_is_measured_and_recorded(tmp_path, capsys):
+    from smol_experiments.moe.fixtures import save_tiny_dense
+
+    dense_dir = save_tiny_dense(tmp_path / "dense")
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(f'{{"text": "Question: What is {i} + {i}?\\nAnswer: {i} + {i} = {2 * i}."}}\n'
+                            for i in range(10, 40)))
+    out = tmp_path / "moe"
+    report = upcycle_main(["--model", str(dense_dir), "--output", str(out), "--parity-data", str(docs),
+                           "--parity-docs", "4"])
+    parity = report["text_parity"]
+    assert parity["documents"] == 4 and parity["tokens"] > 20 and parity["greedy_identical"]
+    assert parity["loss_moe"] == pytest.approx(parity["loss_dense"], abs=1e-5) and parity["max_abs_logit_diff"] < 1e-5
+    assert "parity on 4 documents of" in capsys.readouterr().out
+    again = upcycle_main(["--model", str(dense_dir), "--output", str(out), "--parity-data", str(docs),
+                          "--parity-docs", "4"])
+    assert again == report and "reusing the finished run" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # other parity documents: other settings, refused
+        upcycle_main(["--model", str(dense_dir), "--output", str(out), "--parity-data", str(docs)])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit):
+        upcycle_main(["--model", str(dense_dir), "--output", str(tmp_path / "other"), "--parity-data",
+                      str(tmp_path / "missing.jsonl")])
+    assert "--parity-data" in capsys.readouterr().err
