@@ -295,37 +295,40 @@ def _document_bootstrap(results: dict[str, dict], domain: int, hits: str, count:
     return paired_bootstrap(stats, ratio, compare_to="before")
 
 
-def _compare(key: str, reference: str, before: dict, after: dict, i: int, hits: str, count: str) -> dict:
-    """`key`_<reference>, `key`_after, each with its interval, and the paired change from the reference."""
-    boot = _document_bootstrap({"before": before, "after": after}, i, hits, count)
+ROUTING = ("routing_accuracy", "routing_hits", "routing_tokens")  # (name, per-document numerator, denominator)
+LOSS = ("heldout_loss", "loss_sum", "loss_tokens")
+
+
+def _compare(metric: tuple[str, str, str], reference: str, ref: dict, after: dict, i: int) -> dict:
+    """<name>_<reference> and <name>_after, each with its interval, and the paired change from the reference
+    (<name>_change for 'before', <name>_change_from_<reference> otherwise)."""
+    name, hits, count = metric
+    boot = _document_bootstrap({"before": ref, "after": after}, i, hits, count)
     change = boot["vs"]["after"]
-    return {f"{key}_{reference}": boot["systems"]["before"]["score"],
-            f"{key}_{reference}_ci": boot["systems"]["before"]["ci"],
-            f"{key}_after": boot["systems"]["after"]["score"], f"{key}_after_ci": boot["systems"]["after"]["ci"],
-            f"{key}_change{'' if reference == 'before' else '_from_' + reference}": change["diff"],
-            f"{key}_change{'' if reference == 'before' else '_from_' + reference}_ci": change["ci"],
-            f"{key}_change{'' if reference == 'before' else '_from_' + reference}_significant": change["significant"]}
+    suffix = "" if reference == "before" else f"_from_{reference}"
+    return {f"{name}_{reference}": boot["systems"]["before"]["score"],
+            f"{name}_{reference}_ci": boot["systems"]["before"]["ci"],
+            f"{name}_after": boot["systems"]["after"]["score"], f"{name}_after_ci": boot["systems"]["after"]["ci"],
+            f"{name}_change{suffix}": change["diff"], f"{name}_change{suffix}_ci": change["ci"],
+            f"{name}_change{suffix}_significant": change["significant"]}
 
 
 def summarize(domains: list[str], before: dict, after: dict, baseline: dict | None = None) -> dict:
     """Accuracy and loss before / after per domain, each with its interval and that of the change; the general
     text's loss the same way; with a baseline, every loss after compared with the baseline's too."""
-    loss = ("heldout_loss", "loss_sum", "loss_tokens")
     rows = {}
     for i, d in enumerate(domains):
-        rows[d] = {**_compare("routing_accuracy", "before", before, after, i, "routing_hits", "routing_tokens"),
-                   **_compare(*loss[:1], "before", before, after, i, *loss[1:])}
+        rows[d] = {**_compare(ROUTING, "before", before, after, i), **_compare(LOSS, "before", before, after, i)}
         if baseline is not None:
-            rows[d].update(_compare(*loss[:1], "baseline", baseline, after, i, *loss[1:]))
+            rows[d].update(_compare(LOSS, "baseline", baseline, after, i))
     summary = {"domains": rows,
                "intervals": f"{LEVEL:.0%} paired bootstrap over held-out documents, {RESAMPLES} resamples",
                "all_domains_at_least_90pct": all(r["routing_accuracy_after"] >= 0.9 for r in rows.values()),
                "no_domain_loss_worse": all(r["heldout_loss_after"] <= r["heldout_loss_before"] for r in rows.values())}
     if "general" in after:
-        summary["general"] = _compare(*loss[:1], "before", before["general"], after["general"], 0, *loss[1:])
+        summary["general"] = _compare(LOSS, "before", before["general"], after["general"], 0)
         if baseline is not None:
-            summary["general"].update(_compare(*loss[:1], "baseline", baseline["general"], after["general"], 0,
-                                               *loss[1:]))
+            summary["general"].update(_compare(LOSS, "baseline", baseline["general"], after["general"], 0))
     if baseline is not None:
         summary["baseline_model"] = baseline["model"]
         summary["no_domain_loss_worse_than_baseline"] = all(r["heldout_loss_after"] <= r["heldout_loss_baseline"]
