@@ -74,8 +74,8 @@ def run(argv=None) -> dict:
     mode.add_argument("--real", action="store_true",
                       help="the packaged SmolLM2-135M on packaged real text, offline, sized for a CPU (about an hour "
                            "on 2 cores; README table)")
-    p.add_argument("--data-dir", default="data", type=path,
-                   help="with --real: folder of the packaged text (made there when missing)")
+    p.add_argument("--data-dir", default=None, type=path,
+                   help="with --real: folder of the packaged text, made there when missing (default data)")
     p.add_argument("--output", default=None, type=path,
                    help="folder for every stage (default runs/moe/quick, runs/moe/real or runs/moe/full)")
     p.add_argument("--seed", type=non_negative_int, default=0,
@@ -92,11 +92,11 @@ def run(argv=None) -> dict:
         # took ~10x longer with 2 threads than with 1.
         torch.set_num_threads(1)
     mode = "quick" if args.quick else "real" if args.real else "full"
-    if args.data_dir != "data" and not args.real:
+    if args.data_dir is not None and not args.real:
         raise UserError("--data-dir is for --real (the packaged text); drop it or add --real.")
     output = Path(args.output or f"runs/moe/{mode}")
     check_output_folder(output, "--output")
-    result = run_stages(output, mode, args.seed, args.overwrite, extra_cpt, extra_spec, Path(args.data_dir))
+    result = run_stages(output, mode, args.seed, args.overwrite, extra_cpt, extra_spec, Path(args.data_dir or "data"))
     print(f"pipeline done: {output}/pipeline_summary.json, report {result['report']}")
     return result
 

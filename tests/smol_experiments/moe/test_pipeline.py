@@ -115,6 +115,7 @@ def test_user_mistakes_give_one_line_and_exit_code_2(tmp_path, capsys):
         (upcycle, ["--output", str(tmp_path / "u"), "--prompt", " "], "--prompt"),
         (run_pipeline, ["--quick", "--real"], "not allowed with argument"),
         (run_pipeline, ["--quick", "--data-dir", str(tmp_path / "d"), "--output", str(tmp_path / "p")], "--data-dir"),
+        (run_pipeline, ["--data-dir", "data", "--output", str(tmp_path / "p")], "--data-dir"),  # the default, given
         (upcycle, ["--output", str(tmp_path / "u"), "--parity-docs", "0"], "--parity-docs"),
     ]
     (tmp_path / "a-file").write_text("not a folder")
