@@ -8,13 +8,13 @@ from pathlib import Path
 
 from smolhub_hub.errors import UserError
 from smolhub_hub.extras import require
-from smolhub_hub.importer import PACKAGED, packaged_file
+from smolhub_hub.importer import PACKAGED, local_path
 
 
 def resolve(name_or_path: str) -> str:
     """A packaged model's name (`smollm2`) as the path of its file; anything else as it is (a path wins)."""
-    if name_or_path in PACKAGED and not Path(name_or_path).exists():
-        return str(packaged_file(name_or_path))
+    if name_or_path in PACKAGED:
+        return str(local_path(name_or_path))
     return name_or_path
 
 

@@ -68,11 +68,18 @@ def packaged_file(name: str) -> Path:
     return path
 
 
-def locate(text: str) -> Source:
-    """What `text` names: an existing path first, then a packaged model, then a Hub repo id."""
+def local_path(text: str) -> Path:
+    """`text` as a local path: the path itself when it exists (a `~` is the home folder), else a packaged model's
+    file when `text` names one (`smollm2`), else the path that does not exist."""
     path = Path(text).expanduser()
     if not path.exists() and text in PACKAGED:
-        path = packaged_file(text)
+        return packaged_file(text)
+    return path
+
+
+def locate(text: str) -> Source:
+    """What `text` names: an existing path first, then a packaged model, then a Hub repo id."""
+    path = local_path(text)
     if path.is_file():
         if path.suffix != ".gguf":
             raise UserError(f"'{text}' is a file but not a .gguf model; pass a .gguf file, a model folder, a "

@@ -75,10 +75,15 @@ def shown_text(model, head: list[int], new: list[int], chat: bool) -> str:
     return model.tokenizer.decode(new if chat else head + new, skip_special_tokens=True)
 
 
+def _prompt_and_generator(model, prompt: str, cfg: SamplingConfig, seed: int | None, chat: bool):
+    """The prompt's ids (1, T) on the model's device, and the seeded generator for sampling (None: unseeded)."""
+    ids = encode_prompt(model, prompt, cfg.max_new_tokens, chat)
+    return ids, torch.Generator(device=ids.device).manual_seed(seed) if seed is not None else None
+
+
 def _generate(model, prompt: str, cfg: SamplingConfig, seed: int | None, chat: bool):
     """(prompt ids, prompt and new ids): generation stops at the tokenizer's EOS (SmolLM2's is <|im_end|>)."""
-    ids = encode_prompt(model, prompt, cfg.max_new_tokens, chat)
-    gen = torch.Generator(device=ids.device).manual_seed(seed) if seed is not None else None
+    ids, gen = _prompt_and_generator(model, prompt, cfg, seed, chat)
     return ids, generate(model, ids, cfg, eos_id=model.tokenizer.eos_token_id, generator=gen)
 
 
@@ -99,8 +104,7 @@ def stream_text(model, prompt: str, max_length: int = 100, temperature: float = 
     """Yield the growing text (as `generate_text` returns it) after every new token: for streaming UIs."""
     cfg = SamplingConfig(max_length, temperature, top_k, top_p, greedy).validate()
     chat = uses_chat(model, chat)
-    ids = encode_prompt(model, prompt, max_length, chat)
-    gen = torch.Generator(device=ids.device).manual_seed(seed) if seed is not None else None
+    ids, gen = _prompt_and_generator(model, prompt, cfg, seed, chat)
     eos = model.tokenizer.eos_token_id
     head, new = ids[0].tolist(), []
     for tok in generate_tokens(model, ids, cfg, eos_id=eos, generator=gen):
