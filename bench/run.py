@@ -8,6 +8,7 @@ CUDA the peak training memory and the bf16 + torch.compile + fused AdamW trainin
 static-cache decoding rows.
 
     OMP_NUM_THREADS=1 python bench/run.py                               # CPU sizes, a few minutes on 2 cores
+    OMP_NUM_THREADS=1 python bench/run.py --size default --dtype bfloat16   # each default config (50-130M), CPU
     python bench/run.py --only storyllama,mixtral --json /tmp/bench.json
     python bench/run.py --device cuda --json bench/results-cuda.json    # default configs, bf16
     OMP_NUM_THREADS=1 python bench/run.py --real   # SmolLM2-135M (real weights) in StoryLlama vs transformers, CPU
@@ -44,6 +45,9 @@ from limits import annotate, apply_limits, best_of, measure  # noqa: E402
 from smolhub_hub.generation import SamplingConfig, generate  # noqa: E402
 
 PROMPT, NEW = 16, 256
+# --size default on a CPU: each family's default configuration (its CUDA sizes) at a batch and length a CPU
+# thread steps through in seconds, with fewer generated tokens
+CPU_DEFAULT_SIZE = ["--batch-size", "2", "--seq-len", "256", "--repeats", "2", "--new-tokens", "32"]
 
 
 @dataclass
@@ -62,7 +66,6 @@ def _first_hf(pair):
     return ours, (theirs["grouped_mm"] if isinstance(theirs, dict) else theirs)
 
 
-COMMON = ["--prompt-len", str(PROMPT), "--new-tokens", str(NEW)]
 FAMILIES = {
     "storyllama": Family(
         "StoryLlama", "bench_storyllama", lambda m, a: _first_hf(m.build(a)),
@@ -106,6 +109,12 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1 by default: on a shared, loaded 2-core machine 2 threads "
                         "contend with other processes and time 10-20x worse)")
+    p.add_argument("--size", default="small", choices=["small", "default"],
+                   help="on CPU: small = 1-3M-parameter configurations, where Python overhead dominates; default = "
+                        "each family's default configuration (50-130M parameters, the CUDA sizes) at "
+                        f"{' '.join(CPU_DEFAULT_SIZE)} (CUDA always runs the default configurations)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="the families' dtype, bfloat16 = autocast (default: float32 on CPU, bfloat16 on CUDA)")
     p.add_argument("--real", action="store_true",
                    help="instead of the families' small sizes: SmolLM2-135M imported into StoryLlama vs transformers "
                         "(bench/bench_real.py; generation B=1/8 fp32/bf16/int8, training fp32/bf16; ~8 min, CPU)")
@@ -115,6 +124,11 @@ def parse_args(argv=None):
     args, real_argv = p.parse_known_args(argv)
     if real_argv and not args.real:
         p.error(f"unrecognized arguments: {' '.join(real_argv)}")
+    if args.real and (args.size != "small" or args.dtype):
+        p.error("--real runs its own rows (bench/bench_real.py: fp32, bf16 and int8 at SmolLM2-135M); "
+                "--size and --dtype are for the families' rows")
+    if args.size == "default" and args.device == "cuda":
+        p.error("--size default is for CPU runs: CUDA always runs the default configurations")
     args.real_argv = real_argv  # with --real, bench_real.py's own flags (--new-tokens, --gen-batches, --skip, ...)
     return args
 
@@ -122,7 +136,16 @@ def parse_args(argv=None):
 # --- rows from a family module ------------------------------------------------------------------
 
 def module_argv(fam: Family, args) -> list[str]:
-    argv = [*(fam.gpu if args.device == "cuda" else fam.cpu), *COMMON, "--device", args.device]
+    """The family module's flags; a later flag overrides an earlier one (argparse), so sizes can be adjusted."""
+    if args.device == "cuda":
+        argv = [*fam.gpu, "--new-tokens", str(NEW)]
+    elif args.size == "default":
+        argv = [*fam.gpu, "--new-tokens", str(NEW), *CPU_DEFAULT_SIZE, "--dtype", "float32"]
+    else:
+        argv = [*fam.cpu, "--new-tokens", str(NEW)]
+    argv += ["--prompt-len", str(PROMPT), "--device", args.device]
+    if args.dtype:
+        argv += ["--dtype", args.dtype]
     if args.repeats:
         argv += ["--repeats", str(args.repeats)]
     return argv
@@ -162,7 +185,7 @@ def run_family(key: str, args) -> list[dict]:
         if b not in fam.gen_batches:
             g = generation_tok_s(ours, theirs, prompt.repeat(b, 1), margs, dtype)
             row = {"family": fam.name, "config": config,
-                   "benchmark": f"greedy generate tok/s (B={b}, prompt {PROMPT}, {NEW} new) [run.py]",
+                   "benchmark": f"greedy generate tok/s (B={b}, prompt {PROMPT}, {margs.new_tokens} new) [run.py]",
                    "smolhub": g["ours"], "transformers": g["hf"], "ratio": g["ours"] / g["hf"]}
             out.append(annotate(row, ours, 0, margs.seq_len, dtype))
     if args.device == "cuda":
@@ -174,7 +197,7 @@ def run_family(key: str, args) -> list[dict]:
 
 def generation_tok_s(ours, hf, prompt, margs, dtype) -> dict:
     """Greedy generation at prompt's batch, ours (static KV cache) vs `hf.generate`, interleaved."""
-    n, dev = NEW, margs.device
+    n, dev = margs.new_tokens, margs.device
     sampling = SamplingConfig(max_new_tokens=n, greedy=True)
     ours.eval(), hf.eval()
 

@@ -40,6 +40,7 @@ from smolhub_hub.config import (
 from smolhub_hub.data.packed import PackedData, cached_data, prepare_data, window_starts, windows_to_batch
 from smolhub_hub.data.tokenizer import check_fingerprint, load_tokenizer, tokenizer_fingerprint
 from smolhub_hub.errors import UserError
+from smolhub_hub.losses import resolve_chunk_size
 from smolhub_hub.training import distributed
 from smolhub_hub.training.cpu_bf16 import native_bf16_features
 from smolhub_hub.training.metrics import RUN_FILES, MetricsLog, plot_run
@@ -99,7 +100,8 @@ class Trainer:
         torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
         self.raw_model = self._build_model().to(self.device)
         self.raw_model.gradient_checkpointing = tcfg.grad_checkpointing
-        self.raw_model.loss_chunk_size = tcfg.loss_chunk_size
+        self.raw_model.loss_chunk_size = resolve_chunk_size(tcfg.loss_chunk_size, tcfg.batch_size * self.seq_len,
+                                                            self.mcfg.vocab_size)
         self.optimizers = build_optimizers(self.raw_model, tcfg, self.device)
         self.accum = self._grad_accum_steps()
         self.amp_dtype, self.scaler = self._precision()

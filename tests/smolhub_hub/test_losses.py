@@ -65,13 +65,36 @@ def test_bad_chunk_size():
         chunked_cross_entropy(hidden, weight, targets, chunk_size=0)
 
 
-def test_trainer_chunks_the_loss_by_default_and_the_model_loss_is_unchanged():
-    """The trainer's --loss-chunk-size is on by default (bench/bench_loss.py: 2.5-3.6x less memory for the head at
-    a 49k vocabulary); a model's loss and gradients are the plain ones, and eval (no grad) gets the same value."""
+def test_auto_chunks_only_when_the_full_logits_are_large():
+    """--loss-chunk-size -1 (the default) chunks once a micro-batch's fp32 logits would pass 256 MB: at SmolLM's
+    49,152 vocabulary 8 x 1,024 tokens chunk, 4 x 128 do not (there chunking cost ~23% of the head's time and saved
+    no memory, bench/bench_loss.py); an explicit size is used as given."""
     from smolhub_hub.config import TrainConfig
+    from smolhub_hub.losses import resolve_chunk_size
+
+    assert TrainConfig().loss_chunk_size == -1
+    assert resolve_chunk_size(-1, 8 * 1024, 49152) == 256
+    assert resolve_chunk_size(-1, 4 * 128, 49152) == 0
+    assert resolve_chunk_size(-1, 1365, 49152) == 0 and resolve_chunk_size(-1, 1366, 49152) == 256
+    assert resolve_chunk_size(0, 8 * 1024, 49152) == 0
+    assert resolve_chunk_size(7, 16, 100) == 7
+
+
+def test_bf16_autocast_chunks_match_the_plain_loss():
+    """Under autocast the chunked matmuls run in bf16 as the plain loss's do (the head weight cast once)."""
+    hidden, weight, targets = _inputs(n_tokens=64, dim=32, vocab=500, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = _grads(_reference, hidden, weight, targets)
+        got = _grads(chunked_cross_entropy, hidden, weight, targets, chunk_size=16)
+    for r, g in zip(ref, got, strict=True):
+        assert g.dtype == r.dtype
+        torch.testing.assert_close(g, r, rtol=2e-2, atol=2e-3)
+
+
+def test_the_model_loss_is_unchanged_by_chunking():
+    """A model's loss and gradients are the plain ones, and eval (no grad) gets the same value."""
     from tests.helpers import tiny_llama
 
-    assert TrainConfig().loss_chunk_size > 0
     torch.manual_seed(0)
     model = tiny_llama()
     idx = torch.randint(0, model.config.vocab_size, (2, 16))
