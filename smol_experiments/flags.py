@@ -10,14 +10,8 @@ import argparse
 import os
 import shlex
 
+from smolhub_hub.errors import ArgumentParser as Parser  # noqa: F401  (errors are one UserError line)
 from smolhub_hub.errors import UserError
-
-
-class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are a UserError (one line naming the flag) instead of usage + exit."""
-
-    def error(self, message: str):
-        raise UserError(f"{message} (see --help)")
 
 
 def path(value: str) -> str:
