@@ -26,18 +26,32 @@ import torch.nn.functional as F
 _grouped_mm_op = torch._grouped_mm  # what torch.nn.functional.grouped_mm calls (torch >= 2.9, pyproject's minimum)
 
 
+# A CPU bf16 matmul (oneDNN, AMX) builds a kernel for each new row count, ~25 ms, and expert group sizes change
+# every step: on a CPU, bf16 groups are padded to a multiple of this many rows, so the few sizes repeat.
+CPU_BF16_GROUP_ROWS = 16
+
+
+def expert_compute_dtype(x: torch.Tensor, w: torch.Tensor) -> torch.dtype:
+    """The dtype the expert matmuls run in: autocast's when it is on, except in CPU generation (no gradients),
+    which keeps the weights' own. There the stacked weights would be cast on every call (autocast caches only
+    whole leaf weights, not expert slices), and a cast reads them and writes them again, more than the
+    memory-bound matmul reads (transformers' grouped_mm casts the input to the weights' dtype the same way)."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type) and (torch.is_grad_enabled() or device_type != "cpu"):
+        return torch.get_autocast_dtype(device_type)
+    return w.dtype
+
+
 def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Rows `offsets[e-1]:offsets[e]` of x (S, K) times w[e] (K, N) -> (S, N). offsets: int32 cumsum.
 
-    Under autocast both operands are cast to the autocast dtype (grouped_mm itself is not
-    autocast-aware, and the CUDA kernel wants bf16). Under torch.compile, a dtype other than bf16 goes
-    through `smolhub::grouped_mm` (below): torch's compile-time shape rule for grouped_mm accepts bf16
-    only, although its CPU kernel and its CUDA fallback compute any float dtype.
+    Both operands are cast to `expert_compute_dtype` (grouped_mm itself is not autocast-aware, and the CUDA
+    kernel wants bf16). Under torch.compile, a dtype other than bf16 goes through `smolhub::grouped_mm`
+    (below): torch's compile-time shape rule for grouped_mm accepts bf16 only, although its CPU kernel and its
+    CUDA fallback compute any float dtype.
     """
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        x, w = x.to(dtype), w.to(dtype)
+    dtype = expert_compute_dtype(x, w)
+    x, w = x.to(dtype), w.to(dtype)
     if x.dtype != torch.bfloat16 and torch.compiler.is_compiling():
         return _grouped_mm_any_dtype(x, w, offsets)
     return _grouped_mm_op(x, w, offs=offsets)
@@ -115,22 +129,35 @@ class GroupedExperts(nn.Module):
         """One token (batch-1 decoding on a CPU, where reading its k expert ids costs nothing): the chosen
         experts' weight slices directly, with no sort, no offsets and no empty groups."""
         out = None
-        for j, e in enumerate(expert_ids[0].tolist()):
-            gate, up = (x @ self.w_gate_up[e]).chunk(2, dim=-1)
-            y = ((F.silu(gate) * up) @ self.w_down[e]) * weights[:, j:j + 1].to(x.dtype)
-            out = y if out is None else out + y
+        dtype = expert_compute_dtype(x, self.w_gate_up)
+        with torch.autocast(x.device.type, enabled=False):
+            xc = x.to(dtype)
+            for j, e in enumerate(expert_ids[0].tolist()):
+                gate, up = (xc @ self.w_gate_up[e].to(dtype)).chunk(2, dim=-1)
+                y = ((F.silu(gate) * up) @ self.w_down[e].to(dtype)) * weights[:, j:j + 1].to(dtype)
+                out = y if out is None else out + y
         return out.to(x.dtype)
 
     def forward_grouped(self, x, expert_ids, weights):
         N, k = expert_ids.shape
         flat_ids = expert_ids.reshape(-1)
         order = torch.argsort(flat_ids, stable=True)            # token copies grouped by expert
-        offsets = torch.cumsum(expert_counts(flat_ids, self.n_experts), 0, dtype=torch.int32)
+        counts = expert_counts(flat_ids, self.n_experts)
         token = order // k                                      # the token of each sorted copy
         xs = x[token]                                           # (N*k, dim)
+        rows = None  # with padded groups: where each sorted copy sits among the padded rows
+        if x.device.type == "cpu" and expert_compute_dtype(x, self.w_gate_up) == torch.bfloat16:
+            padded = (counts + CPU_BF16_GROUP_ROWS - 1) // CPU_BF16_GROUP_ROWS * CPU_BF16_GROUP_ROWS
+            shift = torch.cumsum(padded - counts, 0) - (padded - counts)  # padding rows before each group
+            rows = torch.arange(N * k, device=x.device) + shift[flat_ids[order]]
+            xs = xs.new_zeros(int(padded.sum()), xs.shape[1]).index_copy(0, rows, xs)
+            counts = padded
+        offsets = torch.cumsum(counts, 0, dtype=torch.int32)
         h = grouped_mm(xs, self.w_gate_up, offsets)
         gate, up = h.chunk(2, dim=-1)
         ys = grouped_mm(F.silu(gate) * up, self.w_down, offsets)
+        if rows is not None:
+            ys = ys[rows]
         ys = ys * weights.reshape(-1)[order, None].to(ys.dtype)
         if ys.device.type == "cpu":  # index_add_ is deterministic on a CPU: one kernel adds the k copies
             return torch.zeros_like(x).index_add_(0, token, ys.to(x.dtype))

@@ -118,3 +118,61 @@ def test_balance_loss_gradient_pushes_probability_off_the_overloaded_expert():
     ids[:, 1] = 1
     load_balancing_loss(logits.softmax(-1), ids).backward()
     assert (logits.grad[:, 0] > 0).all() and (logits.grad[:, 2:] < 0).all()
+
+
+def _recording_grouped_mm(monkeypatch):
+    """Replace torch's grouped_mm as moe_kernels calls it with one that records each call's dtype and groups."""
+    import smolhub_hub.moe_kernels as mk
+
+    calls, real = [], mk._grouped_mm_op
+
+    def record(x, w, offs):
+        calls.append((x.dtype, w.dtype, torch.diff(offs, prepend=offs.new_zeros(1)).tolist()))
+        return real(x, w, offs=offs)
+
+    monkeypatch.setattr(mk, "_grouped_mm_op", record)
+    return calls
+
+
+@pytest.mark.parametrize("routing", ["random", "skewed"])
+def test_cpu_bf16_training_pads_groups_to_few_sizes_and_matches_the_loop(monkeypatch, routing):
+    """A CPU bf16 matmul builds a kernel per new row count (~25 ms, more than the matmul): training under bf16
+    autocast pads each expert group to a multiple of CPU_BF16_GROUP_ROWS, with the loop's values and gradients."""
+    from smolhub_hub.moe_kernels import CPU_BF16_GROUP_ROWS
+
+    n = 37
+    x = torch.randn(n, DIM, requires_grad=True)
+    ids, w = (torch.rand(n, E).topk(K, dim=-1).indices, torch.rand(n, K).softmax(-1)) if routing == "random" \
+        else _skewed_routing(n)
+    experts = GroupedExperts(E, DIM, HIDDEN)
+    calls = _recording_grouped_mm(monkeypatch)
+    results = []
+    for impl in ("grouped", "loop"):
+        experts.impl = impl
+        experts.zero_grad()
+        x.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = experts(x, ids, w)
+        out.float().pow(2).sum().backward()
+        results.append((out.float(), x.grad.clone(), experts.w_gate_up.grad.clone(), experts.w_down.grad.clone()))
+    assert calls and all(dt == torch.bfloat16 for dt, _, _ in calls)
+    assert all(size % CPU_BF16_GROUP_ROWS == 0 for _, _, sizes in calls for size in sizes)
+    for got, ref in zip(*results, strict=True):
+        torch.testing.assert_close(got, ref, rtol=3e-2, atol=3e-2)
+
+
+def test_generation_under_autocast_keeps_the_experts_in_the_weights_dtype(monkeypatch):
+    """Without gradients, the stacked expert weights are not cast on every call (a cast reads them and writes
+    them again, more than the matmul reads): both paths compute in fp32 and equal the fp32 result."""
+    experts = GroupedExperts(E, DIM, HIDDEN)
+    calls = _recording_grouped_mm(monkeypatch)
+    with torch.no_grad():
+        for n in (1, 8):  # the one-token path and the grouped one
+            x = torch.randn(n, DIM)
+            ids, w = torch.rand(n, E).topk(K, dim=-1).indices, torch.rand(n, K).softmax(-1)
+            ref = experts(x, ids, w)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                got = experts(x, ids, w)
+            assert got.dtype == torch.float32
+            torch.testing.assert_close(got, ref)
+    assert calls and all(dt == torch.float32 for dt, _, _ in calls)
