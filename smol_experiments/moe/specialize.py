@@ -95,8 +95,8 @@ PRESETS = {
     # three real domains from packages on the continued-pretrained SmolLM2 MoE, sized for a 2-core CPU
     "real": dict(model="runs/moe/real/cpt/model", output="runs/moe/real/specialize", data="packaged",
                  train_docs=400, heldout_docs=40, max_len=256, docs_per_domain=2, eval_batch_size=8,
-                 stage_a_steps=200, stage_b_steps=40, stage_a_lr=1e-2, stage_b_lr=2e-5, warmup_steps=5,
-                 log_every=5, eval_every=1000,
+                 stage_a_steps=200, stage_b_steps=60, stage_a_lr=1e-2, stage_b_lr=1e-4, guide_weight=3.0,
+                 warmup_steps=5, log_every=5, eval_every=1000,
                  general_data="runs/moe/real/cpt/val_documents.jsonl", baseline_model="runs/moe/real/upcycled"),
 }
 
