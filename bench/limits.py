@@ -73,7 +73,8 @@ def decode_bytes_per_token(model: nn.Module) -> int:
             continue
         seen.add(t.data_ptr())
         total += t.numel() * t.element_size()
-    inactive = model.inactive_params_per_token() if hasattr(model, "inactive_params_per_token") else 0
+    counts = model.param_counts() if hasattr(model, "param_counts") else None  # SmolHub models; HF's are dense here
+    inactive = counts["total"] - counts["active"] if counts else 0
     return total - inactive * next(model.parameters()).element_size()
 
 

@@ -29,6 +29,22 @@ def test_decode_bytes_count_a_tied_head_once_and_int8_weights_as_stored():
     assert decode_bytes_per_token(model) == linear + 2 * scales + 4 * norms  # the embedding is a lookup now
 
 
+def test_decode_bytes_leave_out_the_experts_a_token_is_not_sent_to():
+    """A batch-1 MoE token reads its top-k experts only (SmolMixtral's roofline read 178% while this counted all)."""
+    from smolhub_hub.registry import get_family
+
+    family = get_family("SmolMixtral")
+    torch.manual_seed(0)
+    model = family.model_class()(family.build("quick", vocab_size=256)).eval()
+    counts = model.param_counts()
+    experts = [m.experts for m in model.moe_layers().values()]
+    per_expert = experts[0].params_per_expert()
+    assert counts["total"] - counts["active"] == sum(m.n_experts - model.config.top_k for m in experts) * per_expert
+    tied = model.lm_head.weight is model.tok_emb.weight
+    lookup = 0 if tied else model.tok_emb.weight.numel()
+    assert decode_bytes_per_token(model) == 4 * (counts["active"] - lookup)
+
+
 def test_rows_get_their_percent_of_the_limits_of_their_dtype():
     model = _model()
     train = annotate({"benchmark": "train tok/s (B=2, T=32)", "smolhub": 100.0, "transformers": 50.0},
