@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -97,4 +98,9 @@ def _restart_store(rank: int, world: int) -> dict:
 
 def teardown():
     if dist.is_initialized():
+        # A gloo worker thread drops its last finished collective (the save's barrier) just after the caller has
+        # moved on, and dropping it takes the GIL. The group's destructor, run later with the GIL held when DDP's
+        # reducer goes, joins that thread: a deadlock, seen once at the end of a 2-process CPU run. Sleeping
+        # releases the GIL so the worker finishes first. (No barrier here: on an error path a rank may be gone.)
+        time.sleep(0.2)
         dist.destroy_process_group()
