@@ -8,7 +8,7 @@ CUDA the peak training memory and the bf16 + torch.compile + fused AdamW trainin
 static-cache decoding rows.
 
     OMP_NUM_THREADS=1 python bench/run.py                               # CPU sizes, a few minutes on 2 cores
-    OMP_NUM_THREADS=1 python bench/run.py --size default --dtype bfloat16   # each default config (50-130M), CPU
+    OMP_NUM_THREADS=1 python bench/run.py --size default --dtype bfloat16   # each default config (89-180M), CPU
     python bench/run.py --only storyllama,mixtral --json /tmp/bench.json
     python bench/run.py --device cuda --json bench/results-cuda.json    # default configs, bf16
     OMP_NUM_THREADS=1 python bench/run.py --real   # SmolLM2-135M (real weights) in StoryLlama vs transformers, CPU
@@ -111,7 +111,7 @@ def parse_args(argv=None):
                         "contend with other processes and time 10-20x worse)")
     p.add_argument("--size", default="small", choices=["small", "default"],
                    help="on CPU: small = 1-3M-parameter configurations, where Python overhead dominates; default = "
-                        "each family's default configuration (50-130M parameters, the CUDA sizes) at "
+                        "each family's default configuration (89-180M parameters, the CUDA sizes) at "
                         f"{' '.join(CPU_DEFAULT_SIZE)} (CUDA always runs the default configurations)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="the families' dtype, bfloat16 = autocast (default: float32 on CPU, bfloat16 on CUDA)")
