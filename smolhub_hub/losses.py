@@ -70,7 +70,6 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         acc = torch.promote_types(compute, torch.float32)  # bf16/fp16 logits are upcast, fp64 kept
         valid_all = targets != ignore_index
         n = valid_all.sum().to(acc)
-        all_valid = bool(n == targets.numel())  # one host sync per call, none per chunk
         total = torch.zeros((), device=hidden.device, dtype=acc)
         grad_h = torch.empty_like(hidden) if want_h else None
         grad_w = torch.zeros(weight.shape, device=weight.device, dtype=acc) if want_w else None
@@ -89,10 +88,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 grad = logits.sub_(peak).exp_()
                 sums = grad.sum(dim=-1, keepdim=True)
                 total += ((peak + sums.log()).squeeze(1) - picked).mul(valid).sum()
-                grad.div_(sums)  # d loss_i / d logits_i = softmax - one_hot(t_i)
-                grad[torch.arange(len(t), device=t.device), safe_t] -= 1.0
-                if not all_valid:
-                    grad *= valid[:, None]
+                # d loss_i / d logits_i = softmax - one_hot(t_i), and 0 for an ignored target: one pass normalises
+                # and masks, with no host sync to ask whether any target is ignored
+                grad.mul_(valid[:, None] / sums)
+                grad[torch.arange(len(t), device=t.device), safe_t] -= valid.to(acc)
                 grad = grad.to(compute)
                 if want_h:
                     grad_h[lo:lo + chunk_size] = (grad @ w).to(hidden.dtype)
