@@ -17,11 +17,12 @@ import json
 from pathlib import Path
 
 from smol_experiments.alignment.cli import DATASET, add_output_flags
-from smol_experiments.alignment.data import load_gec_examples, load_model_and_tokenizer
+from smol_experiments.alignment.data import load_gec_examples
 from smol_experiments.alignment.generation import generate_corrections
 from smol_experiments.alignment.prompt_format import PROMPT_TEMPLATE, make_completion, make_prompt
 from smol_experiments.alignment.run_dir import data_fingerprint
 from smol_experiments.flags import Parser, non_negative_int, path, positive_float, positive_int
+from smol_experiments.pretrained import load_model_and_tokenizer
 from smol_experiments.stages import (
     FRESH,
     REUSE,

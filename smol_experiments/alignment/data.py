@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from smol_experiments.alignment.prompt_format import make_completion, make_prompt
-from smol_experiments.pretrained import load_model_and_tokenizer  # noqa: F401  (the stages load models from here)
 from smolhub_hub.errors import UserError
 
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}

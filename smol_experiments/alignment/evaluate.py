@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from smol_experiments.alignment.cli import DATASET
-from smol_experiments.alignment.data import load_gec_examples, load_model_and_tokenizer
+from smol_experiments.alignment.data import load_gec_examples
 from smol_experiments.alignment.generation import generate_corrections
 from smol_experiments.alignment.prompt_format import make_prompt, strip_instruction
 from smol_experiments.alignment.run_dir import data_fingerprint
 from smol_experiments.bootstrap import LEVEL, RESAMPLES, paired_bootstrap, ratio, verdict
 from smol_experiments.flags import Parser, non_negative_int, path, positive_int
+from smol_experiments.pretrained import load_model_and_tokenizer
 from smol_experiments.stages import (
     check_output_folder,
     model_fingerprint,

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from smol_experiments.alignment.cli import recorded_settings
-from smol_experiments.alignment.data import load_model_and_tokenizer, load_preference_pairs
+from smol_experiments.alignment.data import load_preference_pairs
 from smol_experiments.alignment.run_dir import data_fingerprint, prepare_output_dir, train_and_save
+from smol_experiments.pretrained import load_model_and_tokenizer
 from smol_experiments.stages import FRESH, REUSE, begin, mark_done, model_fingerprint, reused
 
 

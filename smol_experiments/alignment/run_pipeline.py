@@ -82,12 +82,11 @@ def quick_inputs(root: Path, model: str | None, dataset: str | None) -> tuple[st
 def base_folder(model: str, root: Path) -> str:
     """A `.gguf` base as a transformers folder, converted once (its GGUF tokenizer takes minutes to convert, and
     SFT and evaluation both load the base); any other source is used as it is."""
-    from smol_experiments.pretrained import resolve
+    from smol_experiments.pretrained import load_model_and_tokenizer, resolve
 
     model = resolve(model)  # smollm2: the packaged .gguf
     if Path(model).suffix != ".gguf":
         return model
-    from smol_experiments.alignment.data import load_model_and_tokenizer
 
     def convert(tmp: Path) -> None:
         base, tokenizer = load_model_and_tokenizer(model)

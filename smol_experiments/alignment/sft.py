@@ -8,9 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from smol_experiments.alignment.cli import BASE_MODEL, make_config, recorded_settings, stage_parser, training_kwargs
-from smol_experiments.alignment.data import load_gec_examples, load_model_and_tokenizer, to_prompt_completion
+from smol_experiments.alignment.data import load_gec_examples, to_prompt_completion
 from smol_experiments.alignment.run_dir import data_fingerprint, prepare_output_dir, train_and_save
 from smol_experiments.flags import non_negative_int
+from smol_experiments.pretrained import load_model_and_tokenizer
 from smol_experiments.stages import FRESH, REUSE, begin, mark_done, model_fingerprint, reused, stage_main
 
 STAGE = "sft"

@@ -73,14 +73,14 @@ def save_packaged_stand_in(data_dir: str | Path, files: int = 30, per_file: int 
     synthetic text in place of the packages: code and math cut into `files` files of `per_file` documents, the
     prose corpus one file of entries, as the Jargon File is. Returns data_dir."""
     data_dir = Path(data_dir)
+    n = files * per_file
     for domain, corpus in PACKAGED_DOMAINS.items():
-        docs = _entries(files * per_file, seed) if domain == "prose" else \
-            synthetic_documents(domain, files * per_file, seed)
         if domain == "prose":
-            sources = [f"jargon.txt.gz § entry {i}" for i in range(len(docs))]
+            docs, sources = _entries(n, seed), [f"jargon.txt.gz § entry {i}" for i in range(n)]
         else:
-            sources = [f"file{i // per_file}.{'py' if domain == 'code' else 'rst.txt'}"
-                       f"{':f' if domain == 'code' else ' § section '}{i % per_file}" for i in range(len(docs))]
+            suffix, part = (".py", ":f") if domain == "code" else (".rst.txt", " § section ")
+            docs = synthetic_documents(domain, n, seed)
+            sources = [f"file{i // per_file}{suffix}{part}{i % per_file}" for i in range(n)]
         (data_dir / corpus).mkdir(parents=True, exist_ok=True)
         (data_dir / corpus / f"{corpus}.jsonl").write_text(
             "".join(json.dumps({"text": t, "source": src}) + "\n" for t, src in zip(docs, sources, strict=True)))

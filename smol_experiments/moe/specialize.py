@@ -193,15 +193,18 @@ class Specializer:
         for d, name in enumerate(self.domains):
             row[f"val/routing_accuracy/{name}"] = r["routing_accuracy_mean"][d]
             row[f"val/loss/{name}"] = r["heldout_loss"][d]
-        general = ""
         if "general" in r:
             row["val/loss/general"] = r["general"]["heldout_loss"]
-            general = f" general {r['general']['heldout_loss']:.3f}"
         self.log.log(self.step, self.tokens, row)
         accs = " ".join(f"{n} {a:.1%}" for n, a in zip(self.domains, r["routing_accuracy_mean"], strict=True))
-        losses = " ".join(f"{n} {loss:.3f}" for n, loss in zip(self.domains, r["heldout_loss"], strict=True))
-        print(f"step {self.step:>5} [{stage}] held-out routing accuracy: {accs} | loss: {losses}{general}", flush=True)
+        print(f"step {self.step:>5} [{stage}] held-out routing accuracy: {accs} | loss: {self.losses_text(r)}",
+              flush=True)
         return r
+
+    def losses_text(self, r: dict) -> str:
+        """'code 2.511 math 2.740 prose 3.864 general 2.543': each domain's held-out loss, and the general text's."""
+        losses = " ".join(f"{n} {loss:.3f}" for n, loss in zip(self.domains, r["heldout_loss"], strict=True))
+        return losses + (f" general {r['general']['heldout_loss']:.3f}" if "general" in r else "")
 
     def baseline(self) -> dict | None:
         """--baseline-model on the same held-out text, measured once (routing_baseline.json)."""
@@ -213,9 +216,7 @@ class Specializer:
         model, _ = engine.load_moe(self.cfg.baseline_model, self.device)
         result = {"domains": self.domains, "model": self.cfg.baseline_model, **self.measure(model)}
         del model
-        losses = " ".join(f"{n} {loss:.3f}" for n, loss in zip(self.domains, result["heldout_loss"], strict=True))
-        general = f" general {result['general']['heldout_loss']:.3f}" if "general" in result else ""
-        print(f"baseline {self.cfg.baseline_model}: held-out loss {losses}{general}", flush=True)
+        print(f"baseline {self.cfg.baseline_model}: held-out loss {self.losses_text(result)}", flush=True)
         write_atomic(path, json.dumps(result))
         return result
 

@@ -10,9 +10,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 
 from smol_experiments.alignment import build_preference_pairs, cpo, dpo, evaluate, run_pipeline, sft
-from smol_experiments.alignment.data import load_gec_examples, load_model_and_tokenizer, load_preference_pairs
+from smol_experiments.alignment.data import load_gec_examples, load_preference_pairs
 from smol_experiments.alignment.fixtures import write_synthetic_gec
 from smol_experiments.alignment.run_dir import prepare_output_dir
+from smol_experiments.pretrained import load_model_and_tokenizer
 from smol_experiments.stages import claim, write_marker
 from smolhub_hub.errors import UserError
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from smol_experiments.alignment import evaluate, run_pipeline, sft
-from smol_experiments.alignment.data import load_model_and_tokenizer
 from smol_experiments.alignment.evaluate import prompts_for
+from smol_experiments.pretrained import load_model_and_tokenizer
 from smolhub_hub.cli import export_to_gguf
 from smolhub_hub.data.builtin import generate_stories
 from smolhub_hub.data.tokenizer import train_bpe

@@ -13,10 +13,10 @@ import torch
 
 from smol_experiments.alignment import cpo, dpo, sft
 from smol_experiments.alignment.build_preference_pairs import pairs_from_samples
-from smol_experiments.alignment.data import load_model_and_tokenizer
 from smol_experiments.alignment.fixtures import write_synthetic_gec, write_tiny_model
 from smol_experiments.alignment.generation import generate_corrections
 from smol_experiments.alignment.prompt_format import encode_completion, encode_prompt, make_completion, make_prompt
+from smol_experiments.pretrained import load_model_and_tokenizer
 
 SRC = "Fix grammar: Lily were happy in the park."
 TGT = "Lily was happy in the park."

@@ -8,9 +8,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 
 from smol_experiments.alignment import build_preference_pairs, cpo, dpo, sft
-from smol_experiments.alignment.data import load_gec_examples, load_model_and_tokenizer, load_preference_pairs
+from smol_experiments.alignment.data import load_gec_examples, load_preference_pairs
 from smol_experiments.alignment.fixtures import write_synthetic_gec, write_tiny_model
 from smol_experiments.alignment.prompt_format import make_completion, make_prompt, strip_instruction
+from smol_experiments.pretrained import load_model_and_tokenizer
 from smol_experiments.stages import StageInterrupted, read_marker
 from smolhub_hub.errors import UserError
 from tests.smol_experiments.interrupt import signal_at_call
