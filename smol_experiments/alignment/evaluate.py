@@ -4,7 +4,9 @@ Corpus BLEU (sacrebleu, 13a tokenization, 4-gram, one reference; reported 0-1 li
 chrF (0-1) and exact match, for each model and for the "copy the input" baseline, which a GEC system must
 beat. Every score comes with a paired bootstrap interval over sentences, and every system is compared with
 one (`--compare-to`, default sft): a difference whose interval contains 0 is reported as no significant
-difference. Writes results.json, results.md, results.png and each model's predictions.
+difference. The table also gives each system's share of unchanged outputs (the input sentence copied): every
+row has an error, so it shows how often a system corrected nothing. Writes results.json, results.md,
+results.png and each model's predictions.
 
     python -m smol_experiments.alignment.evaluate --models base=HuggingFaceTB/SmolLM-135M sft=runs/coedit/sft \\
         dpo=runs/coedit/dpo cpo=runs/coedit/cpo --output-dir runs/coedit/eval
@@ -69,6 +71,13 @@ def score_from_sums(metric: str, sums: np.ndarray) -> float:
 def corpus_metrics(hypotheses: list[str], references: list[str]) -> dict:
     stats = sentence_statistics(hypotheses, references)
     return {m: score_from_sums(m, stats[m].sum(0)) for m in METRICS}
+
+
+def unchanged_share(hypotheses: list[str], sources: list[str]) -> float:
+    """The share of outputs identical to their input sentence: how often a system corrected nothing (the copy
+    baseline scores 1). Every row has an error, so a rising share means a system learned to leave errors in."""
+    same = [h.strip() == s.strip() for h, s in zip(hypotheses, sources, strict=True)]
+    return sum(same) / len(same)
 
 
 def parse_models(specs: list[str]) -> dict[str, str]:
@@ -171,9 +180,10 @@ def write_table(results: dict, out: Path) -> None:
     interval = f"{boot['level']:.0%} paired bootstrap interval over sentences, {boot['resamples']} resamples"
     lines = [f"Greedy decoding, {results['rows']} rows of {results['dataset']} ({results['split']}, task "
              f"{results['task']}); each score with its {interval}.", *([results["note"]] if results["note"] else []),
-             "", "| system | BLEU | chrF | exact match |", "|---|---|---|---|"]
+             "", "| system | BLEU | chrF | exact match | unchanged |", "|---|---|---|---|---|"]
     for name, m in results["systems"].items():
         cells = [f"{m[k]:.4f} [{m[k + '_ci'][0]:.4f}, {m[k + '_ci'][1]:.4f}]" for k in METRICS]
+        cells.append(f"{m['unchanged']:.1%}")
         shown = f"{name} (zero-shot, chat template)" if m.get("prompt") == "chat template" else name
         lines.append(f"| {shown} | {' | '.join(cells)} |")
     lines += ["", f"Difference to {ref} on the same sentences [{interval}]: an interval that contains 0 means "
@@ -231,6 +241,8 @@ def run(argv=None) -> dict:
         predictions[name], prompting[name] = predict(name, where, rows, args, out)
     systems, comparisons = score_systems(predictions, rows["tgt"], compare_to, resamples=args.bootstrap_resamples,
                                          seed=args.seed)
+    for name, hyps in predictions.items():
+        systems[name]["unchanged"] = unchanged_share(hyps, predictions[COPY_BASELINE])
     for name, where in models.items():
         systems[name].update(model=where, prompt=prompting[name])
     results = {"dataset": args.dataset, "split": args.split, "task": args.task, "rows": len(rows),

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from smol_experiments.alignment.evaluate import METRICS, corpus_metrics, score_systems, write_table
+from smol_experiments.alignment.evaluate import METRICS, corpus_metrics, score_systems, unchanged_share, write_table
 from smol_experiments.bootstrap import paired_bootstrap, ratio, verdict
 
 
@@ -64,10 +64,13 @@ def test_one_changed_sentence_of_40_is_no_significant_difference(tmp_path):
     assert comparisons["sft+dpo"]["bleu"]["diff"] > 0
     assert comparisons["sft+dpo"]["verdict"] == comparisons["same"]["verdict"] == "no significant difference"
     assert comparisons["same"]["bleu"]["ci"] == [0.0, 0.0]
+    for name, hyps in {"sft": sft, "sft+dpo": dpo, "same": sft}.items():
+        systems[name]["unchanged"] = unchanged_share(hyps, sft)  # as if sft's outputs were the inputs
     results = {"rows": 40, "dataset": "d", "split": "validation", "task": "gec", "note": "", "compare_to": "sft",
                "bootstrap": {"resamples": 1000, "seed": 0, "level": 0.95}, "systems": systems,
                "comparisons": comparisons}
     write_table(results, tmp_path)
     table = (tmp_path / "results.md").read_text()
     score_row, difference_row = [line for line in table.splitlines() if line.startswith("| sft+dpo |")]
+    assert score_row.endswith("| 97.5% |")  # sft+dpo changed one input of 40
     assert difference_row.endswith("| no significant difference |") and "Difference to sft" in table

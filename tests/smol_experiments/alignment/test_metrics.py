@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from rapidfuzz.distance import Levenshtein
 
 from smol_experiments.alignment.build_preference_pairs import choose_pair, pairs_from_samples
-from smol_experiments.alignment.evaluate import corpus_metrics, parse_models
+from smol_experiments.alignment.evaluate import corpus_metrics, parse_models, unchanged_share
 from smol_experiments.alignment.prompt_format import make_prompt, strip_instruction
 from smolhub_hub.errors import UserError
 
@@ -40,6 +40,14 @@ def test_copy_baseline_drops_the_instruction():
     assert strip_instruction("Fix grammar: He go home.") == "He go home."
     assert strip_instruction("Remove all grammatical errors from this text: A: b.") == "A: b."
     assert strip_instruction("no instruction here") == "no instruction here"
+
+
+def test_unchanged_share_counts_outputs_equal_to_their_input():
+    sources = ["He go home.", "She have a cat.", "It rain."]
+    assert unchanged_share([" He go home.\n", "She has a cat.", "It rain."], sources) == pytest.approx(2 / 3)
+    assert unchanged_share(sources, sources) == 1.0
+    with pytest.raises(ValueError):  # one output per input, never a silent truncation
+        unchanged_share(["He go home."], sources)
 
 
 def test_pair_building_picks_the_closer_candidate():

@@ -41,6 +41,7 @@ def test_quick_pipeline_resumes_after_sigterm_and_redoes_only_changed_stages(tmp
         low, high = results["systems"][name]["bleu_ci"]
         assert 0.0 <= low <= results["systems"][name]["bleu"] <= high <= 1.0
     assert results["systems"]["copy-input"]["bleu"] > 0.5  # one injected error per sentence
+    assert results["systems"]["copy-input"]["unchanged"] == 1.0
     assert results["compare_to"] == "sft" and set(results["comparisons"]) == set(SYSTEMS) - {"sft"}
     table = (root / "eval" / "results.md").read_text()
     assert all(f"| {name} |" in table for name in SYSTEMS) and "smoke test" in table
